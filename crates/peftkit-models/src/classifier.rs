@@ -1,0 +1,345 @@
+//! [`SequenceClassifier`]: one type over the three architectures, like
+//! `AutoModelForSequenceClassification`.
+
+use crate::bert::BertForSequenceClassification;
+use crate::checkpoint::{load_into, save_safetensors, write_dir_atomically, LoadReport, Naming};
+use crate::config::{ModelConfig, ProblemType};
+use crate::gpt2::Gpt2ForSequenceClassification;
+use crate::linear::Linear;
+use crate::prefix::PrefixProvider;
+use crate::roberta::RobertaForSequenceClassification;
+use crate::{io_err, ModelError, Result};
+use std::path::Path;
+use tch::{nn, Device, Kind, Tensor};
+
+/// The supported architectures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// `GPT2ForSequenceClassification`.
+    Gpt2,
+    /// `RobertaForSequenceClassification`.
+    Roberta,
+    /// `BertForSequenceClassification`.
+    Bert,
+}
+
+impl Architecture {
+    fn naming(self) -> Naming {
+        match self {
+            Architecture::Gpt2 => Naming {
+                arch: "GPT2ForSequenceClassification",
+                base_prefix: "transformer",
+                head_prefixes: &["score."],
+                ignored_prefixes: &["lm_head."],
+                ignored_suffixes: &[".attn.bias", ".attn.masked_bias"],
+            },
+            Architecture::Roberta => Naming {
+                arch: "RobertaForSequenceClassification",
+                base_prefix: "roberta",
+                head_prefixes: &["classifier."],
+                ignored_prefixes: &["lm_head.", "pooler."],
+                ignored_suffixes: &["position_ids"],
+            },
+            Architecture::Bert => Naming {
+                arch: "BertForSequenceClassification",
+                base_prefix: "bert",
+                head_prefixes: &["classifier.", "bert.pooler."],
+                ignored_prefixes: &["cls."],
+                ignored_suffixes: &["position_ids"],
+            },
+        }
+    }
+
+    /// The HF module names of the classification head (`score`; `classifier`), which peft saves
+    /// as `modules_to_save` for sequence classification.
+    pub fn head_modules(self) -> &'static [&'static str] {
+        match self {
+            Architecture::Gpt2 => &["score"],
+            Architecture::Roberta | Architecture::Bert => &["classifier"],
+        }
+    }
+
+    /// The prefix of the base model's parameters (`transformer`, `roberta`, `bert`).
+    pub fn base_prefix(self) -> &'static str {
+        match self {
+            Architecture::Gpt2 => "transformer",
+            Architecture::Roberta => "roberta",
+            Architecture::Bert => "bert",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Inner {
+    Gpt2(Gpt2ForSequenceClassification),
+    Roberta(RobertaForSequenceClassification),
+    Bert(BertForSequenceClassification),
+}
+
+/// Options of [`SequenceClassifier::load`], like the keyword arguments of `from_pretrained`.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Where the parameters live.
+    pub device: Device,
+    /// Label names in id order; sets `num_labels`/`id2label` (the head is sized by them).
+    pub labels: Option<Vec<String>>,
+    /// The tokenizer's pad id, used when the config has none (GPT-2: eos).
+    pub pad_token_id: Option<i64>,
+}
+
+impl LoadOptions {
+    /// Defaults on a device.
+    pub fn new(device: Device) -> Self {
+        Self {
+            device,
+            labels: None,
+            pad_token_id: None,
+        }
+    }
+
+    /// Sets the labels.
+    pub fn with_labels(mut self, labels: Vec<String>) -> Self {
+        self.labels = Some(labels);
+        self
+    }
+
+    /// Sets the pad token id.
+    pub fn with_pad_token_id(mut self, id: i64) -> Self {
+        self.pad_token_id = Some(id);
+        self
+    }
+}
+
+/// Options of one forward pass.
+#[derive(Clone, Copy, Default)]
+pub struct ForwardOptions<'a> {
+    /// Training mode: dropout on.
+    pub train: bool,
+    /// Per-layer prefix keys/values (prefix tuning).
+    pub prefix: Option<&'a dyn PrefixProvider>,
+}
+
+impl<'a> ForwardOptions<'a> {
+    /// Evaluation mode, no prefix.
+    pub fn eval() -> Self {
+        Self::default()
+    }
+
+    /// Training mode, no prefix.
+    pub fn train() -> Self {
+        Self {
+            train: true,
+            prefix: None,
+        }
+    }
+
+    /// With a prefix provider.
+    pub fn with_prefix(mut self, prefix: &'a dyn PrefixProvider) -> Self {
+        self.prefix = Some(prefix);
+        self
+    }
+}
+
+/// The output of a forward pass.
+#[derive(Debug)]
+pub struct ClassifierOutput {
+    /// `[batch, num_labels]`.
+    pub logits: Tensor,
+    /// The pooled representation the head reads: GPT-2's last real token, BERT's pooler output,
+    /// RoBERTa's `classifier.dense` + tanh output.
+    pub pooled: Tensor,
+    /// transformers' `hidden_states`: embeddings, then each layer (the last is the final output).
+    pub hidden_states: Vec<Tensor>,
+}
+
+/// A sequence classifier of any supported architecture with its parameters.
+#[derive(Debug)]
+pub struct SequenceClassifier {
+    vs: nn::VarStore,
+    inner: Inner,
+    config: ModelConfig,
+}
+
+impl SequenceClassifier {
+    /// A randomly initialised model (transformers' `from_config`).
+    pub fn from_config(config: ModelConfig, device: Device) -> Self {
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let inner = match &config {
+            ModelConfig::Gpt2(c, _) => Inner::Gpt2(Gpt2ForSequenceClassification::new(&root, c)),
+            ModelConfig::Roberta(c, _) => Inner::Roberta(RobertaForSequenceClassification::new(&root, c)),
+            ModelConfig::Bert(c, _) => Inner::Bert(BertForSequenceClassification::new(&root, c)),
+        };
+        Self { vs, inner, config }
+    }
+
+    /// Loads an HF checkpoint directory (`config.json` + safetensors). Parameters are matched by
+    /// HF name; a checkpoint of the base model (no `transformer.`/`roberta.`/`bert.` prefix) or
+    /// of another head loads too; a missing classification head is initialised (normal with
+    /// `initializer_range`) and listed in the report; unknown or mis-shaped keys are errors.
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<(Self, LoadReport)> {
+        let mut config = ModelConfig::from_file(&dir.join("config.json"))?;
+        if let Some(labels) = &opts.labels {
+            config.set_labels(labels);
+        }
+        if config.classifier().pad_token_id.is_none() {
+            if let Some(pad) = opts.pad_token_id {
+                config.set_pad_token_id(pad);
+            }
+        }
+        let mut model = Self::from_config(config, opts.device);
+        let report = model.load_weights(dir)?;
+        tracing::info!(dir = %dir.display(), %report, "loaded checkpoint");
+        Ok((model, report))
+    }
+
+    /// Loads weights from a checkpoint directory or safetensors file into this model.
+    pub fn load_weights(&mut self, path: &Path) -> Result<LoadReport> {
+        load_into(&self.vs.variables(), path, &self.architecture().naming())
+    }
+
+    /// Saves an HF checkpoint directory (`config.json` + `model.safetensors`) atomically.
+    pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        let mut tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let config = serde_json::to_string_pretty(&self.config.to_json()).expect("JSON value serialises");
+        write_dir_atomically(dir, |tmp| {
+            save_safetensors(&tmp.join("model.safetensors"), &tensors)?;
+            std::fs::write(tmp.join("config.json"), &config).map_err(|e| io_err(&tmp.join("config.json"), e))
+        })
+    }
+
+    /// The architecture.
+    pub fn architecture(&self) -> Architecture {
+        match self.inner {
+            Inner::Gpt2(_) => Architecture::Gpt2,
+            Inner::Roberta(_) => Architecture::Roberta,
+            Inner::Bert(_) => Architecture::Bert,
+        }
+    }
+
+    /// The config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Number of labels.
+    pub fn num_labels(&self) -> usize {
+        self.config.classifier().num_labels()
+    }
+
+    /// Label names in id order.
+    pub fn label_names(&self) -> Vec<String> {
+        self.config.classifier().label_names()
+    }
+
+    /// The device of the parameters.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// The parameter store (names are HF parameter names).
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    /// The parameter store, mutably (to freeze, cast, move).
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    /// Every linear projection (the adapter seam), with its HF path.
+    pub fn linears(&self) -> Vec<&Linear> {
+        match &self.inner {
+            Inner::Gpt2(m) => m.linears(),
+            Inner::Roberta(m) => m.linears(),
+            Inner::Bert(m) => m.linears(),
+        }
+    }
+
+    /// Every linear projection, mutably, to attach or remove hooks.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        match &mut self.inner {
+            Inner::Gpt2(m) => m.linears_mut(),
+            Inner::Roberta(m) => m.linears_mut(),
+            Inner::Bert(m) => m.linears_mut(),
+        }
+    }
+
+    /// The longest input the position embeddings allow.
+    pub fn max_length(&self) -> i64 {
+        match &self.config {
+            ModelConfig::Gpt2(c, _) => c.n_positions,
+            ModelConfig::Bert(c, _) => c.max_position_embeddings,
+            ModelConfig::Roberta(c, _) => c.max_position_embeddings - c.classifier.pad_token_id.unwrap_or(1) - 1,
+        }
+    }
+
+    /// Logits (and pooled output and hidden states) for a batch. `input_ids` and
+    /// `attention_mask` are `[batch, seq]` int64 on the model's device. Only shapes are checked
+    /// (no host-device synchronisation).
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, opts: &ForwardOptions) -> Result<ClassifierOutput> {
+        let size = input_ids.size();
+        if size.len() != 2 || size[0] == 0 || size[1] == 0 {
+            return Err(ModelError::Input(format!("input_ids must be a non-empty [batch, seq] tensor, got {size:?}")));
+        }
+        if attention_mask.size() != size {
+            return Err(ModelError::Input(format!(
+                "attention_mask has shape {:?} but input_ids {size:?}",
+                attention_mask.size()
+            )));
+        }
+        if size[1] > self.max_length() {
+            return Err(ModelError::Input(format!(
+                "sequence length {} exceeds the model's {} positions (truncate to max_length)",
+                size[1],
+                self.max_length()
+            )));
+        }
+        if input_ids.kind() != Kind::Int64 {
+            return Err(ModelError::Input(format!("input_ids must be int64, got {:?}", input_ids.kind())));
+        }
+        let (hidden_states, pooled, logits) = match &self.inner {
+            Inner::Gpt2(m) => m.forward(input_ids, attention_mask, opts.prefix, opts.train),
+            Inner::Roberta(m) => m.forward(input_ids, attention_mask, opts.prefix, opts.train),
+            Inner::Bert(m) => m.forward(input_ids, attention_mask, opts.prefix, opts.train),
+        };
+        Ok(ClassifierOutput {
+            logits,
+            pooled,
+            hidden_states,
+        })
+    }
+
+    /// The loss transformers computes for these logits and labels: cross-entropy (mean) for
+    /// single-label classification, MSE for regression, BCE-with-logits for multi-label.
+    pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
+        match self.config.classifier().problem_type() {
+            ProblemType::SingleLabelClassification => logits.to_kind(Kind::Float).cross_entropy_for_logits(labels),
+            ProblemType::Regression => logits
+                .to_kind(Kind::Float)
+                .squeeze()
+                .mse_loss(&labels.to_kind(Kind::Float).squeeze(), tch::Reduction::Mean),
+            ProblemType::MultiLabelClassification => logits.to_kind(Kind::Float).binary_cross_entropy_with_logits::<Tensor>(
+                &labels.to_kind(Kind::Float),
+                None,
+                None,
+                tch::Reduction::Mean,
+            ),
+        }
+    }
+
+    /// Number of parameters: `(trainable, all)`.
+    pub fn parameter_counts(&self) -> (i64, i64) {
+        let mut trainable = 0;
+        let mut all = 0;
+        for t in self.vs.variables().values() {
+            let n = t.numel() as i64;
+            all += n;
+            if t.requires_grad() {
+                trainable += n;
+            }
+        }
+        (trainable, all)
+    }
+}

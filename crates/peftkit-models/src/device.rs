@@ -1,0 +1,31 @@
+//! `--device cpu|cuda|cuda:N|auto`.
+
+use crate::{ModelError, Result};
+use tch::Device;
+
+/// Parses a device name: `cpu`, `cuda` (GPU 0), `cuda:N`, or `auto` (CUDA when available).
+/// Asking for CUDA where it is not available is an error, not a silent fallback.
+///
+/// ```
+/// assert_eq!(peftkit_models::parse_device("cpu").unwrap(), tch::Device::Cpu);
+/// assert!(peftkit_models::parse_device("tpu").is_err());
+/// ```
+pub fn parse_device(name: &str) -> Result<Device> {
+    let name = name.trim().to_ascii_lowercase();
+    match name.as_str() {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available()),
+        "cuda" | "gpu" => cuda(0, &name),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => cuda(i, &name),
+            _ => Err(ModelError::Device(name.clone())),
+        },
+    }
+}
+
+fn cuda(index: usize, name: &str) -> Result<Device> {
+    if !tch::Cuda::is_available() || index >= tch::Cuda::device_count() as usize {
+        return Err(ModelError::NoCuda(name.to_string()));
+    }
+    Ok(Device::Cuda(index))
+}
