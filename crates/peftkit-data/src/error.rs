@@ -115,6 +115,18 @@ pub enum DataError {
         /// The configs found.
         available: Vec<String>,
     },
+    /// A model repository lacks files peftkit needs (offline, or not on the hub at all).
+    #[error("model `{model}`: {} not found in {location}{hint}", missing.join(", "))]
+    ModelFilesMissing {
+        /// The model id or path.
+        model: String,
+        /// The missing files.
+        missing: Vec<String>,
+        /// Where it looked.
+        location: String,
+        /// What to do about it.
+        hint: String,
+    },
     /// The dataset is neither a local path nor in the hub cache, and the hub cannot be reached.
     #[error("dataset `{dataset}`: {message}")]
     Hub {

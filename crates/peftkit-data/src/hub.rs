@@ -223,6 +223,128 @@ impl HubSource {
     }
 }
 
+/// Files of a model repository peftkit reads: the config, the tokenizer files that exist, and
+/// (when asked for) the weights: `model.safetensors`, or the sharded index and its shards.
+const MODEL_FILES: &[&str] = &[
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+];
+
+fn weight_files(files: &[String]) -> Option<Vec<String>> {
+    if files.iter().any(|f| f == "model.safetensors") {
+        return Some(vec!["model.safetensors".into()]);
+    }
+    if files.iter().any(|f| f == "model.safetensors.index.json") {
+        let mut v: Vec<String> = files
+            .iter()
+            .filter(|f| f.starts_with("model-") && f.ends_with(".safetensors"))
+            .cloned()
+            .collect();
+        v.insert(0, "model.safetensors.index.json".into());
+        return Some(v);
+    }
+    None
+}
+
+/// A model argument (hub id like `gpt2` / `FacebookAI/roberta-base`, or a local directory) as a
+/// local directory holding its config, tokenizer files and, with `weights`, its safetensors
+/// weights. Hub ids go through the standard cache (`HF_HOME`, `HF_HUB_OFFLINE`) exactly like
+/// datasets; missing files are an error naming them and where they were looked for.
+pub fn resolve_model(model: &str, revision: Option<&str>, weights: bool) -> Result<PathBuf> {
+    let path = Path::new(model);
+    let missing_err = |missing: Vec<String>, location: String, hint: &str| DataError::ModelFilesMissing {
+        model: model.into(),
+        missing,
+        location,
+        hint: hint.into(),
+    };
+    if path.is_dir() {
+        let mut files = Vec::new();
+        list_files(path, path, &mut files);
+        let mut missing = Vec::new();
+        if !files.iter().any(|f| f == "config.json") {
+            missing.push("config.json".to_string());
+        }
+        if weights && weight_files(&files).is_none() {
+            missing.push("model.safetensors (or model.safetensors.index.json)".into());
+        }
+        if !missing.is_empty() {
+            return Err(missing_err(missing, path.display().to_string(), ""));
+        }
+        return Ok(path.to_path_buf());
+    }
+    let repo = Repo::with_revision(model.to_string(), RepoType::Model, revision.unwrap_or("main").to_string());
+    let source = HubSource {
+        id: model.to_string(),
+        repo: repo.clone(),
+        cache: Cache::from_env(),
+    };
+    let offline_hint = " (HF_HUB_OFFLINE is set or the hub is unreachable: download the model once with hub access, or pass a local checkpoint directory; peftkit loads safetensors weights only)";
+    let check_cached = |dir: &Path, files: &[String]| -> Result<PathBuf> {
+        let mut missing = Vec::new();
+        if !files.iter().any(|f| f == "config.json") {
+            missing.push("config.json".to_string());
+        }
+        if weights && weight_files(files).is_none() {
+            missing.push("model.safetensors (the weights)".into());
+        }
+        if missing.is_empty() {
+            Ok(dir.to_path_buf())
+        } else {
+            Err(missing_err(missing, format!("the hub cache {}", dir.display()), offline_hint))
+        }
+    };
+    if hub_offline() {
+        let (dir, files) = source.cached_files().ok_or_else(|| {
+            missing_err(
+                vec!["the repository".into()],
+                format!("the hub cache {}", source.cache.path().display()),
+                offline_hint,
+            )
+        })?;
+        return check_cached(&dir, &files);
+    }
+    let api = source.api()?.repo(repo);
+    let files: Vec<String> = match api.info() {
+        Ok(info) => info.siblings.into_iter().map(|s| s.rfilename).collect(),
+        Err(err) => {
+            tracing::warn!(model, error = %err, "hub unreachable, using the cache");
+            let (dir, files) = source.cached_files().ok_or_else(|| DataError::Hub {
+                dataset: model.into(),
+                message: format!("cannot reach the hub ({err}) and the model is not in the cache {}", source.cache.path().display()),
+            })?;
+            return check_cached(&dir, &files);
+        }
+    };
+    let mut wanted: Vec<String> = MODEL_FILES.iter().filter(|f| files.iter().any(|g| g == *f)).map(|f| f.to_string()).collect();
+    if weights {
+        match weight_files(&files) {
+            Some(w) => wanted.extend(w),
+            None => {
+                return Err(missing_err(
+                    vec!["model.safetensors".into()],
+                    format!("the hub repository `{model}`"),
+                    " (peftkit loads safetensors weights only)",
+                ))
+            }
+        }
+    }
+    let mut dir = None;
+    for f in &wanted {
+        let local = api.get(f).map_err(|e| DataError::Hub {
+            dataset: model.into(),
+            message: format!("downloading {f}: {e}"),
+        })?;
+        dir = local.parent().map(Path::to_path_buf).filter(|_| !f.contains('/'));
+    }
+    dir.ok_or_else(|| missing_err(vec!["config.json".into()], format!("the hub repository `{model}`"), ""))
+}
+
 fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;

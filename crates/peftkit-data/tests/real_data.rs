@@ -200,3 +200,24 @@ fn bad_files_give_errors_naming_file_and_problem() {
     let err = load_split(&DatasetSpec::new("./does/not/exist.parquet"), "train").unwrap_err().to_string();
     assert!(err.contains("does/not/exist.parquet: no such file or directory"), "{err}");
 }
+
+#[test]
+fn models_resolve_through_the_hub_cache() {
+    offline_cache();
+    for id in ["gpt2", "openai-community/gpt2", "roberta-base", "FacebookAI/roberta-base"] {
+        let dir = peftkit_data::resolve_model(id, None, false).unwrap();
+        assert!(dir.join("tokenizer.json").is_file() && dir.join("config.json").is_file(), "{id}");
+    }
+    // The cache has no gpt2 weights: the error names the missing file and what to do.
+    let err = peftkit_data::resolve_model("gpt2", None, true).unwrap_err().to_string();
+    assert!(err.starts_with("model `gpt2`: model.safetensors (the weights) not found in the hub cache"), "{err}");
+    assert!(err.contains("pass a local checkpoint directory"), "{err}");
+    let err = peftkit_data::resolve_model("nobody/nothing", None, false).unwrap_err().to_string();
+    assert!(err.contains("model `nobody/nothing`: the repository not found"), "{err}");
+    // A local checkpoint directory.
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures/tiny-gpt2");
+    assert_eq!(peftkit_data::resolve_model(tiny.to_str().unwrap(), None, true).unwrap(), tiny);
+    let tmp = tempfile::tempdir().unwrap();
+    let err = peftkit_data::resolve_model(tmp.path().to_str().unwrap(), None, true).unwrap_err().to_string();
+    assert!(err.contains("config.json, model.safetensors (or model.safetensors.index.json) not found"), "{err}");
+}

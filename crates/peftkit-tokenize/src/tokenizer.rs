@@ -11,7 +11,12 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{Tokenizer, TokenizerBuilder, TruncationDirection, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, Tokenizer,
+    TokenizerBuilder, TruncationDirection, TruncationParams, TruncationStrategy,
+};
+
+type Builder = TokenizerBuilder<ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>;
 
 /// The model family, which decides the special tokens and the pad token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -172,7 +177,7 @@ impl TextTokenizer {
         let bpe = BPE::from_file(&vocab.to_string_lossy(), &merges.to_string_lossy())
             .build()
             .map_err(|e| file_err(&vocab, e))?;
-        let mut builder = TokenizerBuilder::default()
+        let mut builder = Builder::default()
             .with_model(bpe.into())
             .with_pre_tokenizer(Some(ByteLevel::new(false, true, true).into()))
             .with_decoder(Some(ByteLevelDecoder::default().into()));
@@ -220,7 +225,7 @@ impl TextTokenizer {
             .special_tokens(vec![("[CLS]", cls), ("[SEP]", sep)])
             .build()
             .map_err(|e| file_err(&vocab, e))?;
-        let tok: Tokenizer = TokenizerBuilder::default()
+        let tok: Tokenizer = Builder::default()
             .with_model(wp.into())
             .with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase).into()))
             .with_pre_tokenizer(Some(BertPreTokenizer.into()))
