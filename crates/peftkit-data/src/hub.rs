@@ -9,7 +9,12 @@ use std::path::{Path, PathBuf};
 /// Python's `huggingface_hub`.
 pub fn hub_offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
         .unwrap_or(false)
 }
 
@@ -141,8 +146,8 @@ impl HubSource {
     }
 
     fn api(&self) -> Result<hf_hub::api::sync::Api> {
-        let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(self.cache.clone())
-            .with_progress(false);
+        let mut builder =
+            hf_hub::api::sync::ApiBuilder::from_cache(self.cache.clone()).with_progress(false);
         if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
             builder = builder.with_endpoint(endpoint);
         }
@@ -257,12 +262,13 @@ fn weight_files(files: &[String]) -> Option<Vec<String>> {
 /// datasets; missing files are an error naming them and where they were looked for.
 pub fn resolve_model(model: &str, revision: Option<&str>, weights: bool) -> Result<PathBuf> {
     let path = Path::new(model);
-    let missing_err = |missing: Vec<String>, location: String, hint: &str| DataError::ModelFilesMissing {
-        model: model.into(),
-        missing,
-        location,
-        hint: hint.into(),
-    };
+    let missing_err =
+        |missing: Vec<String>, location: String, hint: &str| DataError::ModelFilesMissing {
+            model: model.into(),
+            missing,
+            location,
+            hint: hint.into(),
+        };
     if path.is_dir() {
         let mut files = Vec::new();
         list_files(path, path, &mut files);
@@ -278,7 +284,11 @@ pub fn resolve_model(model: &str, revision: Option<&str>, weights: bool) -> Resu
         }
         return Ok(path.to_path_buf());
     }
-    let repo = Repo::with_revision(model.to_string(), RepoType::Model, revision.unwrap_or("main").to_string());
+    let repo = Repo::with_revision(
+        model.to_string(),
+        RepoType::Model,
+        revision.unwrap_or("main").to_string(),
+    );
     let source = HubSource {
         id: model.to_string(),
         repo: repo.clone(),
@@ -296,7 +306,11 @@ pub fn resolve_model(model: &str, revision: Option<&str>, weights: bool) -> Resu
         if missing.is_empty() {
             Ok(dir.to_path_buf())
         } else {
-            Err(missing_err(missing, format!("the hub cache {}", dir.display()), offline_hint))
+            Err(missing_err(
+                missing,
+                format!("the hub cache {}", dir.display()),
+                offline_hint,
+            ))
         }
     };
     if hub_offline() {
@@ -316,12 +330,19 @@ pub fn resolve_model(model: &str, revision: Option<&str>, weights: bool) -> Resu
             tracing::warn!(model, error = %err, "hub unreachable, using the cache");
             let (dir, files) = source.cached_files().ok_or_else(|| DataError::Hub {
                 dataset: model.into(),
-                message: format!("cannot reach the hub ({err}) and the model is not in the cache {}", source.cache.path().display()),
+                message: format!(
+                    "cannot reach the hub ({err}) and the model is not in the cache {}",
+                    source.cache.path().display()
+                ),
             })?;
             return check_cached(&dir, &files);
         }
     };
-    let mut wanted: Vec<String> = MODEL_FILES.iter().filter(|f| files.iter().any(|g| g == *f)).map(|f| f.to_string()).collect();
+    let mut wanted: Vec<String> = MODEL_FILES
+        .iter()
+        .filter(|f| files.iter().any(|g| g == *f))
+        .map(|f| f.to_string())
+        .collect();
     if weights {
         match weight_files(&files) {
             Some(w) => wanted.extend(w),
@@ -340,9 +361,18 @@ pub fn resolve_model(model: &str, revision: Option<&str>, weights: bool) -> Resu
             dataset: model.into(),
             message: format!("downloading {f}: {e}"),
         })?;
-        dir = local.parent().map(Path::to_path_buf).filter(|_| !f.contains('/'));
+        dir = local
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|_| !f.contains('/'));
     }
-    dir.ok_or_else(|| missing_err(vec!["config.json".into()], format!("the hub repository `{model}`"), ""))
+    dir.ok_or_else(|| {
+        missing_err(
+            vec!["config.json".into()],
+            format!("the hub repository `{model}`"),
+            "",
+        )
+    })
 }
 
 fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
@@ -377,7 +407,10 @@ pub fn resolve_files(spec: &DatasetSpec, split: &str) -> Result<Vec<PathBuf>> {
         let chosen = select_split_files(&spec.dataset, &files, spec.config.as_deref(), split)?;
         return Ok(chosen.iter().map(|f| path.join(f)).collect());
     }
-    if spec.dataset.starts_with('.') || spec.dataset.starts_with('/') || spec.dataset.ends_with(".parquet") {
+    if spec.dataset.starts_with('.')
+        || spec.dataset.starts_with('/')
+        || spec.dataset.ends_with(".parquet")
+    {
         return Err(DataError::io(
             path,
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
@@ -405,23 +438,45 @@ mod tests {
         let got = select_split_files("nyu-mll/glue", &f, Some("sst2"), "validation").unwrap();
         assert_eq!(got, vec!["sst2/validation-00000-of-00001.parquet"]);
         let err = select_split_files("nyu-mll/glue", &f, None, "train").unwrap_err();
-        assert!(err.to_string().contains("a config is required (it has: cola, sst2)"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("a config is required (it has: cola, sst2)"),
+            "{err}"
+        );
         let err = select_split_files("nyu-mll/glue", &f, Some("mnli"), "train").unwrap_err();
         assert!(err.to_string().contains("no config `mnli`"), "{err}");
         let err = select_split_files("nyu-mll/glue", &f, Some("sst2"), "test").unwrap_err();
-        assert!(err.to_string().contains("no split `test` (it has: train, validation)"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("no split `test` (it has: train, validation)"),
+            "{err}"
+        );
     }
 
     #[test]
     fn default_config_layouts() {
-        let sst2 = files(&["data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"]);
+        let sst2 = files(&[
+            "data/train-00000-of-00001.parquet",
+            "data/test-00000-of-00001.parquet",
+        ]);
         assert_eq!(
             select_split_files("stanfordnlp/sst2", &sst2, None, "train").unwrap(),
             vec!["data/train-00000-of-00001.parquet"]
         );
-        let rt = files(&["train.parquet", "validation.parquet", "test.parquet", ".gitattributes"]);
-        assert_eq!(select_split_files("rt", &rt, None, "test").unwrap(), vec!["test.parquet"]);
-        assert_eq!(select_split_files("rt", &rt, Some("default"), "train").unwrap(), vec!["train.parquet"]);
+        let rt = files(&[
+            "train.parquet",
+            "validation.parquet",
+            "test.parquet",
+            ".gitattributes",
+        ]);
+        assert_eq!(
+            select_split_files("rt", &rt, None, "test").unwrap(),
+            vec!["test.parquet"]
+        );
+        assert_eq!(
+            select_split_files("rt", &rt, Some("default"), "train").unwrap(),
+            vec!["train.parquet"]
+        );
     }
 
     #[test]
@@ -435,11 +490,17 @@ mod tests {
         ]);
         assert_eq!(
             select_split_files("imdb", &f, Some("plain_text"), "train").unwrap(),
-            vec!["plain_text/train-00000-of-00002.parquet", "plain_text/train-00001-of-00002.parquet"]
+            vec![
+                "plain_text/train-00000-of-00002.parquet",
+                "plain_text/train-00001-of-00002.parquet"
+            ]
         );
         assert_eq!(
             select_split_files("x", &f, Some("split"), "validation").unwrap(),
-            vec!["split/validation/0000.parquet", "split/validation/0001.parquet"]
+            vec![
+                "split/validation/0000.parquet",
+                "split/validation/0001.parquet"
+            ]
         );
     }
 
@@ -447,10 +508,14 @@ mod tests {
     fn download_urls_follow_the_hub_layout() {
         let src = HubSource::new("stanfordnlp/sst2", None).with_cache(std::env::temp_dir());
         let url = src.url("data/train-00000-of-00001.parquet").unwrap();
-        let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+        let endpoint =
+            std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
         assert_eq!(url, format!("{endpoint}/datasets/stanfordnlp/sst2/resolve/main/data/train-00000-of-00001.parquet"));
-        let src = HubSource::new("nyu-mll/glue", Some("bcdcba79d07bc864c1c254ccfcedcce55bcc9a8c"))
-            .with_cache(std::env::temp_dir());
+        let src = HubSource::new(
+            "nyu-mll/glue",
+            Some("bcdcba79d07bc864c1c254ccfcedcce55bcc9a8c"),
+        )
+        .with_cache(std::env::temp_dir());
         assert!(src.url("sst2/train-00000-of-00001.parquet").unwrap().ends_with(
             "/datasets/nyu-mll/glue/resolve/bcdcba79d07bc864c1c254ccfcedcce55bcc9a8c/sst2/train-00000-of-00001.parquet"
         ));
@@ -463,13 +528,23 @@ mod tests {
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::write(repo.join("refs/main"), "abc123\n").unwrap();
         std::fs::create_dir_all(repo.join("snapshots/abc123/data")).unwrap();
-        std::fs::write(repo.join("snapshots/abc123/data/train-00000-of-00001.parquet"), b"x").unwrap();
+        std::fs::write(
+            repo.join("snapshots/abc123/data/train-00000-of-00001.parquet"),
+            b"x",
+        )
+        .unwrap();
         let src = HubSource::new("org/name", None).with_cache(tmp.path().to_path_buf());
         let (dir, files) = src.cached_files().unwrap();
         assert_eq!(dir, repo.join("snapshots/abc123"));
         assert_eq!(files, vec!["data/train-00000-of-00001.parquet"]);
         // A commit hash as revision needs no ref; an unknown revision is not cached.
-        assert!(HubSource::new("org/name", Some("abc123")).with_cache(tmp.path().into()).cached_snapshot().is_some());
-        assert!(HubSource::new("org/name", Some("v2")).with_cache(tmp.path().into()).cached_snapshot().is_none());
+        assert!(HubSource::new("org/name", Some("abc123"))
+            .with_cache(tmp.path().into())
+            .cached_snapshot()
+            .is_some());
+        assert!(HubSource::new("org/name", Some("v2"))
+            .with_cache(tmp.path().into())
+            .cached_snapshot()
+            .is_none());
     }
 }

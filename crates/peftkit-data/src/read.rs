@@ -2,7 +2,9 @@
 
 use crate::{DataError, Result, Split};
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Int16Type, Int32Type, Int64Type, Int8Type, Schema, UInt16Type, UInt32Type, UInt8Type};
+use arrow::datatypes::{
+    DataType, Int16Type, Int32Type, Int64Type, Int8Type, Schema, UInt16Type, UInt32Type, UInt8Type,
+};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use std::path::Path;
@@ -32,10 +34,11 @@ const TEXT_CANDIDATES: &[&str] = &["text", "sentence", "review", "content"];
 /// `LABEL_1`, ... as in transformers. Every label must lie in `0..num_labels`.
 pub fn read_parquet(path: &Path, columns: &ColumnNames) -> Result<Split> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| DataError::Parquet {
-        path: path.into(),
-        source,
-    })?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| DataError::Parquet {
+            path: path.into(),
+            source,
+        })?;
     let schema = builder.schema().clone();
     let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let text_col = match &columns.text {
@@ -51,16 +54,22 @@ pub fn read_parquet(path: &Path, columns: &ColumnNames) -> Result<Split> {
             })?,
     };
     let index_of = |col: &str| {
-        names.iter().position(|n| n == col).ok_or_else(|| DataError::MissingColumn {
-            path: path.into(),
-            column: col.into(),
-            available: names.clone(),
-        })
+        names
+            .iter()
+            .position(|n| n == col)
+            .ok_or_else(|| DataError::MissingColumn {
+                path: path.into(),
+                column: col.into(),
+                available: names.clone(),
+            })
     };
     let text_idx = index_of(&text_col)?;
     let label_idx = index_of(&columns.label)?;
     let text_type = schema.field(text_idx).data_type().clone();
-    if !matches!(text_type, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
+    if !matches!(
+        text_type,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) {
         return Err(DataError::ColumnType {
             path: path.into(),
             column: text_col,
@@ -107,7 +116,11 @@ pub fn read_parquet(path: &Path, columns: &ColumnNames) -> Result<Split> {
     let num_labels = match &label_names {
         Some(names) => names.len(),
         // Without class names: 0..=max, as transformers infers num_labels.
-        None => labels.iter().copied().max().map_or(0, |m| (m.max(0) + 1) as usize),
+        None => labels
+            .iter()
+            .copied()
+            .max()
+            .map_or(0, |m| (m.max(0) + 1) as usize),
     };
     if let Some((row, &label)) = labels
         .iter()
@@ -121,7 +134,8 @@ pub fn read_parquet(path: &Path, columns: &ColumnNames) -> Result<Split> {
             num_labels,
         });
     }
-    let label_names = label_names.unwrap_or_else(|| (0..num_labels).map(|i| format!("LABEL_{i}")).collect());
+    let label_names =
+        label_names.unwrap_or_else(|| (0..num_labels).map(|i| format!("LABEL_{i}")).collect());
     Ok(Split {
         texts,
         labels,
@@ -129,8 +143,16 @@ pub fn read_parquet(path: &Path, columns: &ColumnNames) -> Result<Split> {
     })
 }
 
-fn append_texts(path: &Path, batch: &RecordBatch, column: &str, offset: usize, out: &mut Vec<String>) -> Result<()> {
-    let array = batch.column_by_name(column).expect("projected column present");
+fn append_texts(
+    path: &Path,
+    batch: &RecordBatch,
+    column: &str,
+    offset: usize,
+    out: &mut Vec<String>,
+) -> Result<()> {
+    let array = batch
+        .column_by_name(column)
+        .expect("projected column present");
     let null = |row: usize| DataError::NullValue {
         path: path.into(),
         column: column.into(),
@@ -156,8 +178,16 @@ fn append_texts(path: &Path, batch: &RecordBatch, column: &str, offset: usize, o
     Ok(())
 }
 
-fn append_labels(path: &Path, batch: &RecordBatch, column: &str, offset: usize, out: &mut Vec<i64>) -> Result<()> {
-    let array = batch.column_by_name(column).expect("projected column present");
+fn append_labels(
+    path: &Path,
+    batch: &RecordBatch,
+    column: &str,
+    offset: usize,
+    out: &mut Vec<i64>,
+) -> Result<()> {
+    let array = batch
+        .column_by_name(column)
+        .expect("projected column present");
     if let Some(i) = (0..array.len()).find(|&i| array.is_null(i)) {
         return Err(DataError::NullValue {
             path: path.into(),
@@ -167,7 +197,13 @@ fn append_labels(path: &Path, batch: &RecordBatch, column: &str, offset: usize, 
     }
     macro_rules! push_prim {
         ($t:ty) => {
-            out.extend(array.as_primitive::<$t>().values().iter().map(|&v| v as i64))
+            out.extend(
+                array
+                    .as_primitive::<$t>()
+                    .values()
+                    .iter()
+                    .map(|&v| v as i64),
+            )
         };
     }
     match array.data_type() {
@@ -219,10 +255,12 @@ fn class_label_names(path: &Path, schema: &Schema, column: &str) -> Result<Optio
     names
         .iter()
         .map(|n| {
-            n.as_str().map(str::to_string).ok_or_else(|| DataError::Metadata {
-                path: path.into(),
-                message: format!("ClassLabel `{column}` has a non-string name {n}"),
-            })
+            n.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| DataError::Metadata {
+                    path: path.into(),
+                    message: format!("ClassLabel `{column}` has a non-string name {n}"),
+                })
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)

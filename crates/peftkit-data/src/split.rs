@@ -149,6 +149,9 @@ mod tests {
         assert_eq!(c.label_stats().counts, vec![3, 2]);
         let mut other = split(2);
         other.label_names = vec!["a".into(), "b".into()];
-        assert!(matches!(s.concat(&other), Err(DataError::LabelMismatch { .. })));
+        assert!(matches!(
+            s.concat(&other),
+            Err(DataError::LabelMismatch { .. })
+        ));
     }
 }

@@ -16,12 +16,22 @@ pub(crate) fn min_value(kind: Kind) -> f64 {
 /// An additive mask `[batch, 1, q_len, prefix + k_len]`: 0 where attention is allowed, the
 /// dtype's minimum where not. `attention_mask` is `[batch, k_len]` of 0/1; the prefix is always
 /// visible; `causal` hides later real tokens.
-pub(crate) fn additive_mask(attention_mask: &Tensor, prefix_len: i64, causal: bool, kind: Kind) -> Tensor {
-    let (batch, len) = attention_mask.size2().expect("attention mask is [batch, seq]");
+pub(crate) fn additive_mask(
+    attention_mask: &Tensor,
+    prefix_len: i64,
+    causal: bool,
+    kind: Kind,
+) -> Tensor {
+    let (batch, len) = attention_mask
+        .size2()
+        .expect("attention mask is [batch, seq]");
     let device = attention_mask.device();
     let keys = if prefix_len > 0 {
         Tensor::cat(
-            &[Tensor::ones([batch, prefix_len], (Kind::Bool, device)), attention_mask.to_kind(Kind::Bool)],
+            &[
+                Tensor::ones([batch, prefix_len], (Kind::Bool, device)),
+                attention_mask.to_kind(Kind::Bool),
+            ],
             1,
         )
     } else {
@@ -35,7 +45,8 @@ pub(crate) fn additive_mask(attention_mask: &Tensor, prefix_len: i64, causal: bo
         let causal = k.le_tensor(&(q + prefix_len));
         allowed = allowed.logical_and(&causal.view([1, 1, len, prefix_len + len]));
     }
-    Tensor::zeros(allowed.size(), (kind, device)).masked_fill(&allowed.logical_not(), min_value(kind))
+    Tensor::zeros(allowed.size(), (kind, device))
+        .masked_fill(&allowed.logical_not(), min_value(kind))
 }
 
 /// Multi-head attention from projected `q`, `k`, `v` (`[batch, heads, len, head_dim]`), with the
@@ -81,6 +92,8 @@ pub(crate) fn split_heads(x: &Tensor, heads: i64) -> Tensor {
 
 /// `[batch, heads, len, head_dim]` → `[batch, len, heads * head_dim]`.
 pub(crate) fn merge_heads(x: &Tensor) -> Tensor {
-    let (b, h, l, d) = x.size4().expect("attention output is [batch, heads, seq, dim]");
+    let (b, h, l, d) = x
+        .size4()
+        .expect("attention output is [batch, heads, seq, dim]");
     x.transpose(1, 2).contiguous().view([b, l, h * d])
 }

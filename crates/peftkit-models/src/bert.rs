@@ -14,11 +14,29 @@ use crate::prefix::PrefixProvider;
 use tch::{nn, Kind, Tensor};
 
 pub(crate) fn layer_norm(vs: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
-    nn::layer_norm(vs, vec![dim], nn::LayerNormConfig { eps, ..Default::default() })
+    nn::layer_norm(
+        vs,
+        vec![dim],
+        nn::LayerNormConfig {
+            eps,
+            ..Default::default()
+        },
+    )
 }
 
 pub(crate) fn embedding(vs: nn::Path, n: i64, dim: i64, std: f64) -> nn::Embedding {
-    nn::embedding(vs, n, dim, nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: std }, ..Default::default() })
+    nn::embedding(
+        vs,
+        n,
+        dim,
+        nn::EmbeddingConfig {
+            ws_init: nn::Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+            ..Default::default()
+        },
+    )
 }
 
 fn linear(vs: nn::Path, i: i64, o: i64, cfg: &BertConfig) -> Linear {
@@ -88,7 +106,12 @@ impl Layer {
                 dropout: cfg.hidden_dropout_prob,
             },
             intermediate: Intermediate {
-                dense: linear(&vs / "intermediate" / "dense", h, cfg.intermediate_size, cfg),
+                dense: linear(
+                    &vs / "intermediate" / "dense",
+                    h,
+                    cfg.intermediate_size,
+                    cfg,
+                ),
                 act: cfg.hidden_act,
             },
             output: Output {
@@ -101,17 +124,35 @@ impl Layer {
     }
 
     /// One encoder layer.
-    pub fn forward(&self, x: &Tensor, mask: &Tensor, prefix: Option<&dyn PrefixProvider>, train: bool) -> Tensor {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        prefix: Option<&dyn PrefixProvider>,
+        train: bool,
+    ) -> Tensor {
         let _span = tracing::trace_span!("bert.layer", layer = self.index).entered();
         let a = &self.attention;
         let q = split_heads(&a.query.forward(x, train), a.heads);
         let k = split_heads(&a.key.forward(x, train), a.heads);
         let v = split_heads(&a.value.forward(x, train), a.heads);
         let head_dim = q.size()[3] as f64;
-        let ctx = merge_heads(&attend(&q, k, v, mask, prefix.map(|p| (p, self.index)), a.dropout, train, 1.0 / head_dim.sqrt()));
+        let ctx = merge_heads(&attend(
+            &q,
+            k,
+            v,
+            mask,
+            prefix.map(|p| (p, self.index)),
+            a.dropout,
+            train,
+            1.0 / head_dim.sqrt(),
+        ));
         let o = &self.attention_output;
         let x = (o.dense.forward(&ctx, train).dropout(o.dropout, train) + x).apply(&o.layer_norm);
-        let h = self.intermediate.act.forward(&self.intermediate.dense.forward(&x, train));
+        let h = self
+            .intermediate
+            .act
+            .forward(&self.intermediate.dense.forward(&x, train));
         let out = &self.output;
         (out.dense.forward(&h, train).dropout(out.dropout, train) + x).apply(&out.layer_norm)
     }
@@ -166,14 +207,22 @@ impl Encoder {
         let mask = additive_mask(attention_mask, prefix_len, false, embeddings.kind());
         let mut states = vec![embeddings];
         for layer in &self.layers {
-            let next = layer.forward(states.last().expect("embeddings pushed"), &mask, prefix, train);
+            let next = layer.forward(
+                states.last().expect("embeddings pushed"),
+                &mask,
+                prefix,
+                train,
+            );
             states.push(next);
         }
         states
     }
 
     pub(crate) fn linears_mut(&mut self) -> Vec<&mut Linear> {
-        self.layers.iter_mut().flat_map(|l| l.linears_mut()).collect()
+        self.layers
+            .iter_mut()
+            .flat_map(|l| l.linears_mut())
+            .collect()
     }
 
     pub(crate) fn linears(&self) -> Vec<&Linear> {
@@ -195,9 +244,24 @@ impl Embeddings {
     pub(crate) fn new(vs: nn::Path, cfg: &BertConfig) -> Self {
         let std = cfg.initializer_range;
         Self {
-            word_embeddings: embedding(&vs / "word_embeddings", cfg.vocab_size, cfg.hidden_size, std),
-            position_embeddings: embedding(&vs / "position_embeddings", cfg.max_position_embeddings, cfg.hidden_size, std),
-            token_type_embeddings: embedding(&vs / "token_type_embeddings", cfg.type_vocab_size, cfg.hidden_size, std),
+            word_embeddings: embedding(
+                &vs / "word_embeddings",
+                cfg.vocab_size,
+                cfg.hidden_size,
+                std,
+            ),
+            position_embeddings: embedding(
+                &vs / "position_embeddings",
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                std,
+            ),
+            token_type_embeddings: embedding(
+                &vs / "token_type_embeddings",
+                cfg.type_vocab_size,
+                cfg.hidden_size,
+                std,
+            ),
             layer_norm: layer_norm(&vs / "LayerNorm", cfg.hidden_size, cfg.layer_norm_eps),
             dropout: cfg.hidden_dropout_prob,
         }
@@ -238,8 +302,15 @@ impl BertForSequenceClassification {
         Self {
             embeddings: Embeddings::new(&bert / "embeddings", cfg),
             encoder: Encoder::new(&bert / "encoder", cfg),
-            pooler: Pooler { dense: linear(&bert / "pooler" / "dense", h, h, cfg) },
-            classifier: linear(vs / "classifier", h, cfg.classifier.num_labels() as i64, cfg),
+            pooler: Pooler {
+                dense: linear(&bert / "pooler" / "dense", h, h, cfg),
+            },
+            classifier: linear(
+                vs / "classifier",
+                h,
+                cfg.classifier.num_labels() as i64,
+                cfg,
+            ),
             dropout: cfg.classifier_dropout(),
         }
     }
@@ -257,7 +328,9 @@ impl BertForSequenceClassification {
         let states = self.encoder.forward(emb, attention_mask, prefix, train);
         let first = states.last().expect("final hidden state").select(1, 0);
         let pooled = self.pooler.dense.forward(&first, train).tanh();
-        let logits = self.classifier.forward(&pooled.dropout(self.dropout, train), train);
+        let logits = self
+            .classifier
+            .forward(&pooled.dropout(self.dropout, train), train);
         (states, pooled, logits)
     }
 

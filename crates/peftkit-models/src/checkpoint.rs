@@ -22,9 +22,18 @@ pub struct LoadReport {
 
 impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "loaded {} tensors from {} file(s)", self.loaded, self.files.len())?;
+        write!(
+            f,
+            "loaded {} tensors from {} file(s)",
+            self.loaded,
+            self.files.len()
+        )?;
         if !self.newly_initialized.is_empty() {
-            write!(f, "; newly initialized (train them): {}", self.newly_initialized.join(", "))?;
+            write!(
+                f,
+                "; newly initialized (train them): {}",
+                self.newly_initialized.join(", ")
+            )?;
         }
         if !self.unused.is_empty() {
             write!(f, "; unused checkpoint keys: {}", self.unused.join(", "))?;
@@ -107,10 +116,11 @@ pub(crate) fn checkpoint_files(path: &Path) -> Result<Vec<PathBuf>> {
     let index = path.join("model.safetensors.index.json");
     if index.is_file() {
         let text = std::fs::read_to_string(&index).map_err(|e| io_err(&index, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
-            path: index.clone(),
-            message: format!("invalid JSON: {e}"),
-        })?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Config {
+                path: index.clone(),
+                message: format!("invalid JSON: {e}"),
+            })?;
         let map = json
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -118,7 +128,10 @@ pub(crate) fn checkpoint_files(path: &Path) -> Result<Vec<PathBuf>> {
                 path: index.clone(),
                 message: "no `weight_map` object".into(),
             })?;
-        let mut files: Vec<String> = map.values().filter_map(|v| v.as_str().map(str::to_string)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| path.join(f)).collect());
@@ -160,13 +173,19 @@ impl Naming {
             .strip_prefix(self.base_prefix)
             .and_then(|k| k.strip_prefix('.'))
             .unwrap_or(key);
-        self.ignored_prefixes.iter().any(|p| key.starts_with(p) || unprefixed.starts_with(p))
+        self.ignored_prefixes
+            .iter()
+            .any(|p| key.starts_with(p) || unprefixed.starts_with(p))
             || self.ignored_suffixes.iter().any(|s| key.ends_with(s))
     }
 }
 
 /// Copies a checkpoint into `vars` (the model's named parameters).
-pub(crate) fn load_into(vars: &HashMap<String, Tensor>, path: &Path, naming: &Naming) -> Result<LoadReport> {
+pub(crate) fn load_into(
+    vars: &HashMap<String, Tensor>,
+    path: &Path,
+    naming: &Naming,
+) -> Result<LoadReport> {
     let files = checkpoint_files(path)?;
     let mut report = LoadReport {
         files: files.clone(),
@@ -210,9 +229,14 @@ pub(crate) fn load_into(vars: &HashMap<String, Tensor>, path: &Path, naming: &Na
             loaded.insert(name);
         }
     }
-    let mut missing: Vec<String> = vars.keys().filter(|k| !loaded.contains(*k)).cloned().collect();
+    let mut missing: Vec<String> = vars
+        .keys()
+        .filter(|k| !loaded.contains(*k))
+        .cloned()
+        .collect();
     missing.sort();
-    let (head, base): (Vec<String>, Vec<String>) = missing.into_iter().partition(|k| naming.is_head(k));
+    let (head, base): (Vec<String>, Vec<String>) =
+        missing.into_iter().partition(|k| naming.is_head(k));
     if !base.is_empty() {
         return Err(ModelError::MissingKeys {
             path: path.to_path_buf(),
@@ -245,7 +269,8 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()>
     let views = buffers
         .iter()
         .map(|(k, (dtype, shape, data))| {
-            safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).map(|v| (k.clone(), v))
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
+                .map(|v| (k.clone(), v))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| ModelError::Safetensors {
@@ -262,7 +287,10 @@ pub fn save_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()>
 
 /// Writes a file through a temporary sibling and a rename, so readers never see half a file.
 pub(crate) fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     std::fs::write(&tmp, bytes).map_err(|e| io_err(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| {
@@ -274,12 +302,21 @@ pub(crate) fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Builds a directory through a temporary sibling and renames it into place when `fill`
 /// succeeds: an interrupted or failed save never leaves a half-written directory, and an existing
 /// directory is replaced only by a complete one.
-pub fn write_dir_atomically<E>(dir: &Path, fill: impl FnOnce(&Path) -> std::result::Result<(), E>) -> std::result::Result<(), E>
+pub fn write_dir_atomically<E>(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E>
 where
     E: From<ModelError>,
 {
-    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "out".into());
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "out".into());
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| ModelError::from(io_err(parent, e)))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));

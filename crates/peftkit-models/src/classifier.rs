@@ -167,7 +167,9 @@ impl SequenceClassifier {
         let root = vs.root();
         let inner = match &config {
             ModelConfig::Gpt2(c, _) => Inner::Gpt2(Gpt2ForSequenceClassification::new(&root, c)),
-            ModelConfig::Roberta(c, _) => Inner::Roberta(RobertaForSequenceClassification::new(&root, c)),
+            ModelConfig::Roberta(c, _) => {
+                Inner::Roberta(RobertaForSequenceClassification::new(&root, c))
+            }
             ModelConfig::Bert(c, _) => Inner::Bert(BertForSequenceClassification::new(&root, c)),
         };
         Self { vs, inner, config }
@@ -202,10 +204,12 @@ impl SequenceClassifier {
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
-        let config = serde_json::to_string_pretty(&self.config.to_json()).expect("JSON value serialises");
+        let config =
+            serde_json::to_string_pretty(&self.config.to_json()).expect("JSON value serialises");
         write_dir_atomically(dir, |tmp| {
             save_safetensors(&tmp.join("model.safetensors"), &tensors)?;
-            std::fs::write(tmp.join("config.json"), &config).map_err(|e| io_err(&tmp.join("config.json"), e))
+            std::fs::write(tmp.join("config.json"), &config)
+                .map_err(|e| io_err(&tmp.join("config.json"), e))
         })
     }
 
@@ -271,17 +275,26 @@ impl SequenceClassifier {
         match &self.config {
             ModelConfig::Gpt2(c, _) => c.n_positions,
             ModelConfig::Bert(c, _) => c.max_position_embeddings,
-            ModelConfig::Roberta(c, _) => c.max_position_embeddings - c.classifier.pad_token_id.unwrap_or(1) - 1,
+            ModelConfig::Roberta(c, _) => {
+                c.max_position_embeddings - c.classifier.pad_token_id.unwrap_or(1) - 1
+            }
         }
     }
 
     /// Logits (and pooled output and hidden states) for a batch. `input_ids` and
     /// `attention_mask` are `[batch, seq]` int64 on the model's device. Only shapes are checked
     /// (no host-device synchronisation).
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, opts: &ForwardOptions) -> Result<ClassifierOutput> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        opts: &ForwardOptions,
+    ) -> Result<ClassifierOutput> {
         let size = input_ids.size();
         if size.len() != 2 || size[0] == 0 || size[1] == 0 {
-            return Err(ModelError::Input(format!("input_ids must be a non-empty [batch, seq] tensor, got {size:?}")));
+            return Err(ModelError::Input(format!(
+                "input_ids must be a non-empty [batch, seq] tensor, got {size:?}"
+            )));
         }
         if attention_mask.size() != size {
             return Err(ModelError::Input(format!(
@@ -297,7 +310,10 @@ impl SequenceClassifier {
             )));
         }
         if input_ids.kind() != Kind::Int64 {
-            return Err(ModelError::Input(format!("input_ids must be int64, got {:?}", input_ids.kind())));
+            return Err(ModelError::Input(format!(
+                "input_ids must be int64, got {:?}",
+                input_ids.kind()
+            )));
         }
         let (hidden_states, pooled, logits) = match &self.inner {
             Inner::Gpt2(m) => m.forward(input_ids, attention_mask, opts.prefix, opts.train),
@@ -315,17 +331,21 @@ impl SequenceClassifier {
     /// single-label classification, MSE for regression, BCE-with-logits for multi-label.
     pub fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
         match self.config.classifier().problem_type() {
-            ProblemType::SingleLabelClassification => logits.to_kind(Kind::Float).cross_entropy_for_logits(labels),
+            ProblemType::SingleLabelClassification => {
+                logits.to_kind(Kind::Float).cross_entropy_for_logits(labels)
+            }
             ProblemType::Regression => logits
                 .to_kind(Kind::Float)
                 .squeeze()
                 .mse_loss(&labels.to_kind(Kind::Float).squeeze(), tch::Reduction::Mean),
-            ProblemType::MultiLabelClassification => logits.to_kind(Kind::Float).binary_cross_entropy_with_logits::<Tensor>(
-                &labels.to_kind(Kind::Float),
-                None,
-                None,
-                tch::Reduction::Mean,
-            ),
+            ProblemType::MultiLabelClassification => logits
+                .to_kind(Kind::Float)
+                .binary_cross_entropy_with_logits::<Tensor>(
+                    &labels.to_kind(Kind::Float),
+                    None,
+                    None,
+                    tch::Reduction::Mean,
+                ),
         }
     }
 

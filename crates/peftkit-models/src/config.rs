@@ -220,7 +220,9 @@ fn default_ln_eps_bert() -> f64 {
 impl BertConfig {
     /// Dropout of the classification head.
     pub fn classifier_dropout(&self) -> f64 {
-        self.classifier.classifier_dropout.unwrap_or(self.hidden_dropout_prob)
+        self.classifier
+            .classifier_dropout
+            .unwrap_or(self.hidden_dropout_prob)
     }
 }
 
@@ -248,7 +250,8 @@ impl ModelConfig {
 
     /// Parses a `config.json` document; the error is a message without the path.
     pub fn from_json_str(text: &str) -> std::result::Result<Self, String> {
-        let raw: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+        let raw: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
         let model_type = raw
             .get("model_type")
             .and_then(|v| v.as_str())
@@ -256,9 +259,15 @@ impl ModelConfig {
             .to_string();
         let parse_err = |e: serde_json::Error| e.to_string();
         let cfg = match model_type.as_str() {
-            "gpt2" => ModelConfig::Gpt2(serde_json::from_value(raw.clone()).map_err(parse_err)?, raw),
-            "roberta" => ModelConfig::Roberta(serde_json::from_value(raw.clone()).map_err(parse_err)?, raw),
-            "bert" => ModelConfig::Bert(serde_json::from_value(raw.clone()).map_err(parse_err)?, raw),
+            "gpt2" => {
+                ModelConfig::Gpt2(serde_json::from_value(raw.clone()).map_err(parse_err)?, raw)
+            }
+            "roberta" => {
+                ModelConfig::Roberta(serde_json::from_value(raw.clone()).map_err(parse_err)?, raw)
+            }
+            "bert" => {
+                ModelConfig::Bert(serde_json::from_value(raw.clone()).map_err(parse_err)?, raw)
+            }
             other => {
                 return Err(format!(
                     "model_type `{other}` is not supported (peftkit has gpt2, roberta and bert)"
@@ -275,14 +284,18 @@ impl ModelConfig {
             ModelConfig::Roberta(c, _) | ModelConfig::Bert(c, _) => {
                 if let Some(p) = c.position_embedding_type.as_deref() {
                     if p != "absolute" {
-                        return Err(format!("position_embedding_type `{p}` is not supported (only absolute)"));
+                        return Err(format!(
+                            "position_embedding_type `{p}` is not supported (only absolute)"
+                        ));
                     }
                 }
                 (c.hidden_size, c.num_attention_heads)
             }
         };
         if heads <= 0 || hidden <= 0 || hidden % heads != 0 {
-            return Err(format!("hidden size {hidden} is not a positive multiple of the {heads} attention heads"));
+            return Err(format!(
+                "hidden size {hidden} is not a positive multiple of the {heads} attention heads"
+            ));
         }
         if self.classifier().num_labels() == 0 {
             return Err("id2label is empty: a classifier needs at least one label".into());
@@ -385,7 +398,9 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("multiple of the 3 attention heads"), "{err}");
-        assert!(ModelConfig::from_json_str("{").unwrap_err().contains("invalid JSON"));
+        assert!(ModelConfig::from_json_str("{")
+            .unwrap_err()
+            .contains("invalid JSON"));
     }
 
     #[test]
@@ -399,6 +414,9 @@ mod tests {
         cfg.set_labels(&["a".into(), "b".into(), "c".into()]);
         assert_eq!(cfg.classifier().num_labels(), 3);
         assert_eq!(cfg.to_json()["label2id"]["c"], 2);
-        assert_eq!(cfg.to_json()["architectures"][0], "GPT2ForSequenceClassification");
+        assert_eq!(
+            cfg.to_json()["architectures"][0],
+            "GPT2ForSequenceClassification"
+        );
     }
 }

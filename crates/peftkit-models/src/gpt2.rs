@@ -12,7 +12,14 @@ use crate::prefix::PrefixProvider;
 use tch::{nn, Kind, Tensor};
 
 fn layer_norm(vs: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
-    nn::layer_norm(vs, vec![dim], nn::LayerNormConfig { eps, ..Default::default() })
+    nn::layer_norm(
+        vs,
+        vec![dim],
+        nn::LayerNormConfig {
+            eps,
+            ..Default::default()
+        },
+    )
 }
 
 /// `attn`: fused q/k/v projection (`c_attn`), output projection (`c_proj`).
@@ -32,13 +39,31 @@ impl Attention {
     fn new(vs: nn::Path, cfg: &Gpt2Config, layer: usize) -> Self {
         let std = cfg.initializer_range;
         let head_dim = (cfg.n_embd / cfg.n_head) as f64;
-        let mut scale = if cfg.scale_attn_weights { 1.0 / head_dim.sqrt() } else { 1.0 };
+        let mut scale = if cfg.scale_attn_weights {
+            1.0 / head_dim.sqrt()
+        } else {
+            1.0
+        };
         if cfg.scale_attn_by_inverse_layer_idx {
             scale /= (layer + 1) as f64;
         }
         Self {
-            c_attn: Linear::new(&vs / "c_attn", cfg.n_embd, 3 * cfg.n_embd, true, WeightLayout::InOut, std),
-            c_proj: Linear::new(&vs / "c_proj", cfg.n_embd, cfg.n_embd, true, WeightLayout::InOut, std),
+            c_attn: Linear::new(
+                &vs / "c_attn",
+                cfg.n_embd,
+                3 * cfg.n_embd,
+                true,
+                WeightLayout::InOut,
+                std,
+            ),
+            c_proj: Linear::new(
+                &vs / "c_proj",
+                cfg.n_embd,
+                cfg.n_embd,
+                true,
+                WeightLayout::InOut,
+                std,
+            ),
             n_head: cfg.n_head,
             n_embd: cfg.n_embd,
             scale,
@@ -48,7 +73,13 @@ impl Attention {
         }
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor, prefix: Option<&dyn PrefixProvider>, train: bool) -> Tensor {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        prefix: Option<&dyn PrefixProvider>,
+        train: bool,
+    ) -> Tensor {
         let qkv = self.c_attn.forward(x, train);
         let parts = qkv.split(self.n_embd, 2);
         let (q, k, v) = (
@@ -56,8 +87,19 @@ impl Attention {
             split_heads(&parts[1], self.n_head),
             split_heads(&parts[2], self.n_head),
         );
-        let y = attend(&q, k, v, mask, prefix.map(|p| (p, self.layer)), self.attn_pdrop, train, self.scale);
-        self.c_proj.forward(&merge_heads(&y), train).dropout(self.resid_pdrop, train)
+        let y = attend(
+            &q,
+            k,
+            v,
+            mask,
+            prefix.map(|p| (p, self.layer)),
+            self.attn_pdrop,
+            train,
+            self.scale,
+        );
+        self.c_proj
+            .forward(&merge_heads(&y), train)
+            .dropout(self.resid_pdrop, train)
     }
 }
 
@@ -75,8 +117,22 @@ impl Mlp {
         let std = cfg.initializer_range;
         let inner = cfg.inner_dim();
         Self {
-            c_fc: Linear::new(&vs / "c_fc", cfg.n_embd, inner, true, WeightLayout::InOut, std),
-            c_proj: Linear::new(&vs / "c_proj", inner, cfg.n_embd, true, WeightLayout::InOut, std),
+            c_fc: Linear::new(
+                &vs / "c_fc",
+                cfg.n_embd,
+                inner,
+                true,
+                WeightLayout::InOut,
+                std,
+            ),
+            c_proj: Linear::new(
+                &vs / "c_proj",
+                inner,
+                cfg.n_embd,
+                true,
+                WeightLayout::InOut,
+                std,
+            ),
             act: cfg.activation_function,
             dropout: cfg.resid_pdrop,
         }
@@ -108,7 +164,13 @@ impl Block {
     }
 
     /// One block.
-    pub fn forward(&self, x: &Tensor, mask: &Tensor, prefix: Option<&dyn PrefixProvider>, train: bool) -> Tensor {
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        prefix: Option<&dyn PrefixProvider>,
+        train: bool,
+    ) -> Tensor {
         let _span = tracing::trace_span!("gpt2.block", layer = self.attn.layer).entered();
         let x = x + self.attn.forward(&x.apply(&self.ln_1), mask, prefix, train);
         let h = self.mlp.forward(&x.apply(&self.ln_2), train);
@@ -130,12 +192,25 @@ pub struct Gpt2Model {
 impl Gpt2Model {
     fn new(vs: nn::Path, cfg: &Gpt2Config) -> Self {
         let emb = |p: nn::Path, n, d| {
-            nn::embedding(p, n, d, nn::EmbeddingConfig { ws_init: nn::Init::Randn { mean: 0.0, stdev: cfg.initializer_range }, ..Default::default() })
+            nn::embedding(
+                p,
+                n,
+                d,
+                nn::EmbeddingConfig {
+                    ws_init: nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: cfg.initializer_range,
+                    },
+                    ..Default::default()
+                },
+            )
         };
         Self {
             wte: emb(&vs / "wte", cfg.vocab_size, cfg.n_embd),
             wpe: emb(&vs / "wpe", cfg.n_positions, cfg.n_embd),
-            h: (0..cfg.n_layer as usize).map(|i| Block::new(&vs / "h" / i, cfg, i)).collect(),
+            h: (0..cfg.n_layer as usize)
+                .map(|i| Block::new(&vs / "h" / i, cfg, i))
+                .collect(),
             ln_f: layer_norm(&vs / "ln_f", cfg.n_embd, cfg.layer_norm_epsilon),
             embd_pdrop: cfg.embd_pdrop,
             n_positions: cfg.n_positions,
@@ -153,7 +228,8 @@ impl Gpt2Model {
     ) -> Vec<Tensor> {
         let (_, len) = input_ids.size2().expect("input ids are [batch, seq]");
         let positions = Tensor::arange(len, (Kind::Int64, input_ids.device())).unsqueeze(0);
-        let x = (input_ids.apply(&self.wte) + positions.apply(&self.wpe)).dropout(self.embd_pdrop, train);
+        let x = (input_ids.apply(&self.wte) + positions.apply(&self.wpe))
+            .dropout(self.embd_pdrop, train);
         let prefix_len = prefix.map_or(0, |p| p.num_tokens());
         let mask = additive_mask(attention_mask, prefix_len, true, x.kind());
         let mut states = vec![x];
@@ -175,7 +251,14 @@ impl Gpt2Model {
     pub(crate) fn linears_mut(&mut self) -> Vec<&mut Linear> {
         self.h
             .iter_mut()
-            .flat_map(|b| [&mut b.attn.c_attn, &mut b.attn.c_proj, &mut b.mlp.c_fc, &mut b.mlp.c_proj])
+            .flat_map(|b| {
+                [
+                    &mut b.attn.c_attn,
+                    &mut b.attn.c_proj,
+                    &mut b.mlp.c_fc,
+                    &mut b.mlp.c_proj,
+                ]
+            })
             .collect()
     }
 
@@ -201,7 +284,14 @@ impl Gpt2ForSequenceClassification {
         let num_labels = cfg.classifier.num_labels() as i64;
         Self {
             transformer: Gpt2Model::new(vs / "transformer", cfg),
-            score: Linear::new(vs / "score", cfg.n_embd, num_labels, false, WeightLayout::OutIn, cfg.initializer_range),
+            score: Linear::new(
+                vs / "score",
+                cfg.n_embd,
+                num_labels,
+                false,
+                WeightLayout::OutIn,
+                cfg.initializer_range,
+            ),
             pad_token_id: cfg.classifier.pad_token_id.or(cfg.eos_token_id),
         }
     }
@@ -233,7 +323,9 @@ impl Gpt2ForSequenceClassification {
         prefix: Option<&dyn PrefixProvider>,
         train: bool,
     ) -> (Vec<Tensor>, Tensor, Tensor) {
-        let states = self.transformer.forward(input_ids, attention_mask, prefix, train);
+        let states = self
+            .transformer
+            .forward(input_ids, attention_mask, prefix, train);
         let last = states.last().expect("final hidden state");
         let batch = last.size()[0];
         let rows = Tensor::arange(batch, (Kind::Int64, last.device()));

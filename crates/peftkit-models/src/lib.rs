@@ -36,7 +36,9 @@ mod prefix;
 pub mod roberta;
 
 pub use checkpoint::{read_safetensors, save_safetensors, write_dir_atomically, LoadReport};
-pub use classifier::{Architecture, ClassifierOutput, ForwardOptions, LoadOptions, SequenceClassifier};
+pub use classifier::{
+    Architecture, ClassifierOutput, ForwardOptions, LoadOptions, SequenceClassifier,
+};
 pub use config::{Activation, BertConfig, ClassifierConfig, Gpt2Config, ModelConfig, ProblemType};
 pub use device::parse_device;
 pub use linear::{Linear, LinearHook, WeightLayout};

@@ -39,12 +39,26 @@ pub struct Linear {
 impl Linear {
     /// Creates the parameters `weight` (and `bias`) under `vs`, normally initialised with `std`
     /// as transformers' `_init_weights` does (bias zero).
-    pub fn new(vs: nn::Path, in_features: i64, out_features: i64, bias: bool, layout: WeightLayout, std: f64) -> Self {
+    pub fn new(
+        vs: nn::Path,
+        in_features: i64,
+        out_features: i64,
+        bias: bool,
+        layout: WeightLayout,
+        std: f64,
+    ) -> Self {
         let shape = match layout {
             WeightLayout::OutIn => [out_features, in_features],
             WeightLayout::InOut => [in_features, out_features],
         };
-        let weight = vs.var("weight", &shape, nn::Init::Randn { mean: 0.0, stdev: std });
+        let weight = vs.var(
+            "weight",
+            &shape,
+            nn::Init::Randn {
+                mean: 0.0,
+                stdev: std,
+            },
+        );
         let bias = bias.then(|| vs.var("bias", &[out_features], nn::Init::Const(0.0)));
         let path = vs.components().collect::<Vec<_>>().join(".");
         Self {

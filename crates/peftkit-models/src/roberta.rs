@@ -45,7 +45,14 @@ impl RobertaForSequenceClassification {
             encoder: Encoder::new(&roberta / "encoder", cfg),
             classifier: ClassificationHead {
                 dense: Linear::new(&head / "dense", h, h, true, WeightLayout::OutIn, std),
-                out_proj: Linear::new(&head / "out_proj", h, cfg.classifier.num_labels() as i64, true, WeightLayout::OutIn, std),
+                out_proj: Linear::new(
+                    &head / "out_proj",
+                    h,
+                    cfg.classifier.num_labels() as i64,
+                    true,
+                    WeightLayout::OutIn,
+                    std,
+                ),
                 dropout: cfg.classifier_dropout(),
             },
             padding_idx: cfg.classifier.pad_token_id.unwrap_or(1),
@@ -64,7 +71,10 @@ impl RobertaForSequenceClassification {
         let states = self.encoder.forward(emb, attention_mask, prefix, train);
         let first = states.last().expect("final hidden state").select(1, 0);
         let c = &self.classifier;
-        let pooled = c.dense.forward(&first.dropout(c.dropout, train), train).tanh();
+        let pooled = c
+            .dense
+            .forward(&first.dropout(c.dropout, train), train)
+            .tanh();
         let logits = c.out_proj.forward(&pooled.dropout(c.dropout, train), train);
         (states, pooled, logits)
     }

@@ -10,14 +10,18 @@ use peftkit_tokenize::{TextTokenizer, Truncation};
 use std::path::PathBuf;
 
 fn hub_snapshot(repo: &str) -> PathBuf {
-    let home = std::env::var("HF_HOME").expect("HF_HOME must point at a hub cache with the gpt2 tokenizer");
-    let base = PathBuf::from(home).join("hub").join(format!("models--{}", repo.replace('/', "--")));
+    let home = std::env::var("HF_HOME")
+        .expect("HF_HOME must point at a hub cache with the gpt2 tokenizer");
+    let base = PathBuf::from(home)
+        .join("hub")
+        .join(format!("models--{}", repo.replace('/', "--")));
     let rev = std::fs::read_to_string(base.join("refs/main")).expect("refs/main in the hub cache");
     base.join("snapshots").join(rev.trim())
 }
 
 fn bench(c: &mut Criterion) {
-    let train = load_split(&DatasetSpec::new("stanfordnlp/sst2"), "train").expect("SST-2 train split");
+    let train =
+        load_split(&DatasetSpec::new("stanfordnlp/sst2"), "train").expect("SST-2 train split");
     let mut group = c.benchmark_group("tokenize_sst2_train");
     group.sample_size(10);
     group.throughput(Throughput::Elements(train.len() as u64));
@@ -26,8 +30,12 @@ fn bench(c: &mut Criterion) {
         tokenizers.push(("minilm", PathBuf::from(dir)));
     }
     for (name, dir) in tokenizers {
-        let tok = TextTokenizer::from_dir(&dir).expect("tokenizer").with_truncation(Truncation::MaxLength(128));
-        group.bench_function(format!("{name}/encode_batch"), |b| b.iter(|| tok.encode_batch(&train.texts).unwrap()));
+        let tok = TextTokenizer::from_dir(&dir)
+            .expect("tokenizer")
+            .with_truncation(Truncation::MaxLength(128));
+        group.bench_function(format!("{name}/encode_batch"), |b| {
+            b.iter(|| tok.encode_batch(&train.texts).unwrap())
+        });
     }
     group.finish();
 }

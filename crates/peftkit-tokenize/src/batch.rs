@@ -30,7 +30,12 @@ pub struct Batch {
 }
 
 /// Pads encoded rows into a [`Batch`].
-pub fn collate<T: AsRef<[u32]>>(rows: &[T], labels: &[i64], padding: Padding, pad_id: u32) -> Batch {
+pub fn collate<T: AsRef<[u32]>>(
+    rows: &[T],
+    labels: &[i64],
+    padding: Padding,
+    pad_id: u32,
+) -> Batch {
     let longest = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
     let seq_len = match padding {
         Padding::MaxLength(n) => n.max(longest),
@@ -99,7 +104,9 @@ impl BatchSampler for SequentialSampler {
     fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
         let mut idx: Vec<usize> = (0..self.len).collect();
         if let Some(seed) = self.shuffle_seed {
-            idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed.wrapping_add(epoch as u64)));
+            idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+                seed.wrapping_add(epoch as u64),
+            ));
         }
         idx.chunks(self.batch_size)
             .filter(|c| !self.drop_last || c.len() == self.batch_size)
@@ -142,7 +149,9 @@ impl BucketSampler {
 impl BatchSampler for BucketSampler {
     fn batches(&self, epoch: usize) -> Vec<Vec<usize>> {
         let mut idx: Vec<usize> = (0..self.lengths.len()).collect();
-        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(self.seed.wrapping_add(epoch as u64)));
+        idx.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
+            self.seed.wrapping_add(epoch as u64),
+        ));
         let mega = self.batch_size * self.mega_factor;
         let mut batches: Vec<Vec<usize>> = Vec::new();
         for chunk in idx.chunks(mega) {
@@ -154,7 +163,12 @@ impl BatchSampler for BucketSampler {
         let longest = batches
             .iter()
             .enumerate()
-            .max_by_key(|(i, b)| (b.iter().map(|&r| self.lengths[r]).max().unwrap_or(0), usize::MAX - i))
+            .max_by_key(|(i, b)| {
+                (
+                    b.iter().map(|&r| self.lengths[r]).max().unwrap_or(0),
+                    usize::MAX - i,
+                )
+            })
             .map(|(i, _)| i);
         if let Some(i) = longest {
             batches.swap(0, i);
@@ -182,7 +196,10 @@ mod tests {
     #[test]
     fn sequential_covers_every_row_once() {
         let s = SequentialSampler::new(10, 4);
-        assert_eq!(s.batches(0), vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
+        assert_eq!(
+            s.batches(0),
+            vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]
+        );
         assert_eq!(s.clone().drop_last(true).batches(0).len(), 2);
         let sh = SequentialSampler::new(10, 4).shuffled(42);
         assert_eq!(sh.batches(1), sh.batches(1));
@@ -201,7 +218,10 @@ mod tests {
         all.sort();
         assert_eq!(all, (0..200).collect::<Vec<_>>());
         let max_len = *lengths.iter().max().unwrap();
-        assert_eq!(batches[0].iter().map(|&r| lengths[r]).max().unwrap(), max_len);
+        assert_eq!(
+            batches[0].iter().map(|&r| lengths[r]).max().unwrap(),
+            max_len
+        );
         // Within-batch spread is far below that of random batches.
         let spread: usize = batches
             .iter()
@@ -210,7 +230,11 @@ mod tests {
                 l.iter().max().unwrap() - l.iter().min().unwrap()
             })
             .sum();
-        assert!(spread / batches.len() < 30, "mean spread {}", spread / batches.len());
+        assert!(
+            spread / batches.len() < 30,
+            "mean spread {}",
+            spread / batches.len()
+        );
         assert_eq!(s.batches(0), batches);
         assert_ne!(s.batches(1), batches);
     }

@@ -12,11 +12,17 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{
-    DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, Tokenizer,
-    TokenizerBuilder, TruncationDirection, TruncationParams, TruncationStrategy,
+    DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    Tokenizer, TokenizerBuilder, TruncationDirection, TruncationParams, TruncationStrategy,
 };
 
-type Builder = TokenizerBuilder<ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>;
+type Builder = TokenizerBuilder<
+    ModelWrapper,
+    NormalizerWrapper,
+    PreTokenizerWrapper,
+    PostProcessorWrapper,
+    DecoderWrapper,
+>;
 
 /// The model family, which decides the special tokens and the pad token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -92,14 +98,18 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
-    serde_json::from_str(&text).map(Some).map_err(|e| file_err(path, format!("invalid JSON: {e}")))
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| file_err(path, format!("invalid JSON: {e}")))
 }
 
 /// A token given either as a string or as `{"content": "..."}` (tokenizer_config.json style).
 fn token_string(v: &serde_json::Value) -> Option<String> {
-    v.as_str()
-        .map(str::to_string)
-        .or_else(|| v.get("content").and_then(|c| c.as_str()).map(str::to_string))
+    v.as_str().map(str::to_string).or_else(|| {
+        v.get("content")
+            .and_then(|c| c.as_str())
+            .map(str::to_string)
+    })
 }
 
 impl TextTokenizer {
@@ -120,11 +130,15 @@ impl TextTokenizer {
     pub fn from_dir_with_family(dir: &Path, family: Option<Family>) -> Result<Self> {
         let json = dir.join("tokenizer.json");
         let (inner, source) = if json.is_file() {
-            (Tokenizer::from_file(&json).map_err(|e| file_err(&json, e))?, json)
+            (
+                Tokenizer::from_file(&json).map_err(|e| file_err(&json, e))?,
+                json,
+            )
         } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
             let family = family.unwrap_or_else(|| {
                 if dir.join("vocab.json").is_file()
-                    && std::fs::read_to_string(dir.join("vocab.json")).is_ok_and(|v| v.contains("\"<s>\""))
+                    && std::fs::read_to_string(dir.join("vocab.json"))
+                        .is_ok_and(|v| v.contains("\"<s>\""))
                 {
                     Family::Roberta
                 } else {
@@ -135,33 +149,44 @@ impl TextTokenizer {
         } else if dir.join("vocab.txt").is_file() {
             (Self::build_wordpiece(dir)?, dir.join("vocab.txt"))
         } else {
-            return Err(TokenizeError::NoTokenizer { dir: dir.to_path_buf() });
+            return Err(TokenizeError::NoTokenizer {
+                dir: dir.to_path_buf(),
+            });
         };
         let family = match family {
             Some(f) => f,
             None => infer_family(&inner),
         };
-        let pad_token = configured_pad_token(dir)?.unwrap_or_else(|| family.default_pad_token().to_string());
+        let pad_token =
+            configured_pad_token(dir)?.unwrap_or_else(|| family.default_pad_token().to_string());
         Self::new(inner, family, &pad_token, source)
     }
 
     /// Loads a `tokenizer.json` file for a family.
     pub fn from_file(path: &Path, family: Family) -> Result<Self> {
         let inner = Tokenizer::from_file(path).map_err(|e| file_err(path, e))?;
-        Self::new(inner, family, family.default_pad_token(), path.to_path_buf())
+        Self::new(
+            inner,
+            family,
+            family.default_pad_token(),
+            path.to_path_buf(),
+        )
     }
 
     fn new(mut inner: Tokenizer, family: Family, pad_token: &str, source: PathBuf) -> Result<Self> {
         // Padding and truncation are peftkit's to decide (a tokenizer.json may carry its own).
         inner.with_padding(None);
-        inner.with_truncation(None).map_err(|e| file_err(&source, e))?;
-        let pad_id = inner
-            .token_to_id(pad_token)
-            .ok_or_else(|| TokenizeError::MissingSpecialToken {
-                path: source.clone(),
-                family,
-                token: pad_token.into(),
-            })?;
+        inner
+            .with_truncation(None)
+            .map_err(|e| file_err(&source, e))?;
+        let pad_id =
+            inner
+                .token_to_id(pad_token)
+                .ok_or_else(|| TokenizeError::MissingSpecialToken {
+                    path: source.clone(),
+                    family,
+                    token: pad_token.into(),
+                })?;
         Ok(Self {
             inner,
             family,
@@ -190,15 +215,21 @@ impl TextTokenizer {
                         token: t.into(),
                     })
                 };
-                let processor = RobertaProcessing::new(("</s>".into(), id("</s>")?), ("<s>".into(), id("<s>")?))
-                    .trim_offsets(true)
-                    .add_prefix_space(false);
+                let processor = RobertaProcessing::new(
+                    ("</s>".into(), id("</s>")?),
+                    ("<s>".into(), id("<s>")?),
+                )
+                .trim_offsets(true)
+                .add_prefix_space(false);
                 builder.with_post_processor(Some(processor.into()))
             }
             _ => builder.with_post_processor(Some(ByteLevel::new(false, true, true).into())),
         };
         let tok: Tokenizer = builder.build().map_err(|e| file_err(&vocab, e))?.into();
-        Ok(with_special_tokens(tok, &["<|endoftext|>", "<s>", "</s>", "<pad>", "<unk>", "<mask>"]))
+        Ok(with_special_tokens(
+            tok,
+            &["<|endoftext|>", "<s>", "</s>", "<pad>", "<unk>", "<mask>"],
+        ))
     }
 
     fn build_wordpiece(dir: &Path) -> Result<Tokenizer> {
@@ -227,14 +258,21 @@ impl TextTokenizer {
             .map_err(|e| file_err(&vocab, e))?;
         let tok: Tokenizer = Builder::default()
             .with_model(wp.into())
-            .with_normalizer(Some(BertNormalizer::new(true, true, None, lowercase).into()))
+            .with_normalizer(Some(
+                BertNormalizer::new(true, true, None, lowercase).into(),
+            ))
             .with_pre_tokenizer(Some(BertPreTokenizer.into()))
             .with_post_processor(Some(processor.into()))
-            .with_decoder(Some(tokenizers::decoders::wordpiece::WordPiece::default().into()))
+            .with_decoder(Some(
+                tokenizers::decoders::wordpiece::WordPiece::default().into(),
+            ))
             .build()
             .map_err(|e| file_err(&vocab, e))?
             .into();
-        Ok(with_special_tokens(tok, &["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+        Ok(with_special_tokens(
+            tok,
+            &["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+        ))
     }
 
     /// Sets truncation.
@@ -317,10 +355,12 @@ impl TextTokenizer {
 
     /// Decodes ids back to text, skipping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(|e| TokenizeError::Encode {
-            index: 0,
-            message: e.to_string(),
-        })
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| TokenizeError::Encode {
+                index: 0,
+                message: e.to_string(),
+            })
     }
 }
 

@@ -10,14 +10,18 @@ fn offline_cache() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var_os("HF_HOME").is_none() {
-            std::env::set_var("HF_HOME", Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/hf-home"));
+            std::env::set_var(
+                "HF_HOME",
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/hf-home"),
+            );
         }
         std::env::set_var("HF_HUB_OFFLINE", "1");
     });
 }
 
 fn fixture() -> serde_json::Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures/tokenizers/ids.json");
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures/tokenizers/ids.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -40,8 +44,16 @@ fn ids(v: &serde_json::Value) -> Vec<Vec<u32>> {
 fn check(name: &str, tok: &TextTokenizer, fx: &serde_json::Value) {
     let sentences: Vec<String> = serde_json::from_value(fx["sentences"].clone()).unwrap();
     let expected = &fx["tokenizers"][name];
-    assert_eq!(tok.pad_id() as u64, expected["pad_token_id"].as_u64().unwrap(), "{name}: pad id");
-    let got = tok.clone().with_truncation(Truncation::MaxLength(128)).encode_batch(&sentences).unwrap();
+    assert_eq!(
+        tok.pad_id() as u64,
+        expected["pad_token_id"].as_u64().unwrap(),
+        "{name}: pad id"
+    );
+    let got = tok
+        .clone()
+        .with_truncation(Truncation::MaxLength(128))
+        .encode_batch(&sentences)
+        .unwrap();
     let want = ids(&expected["truncated"]);
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -49,8 +61,16 @@ fn check(name: &str, tok: &TextTokenizer, fx: &serde_json::Value) {
     }
     // Long IMDB reviews really were truncated.
     assert!(got.iter().any(|g| g.len() == 128));
-    let full = tok.clone().with_truncation(Truncation::None).encode_batch(&sentences[..40]).unwrap();
-    assert_eq!(full, ids(&expected["untruncated_first_40"]), "{name}: untruncated");
+    let full = tok
+        .clone()
+        .with_truncation(Truncation::None)
+        .encode_batch(&sentences[..40])
+        .unwrap();
+    assert_eq!(
+        full,
+        ids(&expected["untruncated_first_40"]),
+        "{name}: untruncated"
+    );
 }
 
 #[test]
@@ -92,8 +112,14 @@ fn fallback_files_give_the_same_ids() {
     let fx = fixture();
     for (name, files) in [
         ("gpt2", &["vocab.json", "merges.txt", "config.json"][..]),
-        ("roberta-base", &["vocab.json", "merges.txt", "config.json"][..]),
-        ("all-MiniLM-L6-v2", &["vocab.txt", "tokenizer_config.json", "config.json"][..]),
+        (
+            "roberta-base",
+            &["vocab.json", "merges.txt", "config.json"][..],
+        ),
+        (
+            "all-MiniLM-L6-v2",
+            &["vocab.txt", "tokenizer_config.json", "config.json"][..],
+        ),
     ] {
         let dir = subset(&model_dir(name), files);
         let tok = TextTokenizer::from_dir(dir.path()).unwrap();
@@ -105,7 +131,9 @@ fn fallback_files_give_the_same_ids() {
 #[test]
 fn batches_pad_with_the_family_pad_token() {
     let tok = TextTokenizer::from_dir(&model_dir("gpt2")).unwrap();
-    let rows = tok.encode_batch(&["a fine film".to_string(), "bad".to_string()]).unwrap();
+    let rows = tok
+        .encode_batch(&["a fine film".to_string(), "bad".to_string()])
+        .unwrap();
     assert_eq!((rows[0].len(), rows[1].len()), (3, 1));
     let b = collate(&rows, &[1, 0], Padding::Longest, tok.pad_id());
     assert_eq!(b.seq_len, 3);
@@ -118,7 +146,9 @@ fn bad_tokenizer_files_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let err = TextTokenizer::from_dir(tmp.path()).unwrap_err();
     assert!(matches!(err, TokenizeError::NoTokenizer { .. }));
-    assert!(err.to_string().contains("no tokenizer.json, vocab.json + merges.txt, or vocab.txt"));
+    assert!(err
+        .to_string()
+        .contains("no tokenizer.json, vocab.json + merges.txt, or vocab.txt"));
     std::fs::write(tmp.path().join("tokenizer.json"), "{ not json").unwrap();
     let err = TextTokenizer::from_dir(tmp.path()).unwrap_err().to_string();
     assert!(err.contains("tokenizer.json:"), "{err}");

@@ -1,0 +1,115 @@
+//! Tokenized datasets and the batches fed to the model, prepared ahead on a background thread.
+
+use peftkit_tokenize::{collate, Batch, BatchSampler, BucketSampler, Padding, SequentialSampler};
+use std::sync::mpsc;
+use tch::{Device, Kind, Tensor};
+
+/// A tokenized, labelled split: what the trainer iterates over. Tokenize once, reuse every epoch.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Token ids per row (special tokens added, truncated, not padded).
+    pub ids: Vec<Vec<u32>>,
+    /// Class id per row.
+    pub labels: Vec<i64>,
+    /// Class names.
+    pub label_names: Vec<String>,
+    /// How batches are padded.
+    pub padding: Padding,
+    /// The pad id.
+    pub pad_id: u32,
+}
+
+impl Dataset {
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The padded batch of these rows.
+    pub fn batch(&self, rows: &[usize]) -> Batch {
+        let ids: Vec<&[u32]> = rows.iter().map(|&r| self.ids[r].as_slice()).collect();
+        let labels: Vec<i64> = rows.iter().map(|&r| self.labels[r]).collect();
+        collate(&ids, &labels, self.padding, self.pad_id)
+    }
+
+    /// The training batches of an epoch: shuffled with `seed + epoch`, length-grouped if asked.
+    pub fn train_batches(
+        &self,
+        batch_size: usize,
+        seed: u64,
+        group_by_length: bool,
+        epoch: usize,
+    ) -> Vec<Vec<usize>> {
+        if group_by_length {
+            BucketSampler::new(self.ids.iter().map(Vec::len).collect(), batch_size, seed)
+                .batches(epoch)
+        } else {
+            SequentialSampler::new(self.len(), batch_size)
+                .shuffled(seed)
+                .batches(epoch)
+        }
+    }
+
+    /// Evaluation batches, in row order.
+    pub fn eval_batches(&self, batch_size: usize) -> Vec<Vec<usize>> {
+        SequentialSampler::new(self.len(), batch_size).batches(0)
+    }
+}
+
+/// A batch as tensors on the device.
+#[derive(Debug)]
+pub struct DeviceBatch {
+    /// `[batch, seq]` int64.
+    pub input_ids: Tensor,
+    /// `[batch, seq]` int64.
+    pub attention_mask: Tensor,
+    /// `[batch]` int64.
+    pub labels: Tensor,
+    /// Rows.
+    pub size: usize,
+}
+
+impl DeviceBatch {
+    /// Moves a host batch to `device`.
+    pub fn new(b: &Batch, device: Device) -> Self {
+        let shape = [b.batch_size as i64, b.seq_len as i64];
+        let to = |v: &[i64], s: &[i64]| Tensor::from_slice(v).view(s).to_device(device);
+        Self {
+            input_ids: to(&b.input_ids, &shape),
+            attention_mask: to(&b.attention_mask, &shape),
+            labels: to(&b.labels, &[b.batch_size as i64]).to_kind(Kind::Int64),
+            size: b.batch_size,
+        }
+    }
+}
+
+/// Runs `consume` over the batches of `order`, with the padding done `prefetch` batches ahead on
+/// a background thread so the device never waits on the host.
+pub fn for_each_batch<E>(
+    data: &Dataset,
+    order: &[Vec<usize>],
+    prefetch: usize,
+    mut consume: impl FnMut(usize, Batch) -> Result<bool, E>,
+) -> Result<(), E> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = mpsc::sync_channel::<(usize, Batch)>(prefetch.max(1));
+        scope.spawn(move || {
+            for (i, rows) in order.iter().enumerate() {
+                if tx.send((i, data.batch(rows))).is_err() {
+                    break; // the consumer stopped early
+                }
+            }
+        });
+        for (i, batch) in rx {
+            if !consume(i, batch)? {
+                break;
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,403 @@
+//! AdamW and SGD over one flat fp32 buffer.
+//!
+//! The trainable parameters are re-pointed (`set_data`) at views of a single contiguous tensor,
+//! so an optimizer step is a handful of kernels whatever the number of parameters: one `cat` of
+//! the gradients, the clipping norm, and the update on the flat buffer. Nothing in a step reads a
+//! value back to the host.
+
+use crate::args::Optim;
+use crate::{Result, TrainError};
+use std::collections::HashMap;
+use tch::{Device, Kind, Tensor};
+
+/// Whether HF applies weight decay to a parameter: not to biases, not to LayerNorm weights
+/// (transformers' `get_decay_parameter_names`).
+pub fn decays(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    let module = lower.rsplit_once('.').map_or("", |(m, _)| m);
+    let last = module.rsplit('.').next().unwrap_or("");
+    !(lower.ends_with("bias")
+        || last.contains("layernorm")
+        || last == "ln_f"
+        || last.starts_with("ln_"))
+}
+
+/// Hyperparameters of an optimizer step that do not change during training.
+#[derive(Debug, Clone, Copy)]
+pub struct OptimConfig {
+    /// AdamW or SGD.
+    pub kind: Optim,
+    /// β1 (AdamW).
+    pub beta1: f64,
+    /// β2 (AdamW).
+    pub beta2: f64,
+    /// ε (AdamW).
+    pub eps: f64,
+    /// Decoupled weight decay (AdamW) or L2 (SGD).
+    pub weight_decay: f64,
+    /// SGD momentum.
+    pub momentum: f64,
+    /// Clip the total gradient norm to this (0: no clipping).
+    pub max_grad_norm: f64,
+}
+
+/// The trainable parameters as views into one buffer, with the optimizer state.
+#[derive(Debug)]
+pub struct FlatOptimizer {
+    names: Vec<String>,
+    params: Vec<Tensor>,
+    sizes: Vec<i64>,
+    flat: Tensor,
+    decay: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    step: u64,
+    cfg: OptimConfig,
+    last_grad_norm: Option<Tensor>,
+}
+
+impl FlatOptimizer {
+    /// Takes over `params` (name, trainable tensor): their data moves into one fp32 buffer.
+    pub fn new(params: Vec<(String, Tensor)>, cfg: OptimConfig) -> Result<Self> {
+        if params.is_empty() {
+            return Err(TrainError::Config(
+                "no trainable parameters: nothing to train".into(),
+            ));
+        }
+        let device = params[0].1.device();
+        let sizes: Vec<i64> = params.iter().map(|(_, p)| p.numel() as i64).collect();
+        let flat = tch::no_grad(|| {
+            Tensor::cat(
+                &params
+                    .iter()
+                    .map(|(_, p)| p.detach().to_kind(Kind::Float).reshape([-1]))
+                    .collect::<Vec<_>>(),
+                0,
+            )
+        });
+        let decay_values: Vec<f32> = params
+            .iter()
+            .flat_map(|(n, p)| std::iter::repeat_n(if decays(n) { 1.0f32 } else { 0.0 }, p.numel()))
+            .collect();
+        let decay = Tensor::from_slice(&decay_values).to_device(device);
+        let mut offset = 0;
+        let mut names = Vec::new();
+        let mut tensors = Vec::new();
+        for ((name, p), &n) in params.into_iter().zip(&sizes) {
+            let mut p = p;
+            let view = flat.narrow(0, offset, n).view(p.size().as_slice());
+            tch::no_grad(|| p.set_data(&view));
+            offset += n;
+            names.push(name);
+            tensors.push(p);
+        }
+        Ok(Self {
+            exp_avg: flat.zeros_like(),
+            exp_avg_sq: if cfg.kind == Optim::Adamw {
+                flat.zeros_like()
+            } else {
+                Tensor::zeros([0], (Kind::Float, device))
+            },
+            names,
+            params: tensors,
+            sizes,
+            flat,
+            decay,
+            step: 0,
+            cfg,
+            last_grad_norm: None,
+        })
+    }
+
+    /// Number of trainable values.
+    pub fn numel(&self) -> i64 {
+        self.sizes.iter().sum()
+    }
+
+    /// The parameter names, in buffer order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The parameters (views into the buffer).
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// The total gradient norm before clipping at the last step (a device tensor; reading it
+    /// synchronises).
+    pub fn last_grad_norm(&self) -> Option<&Tensor> {
+        self.last_grad_norm.as_ref()
+    }
+
+    /// All gradients as one flat tensor (zeros for parameters that got none).
+    fn gather_grads(&self) -> Tensor {
+        let grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| {
+                let g = p.grad();
+                if g.defined() {
+                    g.to_kind(Kind::Float).reshape([-1])
+                } else {
+                    Tensor::zeros([p.numel() as i64], (Kind::Float, p.device()))
+                }
+            })
+            .collect();
+        Tensor::cat(&grads, 0)
+    }
+
+    /// Sets every gradient to zero.
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            p.zero_grad();
+        }
+    }
+
+    /// One step at learning rate `lr`. With `loss_scale` (fp16), gradients are unscaled first and
+    /// the update is skipped where they are not finite; the returned tensor says whether it was
+    /// (1.0 = skipped), without reading it back.
+    pub fn step(&mut self, lr: f64, loss_scale: Option<&Tensor>) -> Tensor {
+        tch::no_grad(|| {
+            let mut g = self.gather_grads();
+            let found_inf = match loss_scale {
+                Some(scale) => {
+                    g = g / scale;
+                    g.isfinite().logical_not().any().to_kind(Kind::Float)
+                }
+                None => Tensor::zeros([], (Kind::Float, g.device())),
+            };
+            if loss_scale.is_some() {
+                // Non-finite gradients are zeroed so the arithmetic below stays finite; the update
+                // is then masked out entirely.
+                g = g.nan_to_num(0.0, 0.0, 0.0);
+            }
+            let norm = g.norm();
+            if self.cfg.max_grad_norm > 0.0 {
+                let coef = (norm.shallow_clone() + 1e-6).reciprocal() * self.cfg.max_grad_norm;
+                g *= coef.clamp_max(1.0);
+            }
+            self.last_grad_norm = Some(norm);
+            self.step += 1;
+            let keep = found_inf.ones_like() - &found_inf; // 1 when the step is applied
+            let lr_eff = keep.shallow_clone() * lr;
+            match self.cfg.kind {
+                Optim::Adamw => {
+                    let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+                    let t = self.step as i32;
+                    // Decoupled weight decay: p *= 1 - lr * wd (decayed parameters only).
+                    let decay = &self.decay * &lr_eff * (-self.cfg.weight_decay) + 1.0;
+                    let new_m = self.exp_avg.lerp(&g, 1.0 - b1);
+                    let new_v = &self.exp_avg_sq * b2 + g.square() * (1.0 - b2);
+                    let bc1 = 1.0 - b1.powi(t);
+                    let bc2 = 1.0 - b2.powi(t);
+                    let denom = new_v.sqrt() / bc2.sqrt() + self.cfg.eps;
+                    let update = new_m.shallow_clone() / denom * (lr_eff / bc1);
+                    let new_p = &self.flat * decay - update;
+                    if loss_scale.is_some() {
+                        let skip = found_inf.to_kind(Kind::Bool);
+                        self.exp_avg
+                            .copy_(&new_m.where_self(&skip.logical_not(), &self.exp_avg));
+                        self.exp_avg_sq
+                            .copy_(&new_v.where_self(&skip.logical_not(), &self.exp_avg_sq));
+                    } else {
+                        self.exp_avg.copy_(&new_m);
+                        self.exp_avg_sq.copy_(&new_v);
+                    }
+                    self.flat.copy_(&new_p);
+                }
+                Optim::Sgd => {
+                    let d = &g + &self.flat * &self.decay * self.cfg.weight_decay;
+                    let d = if self.cfg.momentum > 0.0 {
+                        let buf = if self.step == 1 {
+                            d.shallow_clone()
+                        } else {
+                            &self.exp_avg * self.cfg.momentum + &d
+                        };
+                        self.exp_avg.copy_(&buf);
+                        buf
+                    } else {
+                        d
+                    };
+                    let new_p = &self.flat - d * lr_eff;
+                    self.flat.copy_(&new_p);
+                }
+            }
+            found_inf
+        })
+    }
+
+    /// The parameters by name (shallow handles), for saving.
+    pub fn named_params(&self) -> Vec<(String, Tensor)> {
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.params.iter().map(Tensor::shallow_clone))
+            .collect()
+    }
+
+    /// The optimizer state as named tensors (for a checkpoint).
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("exp_avg".into(), self.exp_avg.shallow_clone()),
+            ("exp_avg_sq".into(), self.exp_avg_sq.shallow_clone()),
+            ("step".into(), Tensor::from_slice(&[self.step as i64])),
+        ]
+    }
+
+    /// Restores the state written by [`FlatOptimizer::state`].
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        let get = |k: &str| {
+            state
+                .get(k)
+                .ok_or_else(|| TrainError::Checkpoint(format!("optimizer state has no `{k}`")))
+        };
+        let m = get("exp_avg")?;
+        let v = get("exp_avg_sq")?;
+        if m.size() != self.exp_avg.size() || v.size() != self.exp_avg_sq.size() {
+            return Err(TrainError::Checkpoint(format!(
+                "optimizer state is for {} values, the model has {} trainable",
+                m.numel(),
+                self.exp_avg.numel()
+            )));
+        }
+        tch::no_grad(|| {
+            self.exp_avg.copy_(m);
+            self.exp_avg_sq.copy_(v);
+        });
+        self.step = get("step")?.int64_value(&[0]) as u64;
+        Ok(())
+    }
+
+    /// Copies parameter values by name (resume, best checkpoint): every trainable parameter must
+    /// be present with the same shape.
+    pub fn load_params(&mut self, values: &HashMap<String, Tensor>) -> Result<()> {
+        for (name, p) in self.names.iter().zip(self.params.iter_mut()) {
+            let v = values.get(name).ok_or_else(|| {
+                TrainError::Checkpoint(format!("checkpoint has no trainable parameter `{name}`"))
+            })?;
+            if v.size() != p.size() {
+                return Err(TrainError::Checkpoint(format!(
+                    "`{name}` has shape {:?} in the checkpoint but {:?} in the model",
+                    v.size(),
+                    p.size()
+                )));
+            }
+            tch::no_grad(|| p.copy_(v));
+        }
+        Ok(())
+    }
+
+    /// The device of the buffer.
+    pub fn device(&self) -> Device {
+        self.flat.device()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decay_follows_hf_names() {
+        assert!(decays("transformer.h.0.attn.c_attn.weight"));
+        assert!(decays("transformer.wte.weight"));
+        assert!(!decays("transformer.h.0.attn.c_attn.bias"));
+        assert!(!decays("transformer.h.0.ln_1.weight"));
+        assert!(!decays("transformer.ln_f.weight"));
+        assert!(!decays(
+            "bert.encoder.layer.0.attention.output.LayerNorm.weight"
+        ));
+        assert!(decays("classifier.out_proj.weight"));
+        assert!(decays(
+            "base_model.model.transformer.h.0.attn.c_attn.lora_A.default.weight"
+        ));
+    }
+
+    #[test]
+    fn adamw_step_matches_the_formula() {
+        let p = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[0.5f32]).set_requires_grad(true);
+        let cfg = OptimConfig {
+            kind: Optim::Adamw,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            momentum: 0.0,
+            max_grad_norm: 0.0,
+        };
+        let mut opt = FlatOptimizer::new(
+            vec![
+                ("w.weight".into(), p.shallow_clone()),
+                ("w.bias".into(), b.shallow_clone()),
+            ],
+            cfg,
+        )
+        .unwrap();
+        let loss = (&p * &p).sum(Kind::Float) + (&b * 3.0).sum(Kind::Float);
+        loss.backward();
+        let _ = opt.step(0.01, None);
+        // step 1: m_hat = g, v_hat = g², update = lr * g / (|g| + eps) = lr * sign(g)
+        let got: Vec<f32> = Vec::try_from(&p.detach()).unwrap();
+        let want = [
+            1.0 * (1.0 - 0.01 * 0.1) - 0.01,
+            -2.0 * (1.0 - 0.01 * 0.1) + 0.01,
+        ];
+        assert!(
+            (got[0] as f64 - want[0]).abs() < 1e-6 && (got[1] as f64 - want[1]).abs() < 1e-6,
+            "{got:?}"
+        );
+        // the bias is not decayed
+        assert!((b.double_value(&[0]) - (0.5 - 0.01)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn clipping_scales_to_the_max_norm() {
+        let p = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
+        let cfg = OptimConfig {
+            kind: Optim::Sgd,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            max_grad_norm: 1.0,
+        };
+        let mut opt = FlatOptimizer::new(vec![("w".into(), p.shallow_clone())], cfg).unwrap();
+        (&p * Tensor::from_slice(&[3.0f32, 4.0]))
+            .sum(Kind::Float)
+            .backward();
+        let _ = opt.step(1.0, None);
+        let got: Vec<f32> = Vec::try_from(&p.detach()).unwrap();
+        assert!(
+            (got[0] + 0.6).abs() < 1e-5 && (got[1] + 0.8).abs() < 1e-5,
+            "{got:?}"
+        );
+        assert!((opt.last_grad_norm().unwrap().double_value(&[]) - 5.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn non_finite_scaled_gradients_skip_the_step() {
+        let p = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
+        let cfg = OptimConfig {
+            kind: Optim::Adamw,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            max_grad_norm: 1.0,
+        };
+        let mut opt = FlatOptimizer::new(vec![("w".into(), p.shallow_clone())], cfg).unwrap();
+        (&p * f64::INFINITY).sum(Kind::Float).backward();
+        let skipped = opt.step(0.1, Some(&Tensor::from_slice(&[1024.0f32])));
+        assert_eq!(skipped.double_value(&[]), 1.0);
+        assert_eq!(p.double_value(&[0]), 1.0);
+    }
+}

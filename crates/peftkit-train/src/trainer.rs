@@ -1,0 +1,713 @@
+//! The training loop, evaluation, checkpoints and resume.
+
+use crate::args::{lr_factor, Precision, Strategy, TrainingArgs};
+use crate::data::{for_each_batch, Dataset, DeviceBatch};
+use crate::optim::{FlatOptimizer, OptimConfig};
+use crate::{Result, TrainError};
+use peftkit_eval::{Metrics, MetricsLog};
+use peftkit_models::{
+    read_safetensors, save_safetensors, write_dir_atomically, ModelError, SequenceClassifier,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// What the trainer needs from a model: logits, the loss, and its trainable parameters. Implemented
+/// by [`SequenceClassifier`] (full and head-only fine-tuning) and by adapter-wrapped models.
+pub trait TrainModel {
+    /// Logits `[batch, num_labels]`.
+    fn logits(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> std::result::Result<Tensor, ModelError>;
+    /// The training loss for these logits.
+    fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor;
+    /// The parameters to train, by name, in a stable order.
+    fn trainable_parameters(&self) -> Vec<(String, Tensor)>;
+    /// Number of parameters, trainable or not.
+    fn parameter_count(&self) -> i64;
+    /// The device of the parameters.
+    fn device(&self) -> Device;
+}
+
+impl TrainModel for SequenceClassifier {
+    fn logits(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> std::result::Result<Tensor, ModelError> {
+        let opts = if train {
+            peftkit_models::ForwardOptions::train()
+        } else {
+            peftkit_models::ForwardOptions::eval()
+        };
+        Ok(self.forward(input_ids, attention_mask, &opts)?.logits)
+    }
+
+    fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
+        SequenceClassifier::loss(self, logits, labels)
+    }
+
+    fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self
+            .var_store()
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn parameter_count(&self) -> i64 {
+        self.parameter_counts().1
+    }
+
+    fn device(&self) -> Device {
+        SequenceClassifier::device(self)
+    }
+}
+
+/// `trainable params: 1,536 || all params: 124,441,344 || trainable%: 0.0012`, as peft prints it.
+pub fn trainable_summary(trainable: i64, all: i64) -> String {
+    fn sep(n: i64) -> String {
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        out
+    }
+    format!(
+        "trainable params: {} || all params: {} || trainable%: {:.4}",
+        sep(trainable),
+        sep(all),
+        100.0 * trainable as f64 / all.max(1) as f64
+    )
+}
+
+/// The result of [`Trainer::train`], like HF's `TrainOutput` plus the selection outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainOutput {
+    /// Optimizer steps taken.
+    pub global_step: usize,
+    /// Mean training loss over all steps.
+    pub train_loss: f64,
+    /// Seconds spent training (this process).
+    pub train_runtime: f64,
+    /// Training rows per second (this process).
+    pub train_samples_per_second: f64,
+    /// Optimizer steps per second (this process).
+    pub train_steps_per_second: f64,
+    /// Epochs completed (fractional).
+    pub epoch: f64,
+    /// The checkpoint with the best metric, if checkpoints were saved.
+    pub best_checkpoint: Option<PathBuf>,
+    /// Its metric value.
+    pub best_metric: Option<f64>,
+    /// Whether early stopping ended training.
+    pub stopped_early: bool,
+    /// Every logged record (training loss every `logging_steps`, every evaluation).
+    pub log_history: Vec<serde_json::Value>,
+}
+
+/// The result of an evaluation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalOutput {
+    /// Mean loss.
+    pub loss: f64,
+    /// Accuracy, F1, confusion matrix...
+    pub metrics: Metrics,
+    /// Seconds.
+    pub runtime: f64,
+    /// Rows per second.
+    pub samples_per_second: f64,
+    /// Predicted class per row.
+    pub predictions: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct TrainerState {
+    global_step: usize,
+    epoch: usize,
+    batches_done_in_epoch: usize,
+    total_steps: usize,
+    best_metric: Option<f64>,
+    best_checkpoint: Option<String>,
+    patience: usize,
+    train_loss_total: f64,
+    stopped_early: bool,
+    log_history: Vec<serde_json::Value>,
+}
+
+/// Trains a [`TrainModel`] with HF Trainer's behaviour: AdamW or SGD, warmup and decay schedules,
+/// gradient accumulation, clipping, fp16 loss scaling on CUDA, evaluation and checkpoints each
+/// epoch or every N steps, the best checkpoint loaded at the end, early stopping, and resume from
+/// a checkpoint giving the same result as an uninterrupted run.
+pub struct Trainer<'a, M: TrainModel + ?Sized> {
+    model: &'a M,
+    args: TrainingArgs,
+    checkpoint_dir: PathBuf,
+    log: Option<MetricsLog>,
+    progress: bool,
+    /// Stop (as if interrupted) after this many optimizer steps: for tests of resume.
+    stop_after: Option<usize>,
+}
+
+fn seed_for(seed: u64, step: usize, micro: usize) -> i64 {
+    (seed
+        .wrapping_mul(1_000_003)
+        .wrapping_add((step as u64) << 8)
+        .wrapping_add(micro as u64)
+        & 0x7fff_ffff_ffff) as i64
+}
+
+impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
+    /// A trainer writing checkpoints under `checkpoint_dir` (`checkpoint-<step>/`).
+    pub fn new(model: &'a M, args: TrainingArgs, checkpoint_dir: &Path) -> Result<Self> {
+        args.validate().map_err(TrainError::Config)?;
+        if args.load_best_model_at_end && args.save_strategy != args.eval_strategy {
+            return Err(TrainError::Config(
+                "load_best_model_at_end needs save_strategy equal to eval_strategy (as in HF Trainer)".into(),
+            ));
+        }
+        let metric = args.metric_for_best_model.trim_start_matches("eval_");
+        if metric != "loss"
+            && Metrics::compute(&[0], &[0], &["a".into()])
+                .get(metric)
+                .is_none()
+        {
+            return Err(TrainError::Config(format!(
+                "metric_for_best_model `{metric}` is unknown (use loss, accuracy, f1, macro_f1, micro_f1, weighted_f1, precision, recall)"
+            )));
+        }
+        if args.precision != Precision::Fp32 && model.device() == Device::Cpu {
+            return Err(TrainError::Config(format!(
+                "precision {:?} needs a CUDA device (mixed precision is a GPU feature, as in HF Trainer); use precision = \"fp32\" on CPU",
+                args.precision
+            )));
+        }
+        if args.precision == Precision::Bf16 {
+            return Err(TrainError::Config(
+                "precision \"bf16\" is not implemented yet; use fp16 or fp32".into(),
+            ));
+        }
+        if args.gradient_checkpointing {
+            return Err(TrainError::Config(
+                "gradient_checkpointing is not implemented yet".into(),
+            ));
+        }
+        Ok(Self {
+            model,
+            args,
+            checkpoint_dir: checkpoint_dir.to_path_buf(),
+            log: None,
+            progress: true,
+            stop_after: None,
+        })
+    }
+
+    /// Appends every log record to this `metrics.jsonl`.
+    pub fn with_metrics_log(mut self, path: &Path) -> Result<Self> {
+        self.log = Some(MetricsLog::open(path)?);
+        Ok(self)
+    }
+
+    /// Shows (or hides) the progress bar.
+    pub fn with_progress(mut self, show: bool) -> Self {
+        self.progress = show;
+        self
+    }
+
+    /// Stops after `steps` optimizer steps, right after saving, as if the process were killed
+    /// there (for testing resume).
+    pub fn stop_after(mut self, steps: usize) -> Self {
+        self.stop_after = Some(steps);
+        self
+    }
+
+    /// The arguments.
+    pub fn args(&self) -> &TrainingArgs {
+        &self.args
+    }
+
+    fn record(&mut self, state: &mut TrainerState, record: serde_json::Value) -> Result<()> {
+        if let Some(log) = &mut self.log {
+            log.append(&record)?;
+        }
+        state.log_history.push(record);
+        Ok(())
+    }
+
+    /// Evaluates the model on `data`: mean loss, metrics, throughput, predictions.
+    pub fn evaluate(&self, data: &Dataset) -> Result<EvalOutput> {
+        evaluate(
+            self.model,
+            data,
+            self.args.per_device_eval_batch_size,
+            self.args.prefetch_batches,
+        )
+    }
+
+    /// Trains on `train`, evaluating on `eval` per the strategy; resumes from a checkpoint
+    /// directory when given.
+    pub fn train(
+        &mut self,
+        train: &Dataset,
+        eval: Option<&Dataset>,
+        resume: Option<&Path>,
+    ) -> Result<TrainOutput> {
+        if train.is_empty() {
+            return Err(TrainError::Config("the training set is empty".into()));
+        }
+        if self.args.eval_strategy != Strategy::No && eval.is_none() {
+            return Err(TrainError::Config(
+                "eval_strategy is set but there is no evaluation set".into(),
+            ));
+        }
+        let args = self.args.clone();
+        let device = self.model.device();
+        let mut opt = FlatOptimizer::new(
+            self.model.trainable_parameters(),
+            OptimConfig {
+                kind: args.optim,
+                beta1: args.adam_beta1,
+                beta2: args.adam_beta2,
+                eps: args.adam_epsilon,
+                weight_decay: args.weight_decay,
+                momentum: args.momentum,
+                max_grad_norm: args.max_grad_norm,
+            },
+        )?;
+        eprintln!(
+            "{}",
+            trainable_summary(opt.numel(), self.model.parameter_count())
+        );
+        let bs = args.per_device_train_batch_size;
+        let accum = args.gradient_accumulation_steps;
+        let micro_per_epoch = train.len().div_ceil(bs);
+        let updates_per_epoch = micro_per_epoch.div_ceil(accum);
+        let total = args
+            .max_steps
+            .unwrap_or_else(|| (args.num_train_epochs * updates_per_epoch as f64).ceil() as usize)
+            .max(1);
+        let warmup = args.warmup_for(total);
+        let mut state = TrainerState {
+            total_steps: total,
+            ..Default::default()
+        };
+        if let Some(dir) = resume {
+            state = self.load_checkpoint(dir, &mut opt)?;
+            if state.total_steps != total {
+                return Err(TrainError::Checkpoint(format!(
+                    "{}: the checkpoint is from a run of {} steps, this one has {total} (different data or arguments)",
+                    dir.display(),
+                    state.total_steps
+                )));
+            }
+            eprintln!(
+                "resuming from {} at step {}",
+                dir.display(),
+                state.global_step
+            );
+        }
+        let bar = indicatif::ProgressBar::new(total as u64);
+        if !self.progress {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar.set_position(state.global_step as u64);
+        let scale = (args.precision == Precision::Fp16)
+            .then(|| Tensor::full([], 65536.0, (Kind::Float, device)));
+        let growth = Tensor::zeros([], (Kind::Int, device));
+        let mut loss_since_log = Tensor::zeros([], (Kind::Float, device));
+        let mut loss_total = Tensor::zeros([], (Kind::Double, device));
+        let mut steps_since_log = 0usize;
+        let mut last_log = Instant::now();
+        let mut samples_since_log = 0usize;
+        let start = Instant::now();
+        let start_step = state.global_step;
+        let mut samples = 0usize;
+        let mut evaluated_at = None;
+        let mut interrupted = false;
+
+        while state.global_step < total && !state.stopped_early && !interrupted {
+            let epoch = state.epoch;
+            let order = train.train_batches(bs, args.seed, args.group_by_length, epoch);
+            let skip = state.batches_done_in_epoch.min(order.len());
+            for_each_batch(
+                train,
+                &order[skip..],
+                args.prefetch_batches,
+                |i, batch| -> Result<bool> {
+                    let micro = skip + i;
+                    let group_start = micro / accum * accum;
+                    let group_len = accum.min(micro_per_epoch - group_start);
+                    tch::manual_seed(seed_for(args.seed, state.global_step, micro - group_start));
+                    let b = DeviceBatch::new(&batch, device);
+                    let logits = tch::autocast(scale.is_some(), || {
+                        self.model.logits(&b.input_ids, &b.attention_mask, true)
+                    })?;
+                    let loss = self.model.loss(&logits, &b.labels);
+                    let scaled = match &scale {
+                        Some(s) => &loss * s / group_len as f64,
+                        None => &loss / group_len as f64,
+                    };
+                    scaled.backward();
+                    tch::no_grad(|| loss_since_log += loss.detach() / group_len as f64);
+                    samples += b.size;
+                    samples_since_log += b.size;
+                    if micro - group_start + 1 < group_len {
+                        return Ok(true);
+                    }
+                    let lr = args.learning_rate
+                        * lr_factor(args.lr_scheduler_type, state.global_step, warmup, total);
+                    let skipped = opt.step(lr, scale.as_ref());
+                    if let Some(s) = &scale {
+                        let mut s = s.shallow_clone();
+                        tch::no_grad(|| {
+                            let _ = s.internal_amp_update_scale_(&growth, &skipped, 2.0, 0.5, 2000);
+                        });
+                    }
+                    opt.zero_grad();
+                    state.global_step += 1;
+                    state.batches_done_in_epoch = micro + 1;
+                    steps_since_log += 1;
+                    bar.inc(1);
+                    if state.global_step % args.logging_steps == 0 || state.global_step == total {
+                        // The only host-device synchronisation of the loop.
+                        let loss_value = loss_since_log.double_value(&[]) / steps_since_log as f64;
+                        tch::no_grad(|| loss_total += &loss_since_log);
+                        loss_since_log = Tensor::zeros([], (Kind::Float, device));
+                        let grad_norm = opt.last_grad_norm().map(|n| n.double_value(&[]));
+                        let rate =
+                            samples_since_log as f64 / last_log.elapsed().as_secs_f64().max(1e-9);
+                        let record = serde_json::json!({
+                            "step": state.global_step,
+                            "epoch": epoch as f64 + state.batches_done_in_epoch as f64 / micro_per_epoch as f64,
+                            "loss": loss_value,
+                            "learning_rate": lr,
+                            "grad_norm": grad_norm,
+                            "train_samples_per_second": rate,
+                        });
+                        bar.set_message(format!(
+                            "loss {loss_value:.4} lr {lr:.2e} {rate:.1} samples/s"
+                        ));
+                        if !self.progress {
+                            tracing::info!(%record, "train");
+                        }
+                        self.record(&mut state, record)?;
+                        steps_since_log = 0;
+                        samples_since_log = 0;
+                        last_log = Instant::now();
+                    }
+                    let at_eval = args.eval_strategy == Strategy::Steps
+                        && state.global_step % args.eval_steps == 0;
+                    let at_save = args.save_strategy == Strategy::Steps
+                        && state.global_step % args.save_steps == 0;
+                    if at_eval || at_save {
+                        let fraction = epoch as f64
+                            + state.batches_done_in_epoch as f64 / micro_per_epoch as f64;
+                        let pending =
+                            at_save.then(|| (&loss_total + &loss_since_log).double_value(&[]));
+                        self.evaluate_and_save(
+                            &mut state, &mut opt, eval, at_eval, pending, fraction, &bar,
+                        )?;
+                        evaluated_at = Some(state.global_step);
+                    }
+                    if self.stop_after.is_some_and(|s| state.global_step >= s) {
+                        interrupted = true;
+                        return Ok(false);
+                    }
+                    Ok(state.global_step < total && !state.stopped_early)
+                },
+            )?;
+            if interrupted {
+                break;
+            }
+            let finished_epoch = state.batches_done_in_epoch >= order.len();
+            if finished_epoch {
+                state.epoch += 1;
+                state.batches_done_in_epoch = 0;
+            }
+            let end = finished_epoch || state.global_step >= total;
+            let at_eval = args.eval_strategy == Strategy::Epoch && end;
+            let at_save = args.save_strategy == Strategy::Epoch && end;
+            if (at_eval || at_save)
+                && evaluated_at != Some(state.global_step)
+                && !state.stopped_early
+            {
+                let fraction = state.epoch as f64
+                    + state.batches_done_in_epoch as f64 / micro_per_epoch as f64;
+                let pending = at_save.then(|| (&loss_total + &loss_since_log).double_value(&[]));
+                self.evaluate_and_save(
+                    &mut state, &mut opt, eval, at_eval, pending, fraction, &bar,
+                )?;
+                evaluated_at = Some(state.global_step);
+            }
+        }
+        bar.finish_and_clear();
+        tch::no_grad(|| loss_total += &loss_since_log);
+        state.train_loss_total += loss_total.double_value(&[]);
+        let runtime = start.elapsed().as_secs_f64();
+        if !interrupted && args.load_best_model_at_end {
+            if let Some(best) = &state.best_checkpoint {
+                let values: HashMap<String, Tensor> =
+                    read_safetensors(&Path::new(best).join("trainable.safetensors"))?
+                        .into_iter()
+                        .map(|(k, v)| (k, v.to_device(device)))
+                        .collect();
+                opt.load_params(&values)?;
+                eprintln!(
+                    "loaded the best checkpoint {best} ({} = {:.4})",
+                    args.metric_for_best_model,
+                    state.best_metric.unwrap_or(f64::NAN)
+                );
+            }
+        }
+        let steps = state.global_step - start_step;
+        let out = TrainOutput {
+            global_step: state.global_step,
+            train_loss: state.train_loss_total / state.global_step.max(1) as f64,
+            train_runtime: runtime,
+            train_samples_per_second: samples as f64 / runtime.max(1e-9),
+            train_steps_per_second: steps as f64 / runtime.max(1e-9),
+            epoch: state.epoch as f64 + state.batches_done_in_epoch as f64 / micro_per_epoch as f64,
+            best_checkpoint: state.best_checkpoint.as_ref().map(PathBuf::from),
+            best_metric: state.best_metric,
+            stopped_early: state.stopped_early,
+            log_history: state.log_history.clone(),
+        };
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate_and_save(
+        &mut self,
+        state: &mut TrainerState,
+        opt: &mut FlatOptimizer,
+        eval: Option<&Dataset>,
+        do_eval: bool,
+        save_with_pending_loss: Option<f64>,
+        epoch: f64,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<()> {
+        let mut metric = None;
+        if do_eval {
+            let data = eval.expect("checked at the start of train");
+            let out = bar.suspend(|| self.evaluate(data))?;
+            let record = serde_json::json!({
+                "step": state.global_step,
+                "epoch": epoch,
+                "eval_loss": out.loss,
+                "eval_accuracy": out.metrics.accuracy,
+                "eval_f1": out.metrics.macro_f1,
+                "eval_runtime": out.runtime,
+                "eval_samples_per_second": out.samples_per_second,
+            });
+            bar.suspend(|| {
+                eprintln!(
+                    "step {}: eval_loss {:.4} eval_accuracy {:.4} eval_f1 {:.4} ({:.1} samples/s)",
+                    state.global_step,
+                    out.loss,
+                    out.metrics.accuracy,
+                    out.metrics.macro_f1,
+                    out.samples_per_second
+                )
+            });
+            self.record(state, record)?;
+            let name = self.args.metric_for_best_model.trim_start_matches("eval_");
+            let value = if name == "loss" {
+                out.loss
+            } else {
+                out.metrics.get(name).expect("validated in new")
+            };
+            metric = Some(value);
+            let greater = self.args.greater_is_better();
+            let improved = match state.best_metric {
+                None => true,
+                Some(best) if greater => value > best + self.args.early_stopping_threshold,
+                Some(best) => value < best - self.args.early_stopping_threshold,
+            };
+            if improved {
+                state.patience = 0;
+            } else {
+                state.patience += 1;
+                if self
+                    .args
+                    .early_stopping_patience
+                    .is_some_and(|p| state.patience >= p)
+                {
+                    state.stopped_early = true;
+                    bar.suspend(|| {
+                        eprintln!(
+                            "early stopping: no improvement in {} evaluations",
+                            state.patience
+                        )
+                    });
+                }
+            }
+        }
+        if let Some(pending_loss) = save_with_pending_loss {
+            let dir = self
+                .checkpoint_dir
+                .join(format!("checkpoint-{}", state.global_step));
+            let better = match (metric, state.best_metric) {
+                (Some(v), Some(b)) => {
+                    if self.args.greater_is_better() {
+                        v > b
+                    } else {
+                        v < b
+                    }
+                }
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if better {
+                state.best_metric = metric;
+                state.best_checkpoint = Some(dir.to_string_lossy().to_string());
+            }
+            // The saved state carries the loss summed so far, so a resumed run reports the
+            // same train_loss as an uninterrupted one.
+            let saved = TrainerState {
+                train_loss_total: state.train_loss_total + pending_loss,
+                ..state.clone()
+            };
+            self.save_checkpoint(&dir, &saved, opt)?;
+            self.rotate_checkpoints(state)?;
+        } else if let Some(v) = metric {
+            if state.best_metric.is_none_or(|b| {
+                if self.args.greater_is_better() {
+                    v > b
+                } else {
+                    v < b
+                }
+            }) {
+                state.best_metric = Some(v);
+            }
+        }
+        Ok(())
+    }
+
+    fn save_checkpoint(&self, dir: &Path, state: &TrainerState, opt: &FlatOptimizer) -> Result<()> {
+        let params = opt.named_params();
+        let optim = opt.state();
+        let state_json = serde_json::to_string_pretty(state).expect("state serialises");
+        let args_json = serde_json::to_string_pretty(&self.args).expect("args serialise");
+        write_dir_atomically(dir, |tmp| -> Result<()> {
+            save_safetensors(&tmp.join("trainable.safetensors"), &params)?;
+            save_safetensors(&tmp.join("optimizer.safetensors"), &optim)?;
+            std::fs::write(tmp.join("trainer_state.json"), &state_json)
+                .map_err(|e| TrainError::io(tmp, e))?;
+            std::fs::write(tmp.join("training_args.json"), &args_json)
+                .map_err(|e| TrainError::io(tmp, e))?;
+            Ok(())
+        })
+    }
+
+    fn rotate_checkpoints(&self, state: &TrainerState) -> Result<()> {
+        let Some(limit) = self.args.save_total_limit else {
+            return Ok(());
+        };
+        let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(&self.checkpoint_dir)
+            .map_err(|e| TrainError::io(&self.checkpoint_dir, e))?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                name.strip_prefix("checkpoint-")?
+                    .parse::<usize>()
+                    .ok()
+                    .map(|s| (s, e.path()))
+            })
+            .collect();
+        found.sort();
+        let best = state.best_checkpoint.as_deref().map(PathBuf::from);
+        let mut excess = found.len().saturating_sub(limit.max(1));
+        for (_, path) in found {
+            if excess == 0 {
+                break;
+            }
+            if Some(&path) == best.as_ref() {
+                continue;
+            }
+            std::fs::remove_dir_all(&path).map_err(|e| TrainError::io(&path, e))?;
+            excess -= 1;
+        }
+        Ok(())
+    }
+
+    fn load_checkpoint(&self, dir: &Path, opt: &mut FlatOptimizer) -> Result<TrainerState> {
+        let state_path = dir.join("trainer_state.json");
+        let text =
+            std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+        let state: TrainerState = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", state_path.display())))?;
+        let device = opt.device();
+        let load = |name: &str| -> Result<HashMap<String, Tensor>> {
+            Ok(read_safetensors(&dir.join(name))?
+                .into_iter()
+                .map(|(k, v)| (k, v.to_device(device)))
+                .collect())
+        };
+        opt.load_params(&load("trainable.safetensors")?)?;
+        let mut optim = load("optimizer.safetensors")?;
+        if let Some(step) = optim.get_mut("step") {
+            *step = step.to_device(Device::Cpu);
+        }
+        opt.load_state(&optim)?;
+        Ok(state)
+    }
+}
+
+/// Evaluates `model` on `data` in eval mode without gradients. Logits stay on the device until
+/// the end: one transfer per evaluation.
+pub fn evaluate<M: TrainModel + ?Sized>(
+    model: &M,
+    data: &Dataset,
+    batch_size: usize,
+    prefetch: usize,
+) -> Result<EvalOutput> {
+    let start = Instant::now();
+    let device = model.device();
+    let mut logits = Vec::new();
+    let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
+    for_each_batch(
+        data,
+        &data.eval_batches(batch_size),
+        prefetch,
+        |_, batch| -> Result<bool> {
+            let b = DeviceBatch::new(&batch, device);
+            let l = tch::no_grad(|| model.logits(&b.input_ids, &b.attention_mask, false))?;
+            tch::no_grad(|| {
+                loss_sum += model.loss(&l, &b.labels).to_kind(Kind::Double) * b.size as f64
+            });
+            logits.push(l.to_kind(Kind::Float));
+            Ok(true)
+        },
+    )?;
+    let all = Tensor::cat(&logits, 0);
+    let predictions: Vec<i64> =
+        Vec::try_from(&all.argmax(-1, false).to_device(Device::Cpu)).map_err(ModelError::from)?;
+    let loss = loss_sum.double_value(&[]) / data.len().max(1) as f64;
+    let runtime = start.elapsed().as_secs_f64();
+    Ok(EvalOutput {
+        loss,
+        metrics: Metrics::compute(&data.labels, &predictions, &data.label_names),
+        runtime,
+        samples_per_second: data.len() as f64 / runtime.max(1e-9),
+        predictions,
+    })
+}
