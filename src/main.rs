@@ -1,22 +1,115 @@
 //! `peftkit`: parameter-efficient fine-tuning of GPT-2, RoBERTa and BERT sequence classifiers.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use peftkit::config::{configs_dir, find_config, list_configs, ExperimentConfig};
+use peftkit::pipeline::{encode, load_model_and_tokenizer, run_experiment, RunOptions};
+use std::path::PathBuf;
 
 /// Parameter-efficient fine-tuning (LoRA, QLoRA, prefix tuning, full, head-only) of GPT-2,
 /// RoBERTa and BERT sequence classifiers over libtorch.
 #[derive(Parser, Debug)]
 #[command(name = "peftkit", version, about)]
 struct Cli {
+    /// Directory of experiment configs (default: ./configs, or the source tree's).
+    #[arg(long, global = true)]
+    configs: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Args, Debug, Clone)]
+struct RunArgs {
+    /// Override any config key, e.g. `--set train.max_steps=50` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Run directory (default: runs/<name>).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// `cpu`, `cuda`, `cuda:N` or `auto` (default: the config's, else auto).
+    #[arg(long)]
+    device: Option<String>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// List the experiments in the configs directory.
+    List,
+    /// Run an experiment (or `all`): baseline eval, train, save, reload, eval, report.
+    Reproduce {
+        /// Experiment name, config file, or `all`.
+        name: String,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Train from a config file (no evaluation before training), with optional resume.
+    Train {
+        /// The config file.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Resume from a checkpoint directory, or `latest` (the newest in the run directory).
+        #[arg(long)]
+        resume: Option<String>,
+    },
+    /// Evaluate a model on a dataset split.
+    Eval {
+        /// Hub id or checkpoint directory.
+        #[arg(long)]
+        model: String,
+        /// Hub dataset id or local parquet file / directory.
+        #[arg(long)]
+        dataset: String,
+        /// Dataset config (e.g. `sst2`).
+        #[arg(long = "dataset-config")]
+        dataset_config: Option<String>,
+        /// Split (`validation+test` concatenates).
+        #[arg(long, default_value = "validation")]
+        split: String,
+        /// Text column (default: `text` or `sentence`).
+        #[arg(long)]
+        text_column: Option<String>,
+        /// Label column.
+        #[arg(long)]
+        label_column: Option<String>,
+        /// Truncation length.
+        #[arg(long, default_value_t = 128)]
+        max_length: usize,
+        /// Batch size.
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
+        /// `cpu`, `cuda`, `cuda:N` or `auto`.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Print the metrics as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Classify texts.
+    Predict {
+        /// Hub id or checkpoint directory.
+        #[arg(long)]
+        model: String,
+        /// A text to classify (repeatable).
+        #[arg(long = "text", required = true)]
+        texts: Vec<String>,
+        /// Truncation length.
+        #[arg(long, default_value_t = 512)]
+        max_length: usize,
+        /// `cpu`, `cuda`, `cuda:N` or `auto`.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// One JSON object per line: text, label, label_id, probabilities, logits.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the libtorch build, the devices it sees, and whether CUDA is usable.
     Info {
-        /// Device to check (`cpu`, `cuda`, `cuda:N`, `auto`).
+        /// Device to check.
         #[arg(long, default_value = "auto")]
         device: String,
     },
@@ -30,13 +123,197 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(err) = run(Cli::parse()) {
-        eprintln!("peftkit: error: {err:#}");
+        eprintln!("peftkit: error: {}", format!("{err:#}").replace('\n', " "));
         std::process::exit(1);
     }
 }
 
+fn run_options(run: &RunArgs, resume: Option<String>, skip_baseline: bool) -> RunOptions {
+    RunOptions {
+        output: run.output.clone(),
+        device: run.device.clone(),
+        progress: !run.quiet,
+        resume,
+        skip_baseline,
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
+    let dir = cli.configs.clone().unwrap_or_else(configs_dir);
     match cli.command {
+        Command::List => {
+            for (name, path) in list_configs(&dir)? {
+                match ExperimentConfig::load(&path, &[]) {
+                    Ok(cfg) => println!("{name:<24} {}", cfg.description),
+                    Err(e) => println!("{name:<24} (invalid: {e:#})"),
+                }
+            }
+            Ok(())
+        }
+        Command::Reproduce { name, run } => {
+            let names: Vec<PathBuf> = if name == "all" {
+                list_configs(&dir)?.into_iter().map(|(_, p)| p).collect()
+            } else {
+                vec![find_config(&dir, &name)?]
+            };
+            let mut failed = Vec::new();
+            for path in &names {
+                let cfg = ExperimentConfig::load(path, &run.set)?;
+                let mut opts = run_options(&run, None, false);
+                if names.len() > 1 {
+                    opts.output = run.output.as_ref().map(|o| o.join(&cfg.name));
+                }
+                match run_experiment(&cfg, &opts) {
+                    Ok(_) => {}
+                    Err(e) if names.len() > 1 => {
+                        eprintln!(
+                            "peftkit: {} failed: {}",
+                            cfg.name,
+                            format!("{e:#}").replace('\n', " ")
+                        );
+                        failed.push(cfg.name.clone());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !failed.is_empty() {
+                bail!(
+                    "{} of {} experiments failed: {}",
+                    failed.len(),
+                    names.len(),
+                    failed.join(", ")
+                );
+            }
+            Ok(())
+        }
+        Command::Train {
+            config,
+            run,
+            resume,
+        } => {
+            let cfg = ExperimentConfig::load(&config, &run.set)?;
+            if run.output.is_none() {
+                bail!("--output DIR is required for `peftkit train`");
+            }
+            run_experiment(&cfg, &run_options(&run, resume, true)).map(|_| ())
+        }
+        Command::Eval {
+            model,
+            dataset,
+            dataset_config,
+            split,
+            text_column,
+            label_column,
+            max_length,
+            batch_size,
+            device,
+            json,
+        } => {
+            let device = peftkit_models::parse_device(&device)?;
+            let spec = peftkit_data::DatasetSpec {
+                dataset,
+                config: dataset_config,
+                revision: None,
+                text_column,
+                label_column,
+            };
+            let data = peftkit_data::load_splits(&spec, &[split.as_str()])?;
+            let (m, tok, _) = load_model_and_tokenizer(&model, None, None, device)?;
+            if m.num_labels() != data.num_labels() {
+                bail!(
+                    "the model has {} labels but the dataset {}",
+                    m.num_labels(),
+                    data.num_labels()
+                );
+            }
+            let section = peftkit::config::DataSection {
+                dataset: spec.dataset.clone(),
+                config: None,
+                revision: None,
+                train_split: String::new(),
+                eval_split: split.clone(),
+                test_split: None,
+                text_column: None,
+                label_column: None,
+                max_length,
+                padding: peftkit::config::PaddingKind::Longest,
+                train_subset: None,
+                eval_subset: None,
+                subset_seed: 0,
+                subset_mode: Default::default(),
+            };
+            let encoded = encode(&data, &tok, &section)?;
+            let out = peftkit_train::evaluate(&m, &encoded, batch_size, 4)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"split": split, "rows": encoded.len(), "loss": out.loss, "metrics": out.metrics, "samples_per_second": out.samples_per_second})
+                );
+            } else {
+                println!("{split}: {} rows, loss {:.4}, accuracy {:.4}, macro F1 {:.4} ({:.1} samples/s)", encoded.len(), out.loss, out.metrics.accuracy, out.metrics.macro_f1, out.samples_per_second);
+                print!("{}", out.metrics.to_markdown());
+            }
+            Ok(())
+        }
+        Command::Predict {
+            model,
+            texts,
+            max_length,
+            device,
+            json,
+        } => {
+            let device = peftkit_models::parse_device(&device)?;
+            let (m, tok, _) = load_model_and_tokenizer(&model, None, None, device)?;
+            let tok = tok.with_truncation(peftkit_tokenize::Truncation::MaxLength(
+                max_length.min(m.max_length() as usize),
+            ));
+            let names = m.label_names();
+            let ids = tok.encode_batch(&texts).context("tokenizing")?;
+            for (text, row) in texts.iter().zip(&ids) {
+                let batch = peftkit_tokenize::collate(
+                    &[row],
+                    &[0],
+                    peftkit_tokenize::Padding::Longest,
+                    tok.pad_id(),
+                );
+                let b = peftkit_train::DeviceBatch::new(&batch, device);
+                let logits = tch::no_grad(|| {
+                    m.forward(
+                        &b.input_ids,
+                        &b.attention_mask,
+                        &peftkit_models::ForwardOptions::eval(),
+                    )
+                })?
+                .logits;
+                let probs: Vec<f64> = Vec::try_from(
+                    &logits
+                        .softmax(-1, tch::Kind::Double)
+                        .view([-1])
+                        .to_device(tch::Device::Cpu),
+                )?;
+                let logits: Vec<f64> = Vec::try_from(
+                    &logits
+                        .to_kind(tch::Kind::Double)
+                        .view([-1])
+                        .to_device(tch::Device::Cpu),
+                )?;
+                let id = probs
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i)
+                    .unwrap_or(0);
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"text": text, "label": names[id], "label_id": id, "probabilities": probs, "logits": logits})
+                    );
+                } else {
+                    println!("{:<10} {:.4}  {text}", names[id], probs[id]);
+                }
+            }
+            Ok(())
+        }
         Command::Info { device } => {
             let device = peftkit_models::parse_device(&device)?;
             println!("cuda available: {}", tch::Cuda::is_available());

@@ -17,6 +17,8 @@
 //! # Ok::<(), peftkit_data::DataError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod error;
 mod hub;
 mod read;

@@ -12,6 +12,8 @@
 //! assert_eq!(m.confusion, vec![vec![2, 0], vec![1, 1]]); // rows: true class, columns: predicted
 //! ```
 
+#![warn(missing_docs)]
+
 mod curves;
 mod metrics;
 

@@ -317,25 +317,25 @@ where
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| ModelError::from(io_err(parent, e)))?;
+    std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| ModelError::from(io_err(&tmp, e)))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
     if let Err(e) = fill(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
     let had_old = dir.exists();
     if had_old {
-        std::fs::rename(dir, &old).map_err(|e| ModelError::from(io_err(dir, e)))?;
+        std::fs::rename(dir, &old).map_err(|e| io_err(dir, e))?;
     }
     if let Err(e) = std::fs::rename(&tmp, dir) {
         if had_old {
             let _ = std::fs::rename(&old, dir);
         }
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(ModelError::from(io_err(dir, e)).into());
+        return Err(E::from(io_err(dir, e)));
     }
     if had_old {
         let _ = std::fs::remove_dir_all(&old);

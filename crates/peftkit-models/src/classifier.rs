@@ -202,15 +202,19 @@ impl SequenceClassifier {
 
     /// Saves an HF checkpoint directory (`config.json` + `model.safetensors`) atomically.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
+        write_dir_atomically(dir, |tmp| self.write_checkpoint_files(tmp))
+    }
+
+    /// Writes `config.json` and `model.safetensors` into an existing directory (use
+    /// [`write_dir_atomically`] to add more files to the same atomic save).
+    pub fn write_checkpoint_files(&self, dir: &Path) -> Result<()> {
         let mut tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let config =
             serde_json::to_string_pretty(&self.config.to_json()).expect("JSON value serialises");
-        write_dir_atomically(dir, |tmp| {
-            save_safetensors(&tmp.join("model.safetensors"), &tensors)?;
-            std::fs::write(tmp.join("config.json"), &config)
-                .map_err(|e| io_err(&tmp.join("config.json"), e))
-        })
+        save_safetensors(&dir.join("model.safetensors"), &tensors)?;
+        std::fs::write(dir.join("config.json"), &config)
+            .map_err(|e| io_err(&dir.join("config.json"), e))
     }
 
     /// The architecture.

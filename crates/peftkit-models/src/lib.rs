@@ -24,6 +24,8 @@
 //! # Ok::<(), peftkit_models::ModelError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod attention;
 pub mod bert;
 mod checkpoint;

@@ -18,6 +18,8 @@
 //! # Ok::<(), peftkit_tokenize::TokenizeError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod batch;
 mod tokenizer;
 

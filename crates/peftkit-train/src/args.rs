@@ -101,6 +101,7 @@ fn d_metric() -> String {
 pub struct TrainingArgs {
     /// Epochs (fractions allowed).
     #[serde(default = "d_epochs")]
+    #[serde(alias = "epochs")]
     pub num_train_epochs: f64,
     /// Total optimizer steps; overrides the epochs when set.
     #[serde(default)]
@@ -110,12 +111,15 @@ pub struct TrainingArgs {
     pub learning_rate: f64,
     /// Rows per training batch.
     #[serde(default = "d_bs")]
+    #[serde(alias = "batch_size")]
     pub per_device_train_batch_size: usize,
     /// Rows per evaluation batch.
     #[serde(default = "d_bs")]
+    #[serde(alias = "eval_batch_size")]
     pub per_device_eval_batch_size: usize,
     /// Micro-batches per optimizer step.
     #[serde(default = "d_one")]
+    #[serde(alias = "grad_accumulation")]
     pub gradient_accumulation_steps: usize,
     /// Decoupled weight decay (not applied to biases and LayerNorm weights).
     #[serde(default)]
@@ -137,6 +141,7 @@ pub struct TrainingArgs {
     pub optim: Optim,
     /// Schedule.
     #[serde(default)]
+    #[serde(alias = "scheduler")]
     pub lr_scheduler_type: Scheduler,
     /// Warmup as a fraction of the total steps.
     #[serde(default)]

@@ -167,7 +167,7 @@ impl FlatOptimizer {
             let mut g = self.gather_grads();
             let found_inf = match loss_scale {
                 Some(scale) => {
-                    g = g / scale;
+                    g /= scale;
                     g.isfinite().logical_not().any().to_kind(Kind::Float)
                 }
                 None => Tensor::zeros([], (Kind::Float, g.device())),

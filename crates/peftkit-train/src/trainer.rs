@@ -79,7 +79,7 @@ pub fn trainable_summary(trainable: i64, all: i64) -> String {
         let s = n.to_string();
         let mut out = String::new();
         for (i, c) in s.chars().enumerate() {
-            if i > 0 && (s.len() - i) % 3 == 0 {
+            if i > 0 && (s.len() - i).is_multiple_of(3) {
                 out.push(',');
             }
             out.push(c);
@@ -387,7 +387,9 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                     state.batches_done_in_epoch = micro + 1;
                     steps_since_log += 1;
                     bar.inc(1);
-                    if state.global_step % args.logging_steps == 0 || state.global_step == total {
+                    if state.global_step.is_multiple_of(args.logging_steps)
+                        || state.global_step == total
+                    {
                         // The only host-device synchronisation of the loop.
                         let loss_value = loss_since_log.double_value(&[]) / steps_since_log as f64;
                         tch::no_grad(|| loss_total += &loss_since_log);
@@ -415,9 +417,9 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                         last_log = Instant::now();
                     }
                     let at_eval = args.eval_strategy == Strategy::Steps
-                        && state.global_step % args.eval_steps == 0;
+                        && state.global_step.is_multiple_of(args.eval_steps);
                     let at_save = args.save_strategy == Strategy::Steps
-                        && state.global_step % args.save_steps == 0;
+                        && state.global_step.is_multiple_of(args.save_steps);
                     if at_eval || at_save {
                         let fraction = epoch as f64
                             + state.batches_done_in_epoch as f64 / micro_per_epoch as f64;

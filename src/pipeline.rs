@@ -1,0 +1,344 @@
+//! The studies' flow: evaluate the foundation model with its untrained head, fine-tune, save,
+//! reload from disk, evaluate again, and report beside the published figures.
+
+use crate::config::{ExperimentConfig, Method};
+use crate::report::{ComparisonRow, Report, SplitResult};
+use anyhow::{bail, Context, Result};
+use peftkit_data::{load_splits, LabelStats, Split};
+use peftkit_models::{parse_device, write_dir_atomically, LoadOptions, SequenceClassifier};
+use peftkit_tokenize::{TextTokenizer, Truncation};
+use peftkit_train::{evaluate, Dataset, EvalOutput, Trainer};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::Device;
+
+/// How to run an experiment.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The run directory (default `runs/<name>`).
+    pub output: Option<PathBuf>,
+    /// Overrides `[model] device`.
+    pub device: Option<String>,
+    /// Show progress bars.
+    pub progress: bool,
+    /// Resume from this checkpoint directory (`latest`: the newest in the run directory).
+    pub resume: Option<String>,
+    /// Skip the evaluation before training.
+    pub skip_baseline: bool,
+}
+
+/// Tokenizer files copied next to a saved model so that the directory is self-contained.
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+];
+
+/// Loads a model argument (hub id or directory, with weights) and its tokenizer.
+pub fn load_model_and_tokenizer(
+    model_id: &str,
+    revision: Option<&str>,
+    labels: Option<Vec<String>>,
+    device: Device,
+) -> Result<(SequenceClassifier, TextTokenizer, PathBuf)> {
+    let dir = peftkit_data::resolve_model(model_id, revision, true)?;
+    let tokenizer = TextTokenizer::from_dir(&dir)
+        .with_context(|| format!("loading the tokenizer of `{model_id}`"))?;
+    let mut opts = LoadOptions::new(device).with_pad_token_id(tokenizer.pad_id() as i64);
+    opts.labels = labels;
+    let (model, report) =
+        SequenceClassifier::load(&dir, &opts).with_context(|| format!("loading `{model_id}`"))?;
+    if !report.newly_initialized.is_empty() {
+        eprintln!(
+            "Some weights of {} were not initialized from the checkpoint and are newly initialized: {}",
+            model_id,
+            report.newly_initialized.join(", ")
+        );
+    }
+    Ok((model, tokenizer, dir))
+}
+
+/// Tokenizes a split once (in parallel) into a trainer dataset.
+pub fn encode(
+    split: &Split,
+    tokenizer: &TextTokenizer,
+    cfg: &crate::config::DataSection,
+) -> Result<Dataset> {
+    let tok = tokenizer
+        .clone()
+        .with_truncation(Truncation::MaxLength(cfg.max_length));
+    Ok(Dataset {
+        ids: tok.encode_batch(&split.texts)?,
+        labels: split.labels.clone(),
+        label_names: split.label_names.clone(),
+        padding: cfg.padding(),
+        pad_id: tok.pad_id(),
+    })
+}
+
+fn set_trainable(model: &SequenceClassifier, method: Method) -> Result<()> {
+    let heads: Vec<String> = model
+        .architecture()
+        .head_modules()
+        .iter()
+        .map(|h| format!("{h}."))
+        .collect();
+    for (name, t) in model.var_store().variables() {
+        let trainable = match method {
+            Method::Full => true,
+            Method::Head => heads.iter().any(|h| name.starts_with(h.as_str())),
+            Method::Baseline => false,
+        };
+        let _ = t.set_requires_grad(trainable);
+    }
+    Ok(())
+}
+
+fn split_result(name: &str, rows: usize, out: &EvalOutput) -> SplitResult {
+    SplitResult {
+        split: name.to_string(),
+        rows,
+        loss: out.loss,
+        metrics: out.metrics.clone(),
+        samples_per_second: out.samples_per_second,
+    }
+}
+
+fn subset(split: Split, n: Option<usize>, cfg: &crate::config::DataSection) -> Split {
+    match n {
+        Some(n) if n < split.len() => match cfg.subset_mode {
+            crate::config::SubsetMode::Random => split.shuffled_subset(n, cfg.subset_seed),
+            crate::config::SubsetMode::First => split.take(n),
+        },
+        _ => split,
+    }
+}
+
+/// The newest `checkpoint-<step>` directory under `dir`.
+fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let step: usize = e
+                .file_name()
+                .to_string_lossy()
+                .strip_prefix("checkpoint-")?
+                .parse()
+                .ok()?;
+            Some((step, e.path()))
+        })
+        .max()
+        .map(|(_, p)| p)
+}
+
+/// Runs one experiment end to end and writes its run directory.
+pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Report> {
+    let started = Instant::now();
+    let run_dir = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let checkpoints = run_dir.join("checkpoints");
+    let resume = match opts.resume.as_deref() {
+        None => None,
+        Some("latest") => Some(latest_checkpoint(&checkpoints).with_context(|| {
+            format!(
+                "--resume latest: no checkpoint in {}",
+                checkpoints.display()
+            )
+        })?),
+        Some(dir) => Some(PathBuf::from(dir)),
+    };
+    if resume.is_none() {
+        // A fresh run: nothing of an earlier run with the same name may leak into this one.
+        for stale in ["checkpoints", "metrics.jsonl"] {
+            let p = run_dir.join(stale);
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
+            } else if p.exists() {
+                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+            }
+        }
+    }
+    crate::report::write_atomically(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    let device = parse_device(opts.device.as_deref().unwrap_or(&cfg.model.device))?;
+    eprintln!("== {}: {} (device {device:?})", cfg.name, cfg.description);
+
+    // Data first: label statistics need no model.
+    let spec = cfg.data.spec();
+    let method = cfg.adapter.kind;
+    let train_split = if method == Method::Baseline {
+        None
+    } else {
+        Some(load_splits(&spec, &[cfg.data.train_split.as_str()])?)
+    };
+    let eval_split = subset(
+        load_splits(&spec, &[cfg.data.eval_split.as_str()])?,
+        cfg.data.eval_subset,
+        &cfg.data,
+    );
+    let test_split = cfg
+        .data
+        .test_split
+        .as_deref()
+        .map(|s| load_splits(&spec, &[s]))
+        .transpose()?;
+    let label_names = eval_split.label_names.clone();
+    let mut report = Report::new(cfg, &device);
+    if let Some(t) = &train_split {
+        report.add_label_stats(
+            &format!("{} (full split)", cfg.data.train_split),
+            &t.label_stats(),
+            &label_names,
+        );
+    } else {
+        // The baseline reports the training split's distribution too (the "coin flip" table).
+        let t = load_splits(&spec, &[cfg.data.train_split.as_str()])?;
+        report.add_label_stats(&cfg.data.train_split, &t.label_stats(), &label_names);
+    }
+    report.add_label_stats(
+        &cfg.data.eval_split,
+        &eval_split.label_stats(),
+        &label_names,
+    );
+    let train_split = train_split.map(|t| {
+        let full = t.len();
+        let t = subset(t, cfg.data.train_subset, &cfg.data);
+        if t.len() < full {
+            report.notes.push(format!(
+                "Trained on a {} subset of {} of the {full} training rows (so that a CPU run takes minutes).",
+                if cfg.data.subset_mode == crate::config::SubsetMode::First { "first-rows" } else { "seeded random" },
+                t.len()
+            ));
+        }
+        t
+    });
+    // Written now so a run without model weights still leaves the label statistics.
+    report.write(&run_dir)?;
+
+    let model_id = cfg.model_id()?;
+    // Like HF's `set_seed(seed)` before `from_pretrained`: a newly initialised head is the same
+    // on every run.
+    tch::manual_seed(cfg.train.seed as i64);
+    let (model, tokenizer, model_dir) = load_model_and_tokenizer(
+        &model_id,
+        cfg.model.revision.as_deref(),
+        Some(label_names.clone()),
+        device,
+    )?;
+    report.model_dir = model_dir.display().to_string();
+    let t0 = Instant::now();
+    let eval_data = encode(&eval_split, &tokenizer, &cfg.data)?;
+    let train_data = train_split
+        .as_ref()
+        .map(|t| encode(t, &tokenizer, &cfg.data))
+        .transpose()?;
+    let test_data = test_split
+        .as_ref()
+        .map(|t| encode(t, &tokenizer, &cfg.data))
+        .transpose()?;
+    eprintln!("tokenized in {:.1} s", t0.elapsed().as_secs_f64());
+    set_trainable(&model, method)?;
+    let (trainable, all) = model.parameter_counts();
+    report.trainable_params = trainable;
+    report.all_params = all;
+
+    let eval_bs = cfg.train.per_device_eval_batch_size;
+    if !opts.skip_baseline || method == Method::Baseline {
+        let out = evaluate(&model, &eval_data, eval_bs, cfg.train.prefetch_batches)?;
+        eprintln!(
+            "before training ({}): loss {:.4}, accuracy {:.4}",
+            cfg.data.eval_split, out.loss, out.metrics.accuracy
+        );
+        report
+            .baseline
+            .push(split_result(&cfg.data.eval_split, eval_data.len(), &out));
+        if let Some(test) = &test_data {
+            let out = evaluate(&model, test, eval_bs, cfg.train.prefetch_batches)?;
+            report.baseline.push(split_result(
+                cfg.data.test_split.as_deref().unwrap_or("test"),
+                test.len(),
+                &out,
+            ));
+        }
+    }
+
+    if let Some(train_data) = &train_data {
+        let trainer = Trainer::new(&model, cfg.train.clone(), &checkpoints)?
+            .with_metrics_log(&run_dir.join("metrics.jsonl"))?
+            .with_progress(opts.progress);
+        let mut trainer = trainer;
+        let out = trainer.train(train_data, Some(&eval_data), resume.as_deref())?;
+        eprintln!(
+            "TrainOutput(global_step={}, train_loss={:.4}, train_runtime={:.1}s, train_samples_per_second={:.1}, epoch={:.2})",
+            out.global_step, out.train_loss, out.train_runtime, out.train_samples_per_second, out.epoch
+        );
+        let trained = evaluate(&model, &eval_data, eval_bs, cfg.train.prefetch_batches)?;
+        report.train = Some(out);
+
+        // Save atomically, reload from disk, evaluate again.
+        let saved = run_dir.join("model");
+        write_dir_atomically(&saved, |tmp| -> Result<()> {
+            model.write_checkpoint_files(tmp)?;
+            for f in TOKENIZER_FILES {
+                if model_dir.join(f).is_file() {
+                    std::fs::copy(model_dir.join(f), tmp.join(f))
+                        .with_context(|| format!("copying {f}"))?;
+                }
+            }
+            Ok(())
+        })?;
+        drop(model);
+        let (reloaded, reloaded_tok, _) =
+            load_model_and_tokenizer(&saved.to_string_lossy(), None, None, device)
+                .context("reloading the saved model")?;
+        let eval_again = encode(&eval_split, &reloaded_tok, &cfg.data)?;
+        let out = evaluate(&reloaded, &eval_again, eval_bs, cfg.train.prefetch_batches)?;
+        if out.predictions != trained.predictions {
+            bail!(
+                "the model reloaded from {} predicts differently from the one that was saved",
+                saved.display()
+            );
+        }
+        report.reloaded_matches = Some(true);
+        report.saved = Some(saved.display().to_string());
+        report
+            .final_results
+            .push(split_result(&cfg.data.eval_split, eval_again.len(), &out));
+        if let Some(test) = &test_split {
+            let test_again = encode(test, &reloaded_tok, &cfg.data)?;
+            let out = evaluate(&reloaded, &test_again, eval_bs, cfg.train.prefetch_batches)?;
+            report.final_results.push(split_result(
+                cfg.data.test_split.as_deref().unwrap_or("test"),
+                test_again.len(),
+                &out,
+            ));
+        }
+        eprintln!(
+            "after training, reloaded from disk ({}): loss {:.4}, accuracy {:.4}",
+            cfg.data.eval_split,
+            report.final_results[0].loss,
+            report.final_results[0].metrics.accuracy
+        );
+    }
+    report.total_runtime = started.elapsed().as_secs_f64();
+    report.compare(&cfg.reference);
+    report.write(&run_dir)?;
+    eprintln!("{}", ComparisonRow::table(&report.comparison));
+    eprintln!("run directory: {}", run_dir.display());
+    Ok(report)
+}
+
+/// Label statistics of a split in the report's form.
+pub fn stats_map(stats: &LabelStats, names: &[String]) -> Vec<(String, usize, f64)> {
+    names
+        .iter()
+        .zip(stats.counts.iter().zip(&stats.fractions))
+        .map(|(n, (c, f))| (n.clone(), *c, *f))
+        .collect()
+}
