@@ -36,6 +36,7 @@ pub mod gpt2;
 mod linear;
 mod prefix;
 pub mod roberta;
+mod train_model;
 
 pub use checkpoint::{read_safetensors, save_safetensors, write_dir_atomically, LoadReport};
 pub use classifier::{
@@ -45,6 +46,7 @@ pub use config::{Activation, BertConfig, ClassifierConfig, Gpt2Config, ModelConf
 pub use device::parse_device;
 pub use linear::{Linear, LinearHook, WeightLayout};
 pub use prefix::PrefixProvider;
+pub use train_model::TrainModel;
 
 /// Errors of this crate; each names the file, key or value and what was expected.
 #[derive(Debug, thiserror::Error)]

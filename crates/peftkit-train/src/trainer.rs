@@ -5,73 +5,13 @@ use crate::data::{for_each_batch, Dataset, DeviceBatch};
 use crate::optim::{FlatOptimizer, OptimConfig};
 use crate::{Result, TrainError};
 use peftkit_eval::{Metrics, MetricsLog};
-use peftkit_models::{
-    read_safetensors, save_safetensors, write_dir_atomically, ModelError, SequenceClassifier,
-};
+pub use peftkit_models::TrainModel;
+use peftkit_models::{read_safetensors, save_safetensors, write_dir_atomically, ModelError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
-
-/// What the trainer needs from a model: logits, the loss, and its trainable parameters. Implemented
-/// by [`SequenceClassifier`] (full and head-only fine-tuning) and by adapter-wrapped models.
-pub trait TrainModel {
-    /// Logits `[batch, num_labels]`.
-    fn logits(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        train: bool,
-    ) -> std::result::Result<Tensor, ModelError>;
-    /// The training loss for these logits.
-    fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor;
-    /// The parameters to train, by name, in a stable order.
-    fn trainable_parameters(&self) -> Vec<(String, Tensor)>;
-    /// Number of parameters, trainable or not.
-    fn parameter_count(&self) -> i64;
-    /// The device of the parameters.
-    fn device(&self) -> Device;
-}
-
-impl TrainModel for SequenceClassifier {
-    fn logits(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        train: bool,
-    ) -> std::result::Result<Tensor, ModelError> {
-        let opts = if train {
-            peftkit_models::ForwardOptions::train()
-        } else {
-            peftkit_models::ForwardOptions::eval()
-        };
-        Ok(self.forward(input_ids, attention_mask, &opts)?.logits)
-    }
-
-    fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
-        SequenceClassifier::loss(self, logits, labels)
-    }
-
-    fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self
-            .var_store()
-            .variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-
-    fn parameter_count(&self) -> i64 {
-        self.parameter_counts().1
-    }
-
-    fn device(&self) -> Device {
-        SequenceClassifier::device(self)
-    }
-}
 
 /// `trainable params: 1,536 || all params: 124,441,344 || trainable%: 0.0012`, as peft prints it.
 pub fn trainable_summary(trainable: i64, all: i64) -> String {

@@ -1,0 +1,283 @@
+//! `LoraConfig` with peft's field names and defaults, read from and written to
+//! `adapter_config.json`.
+
+use crate::{AdapterError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// `target_modules`: names matched as suffixes of module paths, or one regular expression that
+/// must match the whole path (peft's rules), or `all-linear`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetModules {
+    /// A module matches when its path equals a name or ends with `.name`.
+    List(Vec<String>),
+    /// A regular expression matched against the whole path (`"all-linear"`: every linear
+    /// except the classification head).
+    Regex(String),
+}
+
+impl std::fmt::Display for TargetModules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetModules::List(v) => write!(f, "{v:?}"),
+            TargetModules::Regex(r) => write!(f, "{r:?}"),
+        }
+    }
+}
+
+/// `bias`: which biases are trained and saved with the adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Bias {
+    /// None (peft's default).
+    #[default]
+    None,
+    /// Every bias of the model.
+    All,
+    /// The biases of the layers LoRA is applied to.
+    LoraOnly,
+}
+
+/// `init_lora_weights`: `true` (A Kaiming-uniform, B zero: the adapter starts as a no-op),
+/// `false` (both random: for tests), or `"gaussian"` (A normal with std 1/r, B zero).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum InitLoraWeights {
+    /// `true` or `false`.
+    Bool(bool),
+    /// `"gaussian"`.
+    Named(String),
+}
+
+impl Default for InitLoraWeights {
+    fn default() -> Self {
+        InitLoraWeights::Bool(true)
+    }
+}
+
+/// `layers_to_transform`: one layer index or a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LayerIndexes {
+    /// One layer.
+    One(usize),
+    /// Several layers.
+    Many(Vec<usize>),
+}
+
+impl LayerIndexes {
+    /// Whether `i` is one of them.
+    pub fn contains(&self, i: usize) -> bool {
+        match self {
+            LayerIndexes::One(x) => *x == i,
+            LayerIndexes::Many(v) => v.contains(&i),
+        }
+    }
+}
+
+fn d_r() -> i64 {
+    8
+}
+fn d_alpha() -> f64 {
+    8.0
+}
+fn d_peft_type() -> String {
+    "LORA".into()
+}
+fn d_task() -> Option<String> {
+    Some("SEQ_CLS".into())
+}
+
+/// A LoRA adapter's configuration (peft's `LoraConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// Always `LORA`.
+    #[serde(default = "d_peft_type")]
+    pub peft_type: String,
+    /// `SEQ_CLS` for sequence classification.
+    #[serde(default = "d_task")]
+    pub task_type: Option<String>,
+    /// Rank.
+    #[serde(default = "d_r")]
+    pub r: i64,
+    /// Scaling numerator: the update is scaled by `lora_alpha / r` (or `/ √r` with rsLoRA).
+    #[serde(default = "d_alpha")]
+    pub lora_alpha: f64,
+    /// Dropout on the adapter's input.
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// Modules to adapt.
+    #[serde(default)]
+    pub target_modules: Option<TargetModules>,
+    /// Modules never adapted.
+    #[serde(default)]
+    pub exclude_modules: Option<TargetModules>,
+    /// Which biases to train.
+    #[serde(default)]
+    pub bias: Bias,
+    /// Scale by `lora_alpha / √r` (rank-stabilised LoRA).
+    #[serde(default)]
+    pub use_rslora: bool,
+    /// The base weight is stored `[in, out]` (GPT-2's `Conv1D`); set automatically.
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    /// Modules trained in full and saved with the adapter (the classification head).
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+    /// Initialisation.
+    #[serde(default)]
+    pub init_lora_weights: InitLoraWeights,
+    /// Only adapt layers with these indexes.
+    #[serde(default)]
+    pub layers_to_transform: Option<LayerIndexes>,
+    /// The name of the layer list (`h`, `layer`) used with `layers_to_transform`.
+    #[serde(default)]
+    pub layers_pattern: Option<TargetModules>,
+    /// Per-module ranks: `{pattern: r}`.
+    #[serde(default)]
+    pub rank_pattern: BTreeMap<String, i64>,
+    /// Per-module alphas: `{pattern: alpha}`.
+    #[serde(default)]
+    pub alpha_pattern: BTreeMap<String, f64>,
+    /// The base model's hub id or path.
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    /// The base model's revision.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// DoRA (not supported: an error when true).
+    #[serde(default)]
+    pub use_dora: bool,
+    /// peft writes it; true in saved adapters.
+    #[serde(default)]
+    pub inference_mode: bool,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("every field has a default")
+    }
+}
+
+impl LoraConfig {
+    /// A config with these targets, rank and alpha (other fields: peft's defaults).
+    pub fn new(targets: &[&str], r: i64, lora_alpha: f64) -> Self {
+        Self {
+            target_modules: Some(TargetModules::List(
+                targets.iter().map(|s| s.to_string()).collect(),
+            )),
+            r,
+            lora_alpha,
+            ..Default::default()
+        }
+    }
+
+    /// Reads `adapter_config.json`, rejecting settings whose effect peftkit does not implement
+    /// (so that an adapter never silently computes something else).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| AdapterError::io(path, e))?;
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| AdapterError::Config {
+                path: path.into(),
+                message: format!("invalid JSON: {e}"),
+            })?;
+        let bad = |message: String| AdapterError::Config {
+            path: path.into(),
+            message,
+        };
+        let peft_type = raw.get("peft_type").and_then(|v| v.as_str()).unwrap_or("");
+        if peft_type != "LORA" {
+            return Err(bad(format!("peft_type is `{peft_type}`, expected LORA")));
+        }
+        for (key, default_ok) in [
+            ("use_dora", serde_json::json!(false)),
+            ("lora_bias", serde_json::json!(false)),
+            ("use_qalora", serde_json::json!(false)),
+        ] {
+            if let Some(v) = raw.get(key) {
+                if !v.is_null() && *v != default_ok {
+                    return Err(bad(format!("`{key}: {v}` is not supported by peftkit")));
+                }
+            }
+        }
+        for key in [
+            "layer_replication",
+            "target_parameters",
+            "trainable_token_indices",
+            "megatron_config",
+            "alora_invocation_tokens",
+        ] {
+            if raw.get(key).is_some_and(|v| {
+                !v.is_null() && *v != serde_json::json!({}) && *v != serde_json::json!([])
+            }) {
+                return Err(bad(format!("`{key}` is set; peftkit does not support it")));
+            }
+        }
+        let cfg: LoraConfig = serde_json::from_value(raw).map_err(|e| bad(e.to_string()))?;
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    /// Checks values.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.r <= 0 {
+            return Err(format!("r must be positive, got {}", self.r));
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return Err(format!(
+                "lora_dropout {} is outside [0, 1)",
+                self.lora_dropout
+            ));
+        }
+        if self.use_dora {
+            return Err("use_dora is not supported by peftkit".into());
+        }
+        if let InitLoraWeights::Named(n) = &self.init_lora_weights {
+            if n != "gaussian" {
+                return Err(format!(
+                    "init_lora_weights `{n}` is not supported (true, false or \"gaussian\")"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The rank and scale of the adapter at `path`, with `rank_pattern` / `alpha_pattern`
+    /// applied as peft does (the key matches the end of the path at a `.` boundary).
+    pub fn rank_and_scale(&self, path: &str) -> (i64, f64) {
+        let matching = |k: &String| {
+            regex::Regex::new(&format!(r"^(.*\.)?({k})$")).is_ok_and(|re| re.is_match(path))
+        };
+        let r = self
+            .rank_pattern
+            .iter()
+            .find(|(k, _)| matching(k))
+            .map_or(self.r, |(_, v)| *v);
+        let alpha = self
+            .alpha_pattern
+            .iter()
+            .find(|(k, _)| matching(k))
+            .map_or(self.lora_alpha, |(_, v)| *v);
+        let scale = if self.use_rslora {
+            alpha / (r as f64).sqrt()
+        } else {
+            alpha / r as f64
+        };
+        (r, scale)
+    }
+
+    /// `adapter_config.json` as peft writes it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        v["inference_mode"] = serde_json::json!(true);
+        v["peft_type"] = serde_json::json!("LORA");
+        // Integers where peft has integers.
+        if self.lora_alpha.fract() == 0.0 {
+            v["lora_alpha"] = serde_json::json!(self.lora_alpha as i64);
+        }
+        v["lora_bias"] = serde_json::json!(false);
+        v
+    }
+}

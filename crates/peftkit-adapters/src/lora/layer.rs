@@ -1,0 +1,118 @@
+//! The LoRA layer: `base(x) + scale · B(A(dropout(x)))` as a separate low-rank path on a base
+//! [`Linear`], with several named adapters, merge and unmerge.
+
+use peftkit_models::{Linear, LinearHook, WeightLayout};
+use std::collections::BTreeMap;
+use tch::{Kind, Tensor};
+
+/// One adapter's low-rank factors at one layer.
+#[derive(Debug)]
+pub struct LoraWeights {
+    /// `lora_A`: `[r, in]`.
+    pub a: Tensor,
+    /// `lora_B`: `[out, r]`.
+    pub b: Tensor,
+    /// `lora_alpha / r` (or `/ √r`).
+    pub scale: f64,
+    /// Dropout on the input of A.
+    pub dropout: f64,
+}
+
+impl LoraWeights {
+    /// The dense update `scale · B A` in the base weight's layout.
+    pub fn delta(&self, layout: WeightLayout) -> Tensor {
+        let d = self.b.matmul(&self.a) * self.scale;
+        match layout {
+            WeightLayout::OutIn => d,
+            WeightLayout::InOut => d.transpose(0, 1),
+        }
+    }
+}
+
+/// The hook LoRA attaches to a base linear: named adapters, the active one, and which are
+/// merged into the base weight.
+#[derive(Debug, Default)]
+pub struct LoraLayer {
+    pub(crate) adapters: BTreeMap<String, LoraWeights>,
+    pub(crate) active: Option<String>,
+    pub(crate) merged: Vec<String>,
+    pub(crate) disabled: bool,
+}
+
+impl LoraLayer {
+    /// The adapters of this layer.
+    pub fn adapters(&self) -> &BTreeMap<String, LoraWeights> {
+        &self.adapters
+    }
+
+    /// The adapters merged into the base weight.
+    pub fn merged(&self) -> &[String] {
+        &self.merged
+    }
+
+    /// Adds `delta` of `name` into the base weight (no-op when already merged).
+    pub(crate) fn merge(&mut self, base: &mut Linear, name: &str) {
+        if self.merged.iter().any(|m| m == name) {
+            return;
+        }
+        if let Some(w) = self.adapters.get(name) {
+            let mut weight = base.weight().shallow_clone();
+            tch::no_grad(|| {
+                let d = w.delta(base.layout()).to_kind(weight.kind());
+                let _ = weight.g_add_(&d);
+            });
+            self.merged.push(name.to_string());
+        }
+    }
+
+    /// Subtracts every merged adapter's delta from the base weight.
+    pub(crate) fn unmerge(&mut self, base: &mut Linear) {
+        for name in std::mem::take(&mut self.merged) {
+            if let Some(w) = self.adapters.get(&name) {
+                let mut weight = base.weight().shallow_clone();
+                tch::no_grad(|| {
+                    let d = w.delta(base.layout()).to_kind(weight.kind());
+                    let _ = weight.g_sub_(&d);
+                });
+            }
+        }
+    }
+}
+
+impl LinearHook for LoraLayer {
+    fn forward(&self, base: &Linear, x: &Tensor, train: bool) -> Tensor {
+        let y = base.base_forward(x);
+        if self.disabled {
+            return y;
+        }
+        match self
+            .active
+            .as_deref()
+            .and_then(|a| self.adapters.get(a).map(|w| (a, w)))
+        {
+            Some((name, w)) if !self.merged.iter().any(|m| m == name) => {
+                let x = if train && w.dropout > 0.0 {
+                    x.dropout(w.dropout, true)
+                } else {
+                    x.shallow_clone()
+                };
+                let x =
+                    if x.kind() != w.a.kind() && !matches!(x.kind(), Kind::Half | Kind::BFloat16) {
+                        x.to_kind(w.a.kind())
+                    } else {
+                        x
+                    };
+                y + x.linear::<Tensor>(&w.a, None).linear::<Tensor>(&w.b, None) * w.scale
+            }
+            _ => y,
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}

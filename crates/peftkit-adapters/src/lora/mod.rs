@@ -1,0 +1,5 @@
+//! LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"), laid out like
+//! peft's `tuners/lora`: the config, the layer, and injection (in [`crate::PeftModel`]).
+
+pub mod config;
+pub mod layer;

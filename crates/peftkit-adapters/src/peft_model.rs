@@ -1,0 +1,689 @@
+//! [`PeftModel`]: a [`SequenceClassifier`] with LoRA adapters, like peft's
+//! `PeftModelForSequenceClassification`.
+
+use crate::lora::config::{Bias, InitLoraWeights, LoraConfig};
+use crate::lora::layer::{LoraLayer, LoraWeights};
+use crate::targets::is_target;
+use crate::{AdapterError, Result};
+use peftkit_models::{
+    read_safetensors, save_safetensors, write_dir_atomically, ForwardOptions, Linear, ModelError,
+    SequenceClassifier, TrainModel,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// The key prefix peft gives every saved tensor.
+pub const PEFT_PREFIX: &str = "base_model.model.";
+/// The adapter name peft uses when none is given.
+pub const DEFAULT_ADAPTER: &str = "default";
+
+fn lora_of(linear: &Linear) -> Option<&LoraLayer> {
+    linear
+        .hook()
+        .and_then(|h| h.as_any().downcast_ref::<LoraLayer>())
+}
+
+/// A classifier with LoRA adapters. The base is frozen; the active adapter's LoRA factors, the
+/// classification head (peft's `modules_to_save`) and the biases chosen by `bias` are trained.
+pub struct PeftModel {
+    base: SequenceClassifier,
+    configs: BTreeMap<String, LoraConfig>,
+    active: String,
+    /// The head as it was before any training: a new adapter starts from a copy (peft's
+    /// `ModulesToSaveWrapper`).
+    original_head: Vec<(String, Tensor)>,
+    /// The heads of inactive adapters (the active one's is in the model).
+    heads: BTreeMap<String, Vec<(String, Tensor)>>,
+    /// Names of the base variables of the head.
+    head_names: Vec<String>,
+}
+
+impl std::fmt::Debug for PeftModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeftModel")
+            .field("architecture", &self.base.architecture())
+            .field("adapters", &self.configs.keys().collect::<Vec<_>>())
+            .field("active", &self.active)
+            .finish()
+    }
+}
+
+impl PeftModel {
+    /// Wraps `base` with a new adapter (peft's `get_peft_model`): freezes the base, injects LoRA
+    /// into the target modules, and makes the head and the chosen biases trainable.
+    pub fn new(base: SequenceClassifier, config: LoraConfig) -> Result<Self> {
+        Self::with_adapter_name(base, config, DEFAULT_ADAPTER)
+    }
+
+    /// Like [`PeftModel::new`] with an adapter name.
+    pub fn with_adapter_name(
+        base: SequenceClassifier,
+        config: LoraConfig,
+        name: &str,
+    ) -> Result<Self> {
+        for (_, t) in base.var_store().variables() {
+            let _ = t.set_requires_grad(false);
+        }
+        let head_prefixes: Vec<String> = base
+            .architecture()
+            .head_modules()
+            .iter()
+            .map(|h| format!("{h}."))
+            .collect();
+        let mut head_names: Vec<String> = base
+            .var_store()
+            .variables()
+            .keys()
+            .filter(|k| head_prefixes.iter().any(|h| k.starts_with(h.as_str())))
+            .cloned()
+            .collect();
+        head_names.sort();
+        let vars = base.var_store().variables();
+        let original_head = head_names
+            .iter()
+            .map(|n| (n.clone(), vars[n].detach().copy()))
+            .collect();
+        let mut model = Self {
+            base,
+            configs: BTreeMap::new(),
+            active: name.to_string(),
+            original_head,
+            heads: BTreeMap::new(),
+            head_names,
+        };
+        model.inject(name, config)?;
+        model.refresh_trainable();
+        Ok(model)
+    }
+
+    fn modules_to_save(&self, config: &LoraConfig) -> Vec<String> {
+        let mut m: Vec<String> = self
+            .base
+            .architecture()
+            .head_modules()
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for extra in config.modules_to_save.iter().flatten() {
+            if !m.contains(extra) {
+                m.push(extra.clone());
+            }
+        }
+        m
+    }
+
+    /// Creates adapter `name` in every matching module.
+    fn inject(&mut self, name: &str, mut config: LoraConfig) -> Result<()> {
+        config.validate().map_err(|m| AdapterError::Invalid(m))?;
+        let targets = config.target_modules.clone().ok_or_else(|| {
+            AdapterError::Invalid(
+                "target_modules is not set (peftkit has no per-model default list)".into(),
+            )
+        })?;
+        let save = self.modules_to_save(&config);
+        let device = self.base.device();
+        let mut matched = Vec::new();
+        let mut conv1d = false;
+        let all_paths: Vec<String> = self
+            .base
+            .linears()
+            .iter()
+            .map(|l| l.path().to_string())
+            .collect();
+        for linear in self.base.linears_mut() {
+            let path = linear.path().to_string();
+            if !is_target(
+                &path,
+                &targets,
+                config.exclude_modules.as_ref(),
+                config.layers_to_transform.as_ref(),
+                config.layers_pattern.as_ref(),
+                &save,
+            ) {
+                continue;
+            }
+            if linear.layout() == peftkit_models::WeightLayout::InOut {
+                conv1d = true;
+            }
+            let (r, scale) = config.rank_and_scale(&path);
+            let (fan_in, fan_out) = (linear.in_features(), linear.out_features());
+            let opts = (Kind::Float, device);
+            let (a, b) = match &config.init_lora_weights {
+                InitLoraWeights::Bool(true) => {
+                    // kaiming_uniform_(a=√5) on [r, in]: bound 1/√in; B zero.
+                    let bound = 1.0 / (fan_in as f64).sqrt();
+                    (
+                        Tensor::empty([r, fan_in], opts).uniform_(-bound, bound),
+                        Tensor::zeros([fan_out, r], opts),
+                    )
+                }
+                InitLoraWeights::Bool(false) => {
+                    let (ba, bb) = (1.0 / (fan_in as f64).sqrt(), 1.0 / (r as f64).sqrt());
+                    (
+                        Tensor::empty([r, fan_in], opts).uniform_(-ba, ba),
+                        Tensor::empty([fan_out, r], opts).uniform_(-bb, bb),
+                    )
+                }
+                InitLoraWeights::Named(_) => (
+                    Tensor::randn([r, fan_in], opts) / r as f64,
+                    Tensor::zeros([fan_out, r], opts),
+                ),
+            };
+            let weights = LoraWeights {
+                a,
+                b,
+                scale,
+                dropout: config.lora_dropout,
+            };
+            match linear
+                .hook_mut()
+                .and_then(|h| h.as_any_mut().downcast_mut::<LoraLayer>())
+            {
+                Some(layer) => {
+                    layer.adapters.insert(name.to_string(), weights);
+                }
+                None => {
+                    if linear.hook().is_some() {
+                        return Err(AdapterError::Invalid(format!(
+                            "{path} already has another kind of adapter"
+                        )));
+                    }
+                    let mut layer = LoraLayer {
+                        active: Some(self.active.clone()),
+                        ..Default::default()
+                    };
+                    layer.adapters.insert(name.to_string(), weights);
+                    linear.set_hook(Box::new(layer));
+                }
+            }
+            matched.push(path);
+        }
+        if matched.is_empty() {
+            let mut names: Vec<String> = all_paths
+                .iter()
+                .map(|p| p.rsplit('.').next().unwrap_or(p).to_string())
+                .collect();
+            names.sort();
+            names.dedup();
+            return Err(AdapterError::NoTargets {
+                targets: targets.to_string(),
+                available: names,
+                example: all_paths.first().cloned().unwrap_or_default(),
+            });
+        }
+        if conv1d && !config.fan_in_fan_out {
+            tracing::warn!("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+            config.fan_in_fan_out = true;
+        }
+        if config.modules_to_save.is_none() {
+            // What peft records for sequence classification.
+            config.modules_to_save = Some(vec!["classifier".into(), "score".into()]);
+        }
+        tracing::info!(adapter = name, modules = matched.len(), "LoRA injected");
+        self.configs.insert(name.to_string(), config);
+        Ok(())
+    }
+
+    /// Adds another adapter; its head starts as a copy of the original head. The active adapter
+    /// does not change.
+    pub fn add_adapter(&mut self, name: &str, config: LoraConfig) -> Result<()> {
+        if self.configs.contains_key(name) {
+            return Err(AdapterError::Invalid(format!(
+                "an adapter named `{name}` exists already"
+            )));
+        }
+        self.inject(name, config)?;
+        let head = self
+            .original_head
+            .iter()
+            .map(|(n, t)| (n.clone(), t.copy()))
+            .collect();
+        self.heads.insert(name.to_string(), head);
+        Ok(())
+    }
+
+    /// Makes `name` the active adapter (its LoRA factors and its head).
+    pub fn set_adapter(&mut self, name: &str) -> Result<()> {
+        if !self.configs.contains_key(name) {
+            return Err(AdapterError::Invalid(format!(
+                "no adapter `{name}` (there are: {})",
+                self.configs.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if name == self.active {
+            return Ok(());
+        }
+        if self.is_merged() {
+            return Err(AdapterError::Invalid(
+                "unmerge before switching adapters".into(),
+            ));
+        }
+        let vars = self.base.var_store().variables();
+        let live: Vec<(String, Tensor)> = self
+            .head_names
+            .iter()
+            .map(|n| (n.clone(), vars[n].detach().copy()))
+            .collect();
+        self.heads.insert(self.active.clone(), live);
+        if let Some(head) = self.heads.remove(name) {
+            for (n, t) in head {
+                let mut v = vars[&n].shallow_clone();
+                tch::no_grad(|| v.copy_(&t));
+            }
+        }
+        self.active = name.to_string();
+        for linear in self.base.linears_mut() {
+            if let Some(layer) = linear
+                .hook_mut()
+                .and_then(|h| h.as_any_mut().downcast_mut::<LoraLayer>())
+            {
+                layer.active = Some(name.to_string());
+            }
+        }
+        self.refresh_trainable();
+        Ok(())
+    }
+
+    /// The active adapter's name.
+    pub fn active_adapter(&self) -> &str {
+        &self.active
+    }
+
+    /// The active adapter's config.
+    pub fn config(&self) -> &LoraConfig {
+        &self.configs[&self.active]
+    }
+
+    /// The adapters' names.
+    pub fn adapters(&self) -> Vec<String> {
+        self.configs.keys().cloned().collect()
+    }
+
+    /// The paths of the modules the active adapter applies to.
+    pub fn adapted_modules(&self) -> Vec<String> {
+        self.base
+            .linears()
+            .into_iter()
+            .filter(|l| lora_of(l).is_some_and(|h| h.adapters.contains_key(&self.active)))
+            .map(|l| l.path().to_string())
+            .collect()
+    }
+
+    /// The base model (with the adapters in its linears).
+    pub fn base(&self) -> &SequenceClassifier {
+        &self.base
+    }
+
+    fn bias_names(&self) -> Vec<String> {
+        let cfg = &self.configs[&self.active];
+        let vars = self.base.var_store().variables();
+        let mut names: Vec<String> = match cfg.bias {
+            Bias::None => vec![],
+            Bias::All => vars
+                .keys()
+                .filter(|k| k.ends_with(".bias"))
+                .cloned()
+                .collect(),
+            Bias::LoraOnly => self
+                .adapted_modules()
+                .into_iter()
+                .map(|p| format!("{p}.bias"))
+                .filter(|n| vars.contains_key(n))
+                .collect(),
+        };
+        names.retain(|n| !self.head_names.contains(n));
+        names.sort();
+        names
+    }
+
+    /// Only the active adapter's factors, the head and the chosen biases require gradients.
+    fn refresh_trainable(&mut self) {
+        let vars = self.base.var_store().variables();
+        let bias = self.bias_names();
+        for (name, t) in &vars {
+            let _ = t.set_requires_grad(self.head_names.contains(name) || bias.contains(name));
+        }
+        let active = self.active.clone();
+        for linear in self.base.linears_mut() {
+            if let Some(layer) = linear
+                .hook_mut()
+                .and_then(|h| h.as_any_mut().downcast_mut::<LoraLayer>())
+            {
+                for (name, w) in layer.adapters.iter_mut() {
+                    let on = *name == active;
+                    w.a = w.a.detach().set_requires_grad(on);
+                    w.b = w.b.detach().set_requires_grad(on);
+                }
+            }
+        }
+    }
+
+    /// Whether any adapter is merged into the base weights.
+    pub fn is_merged(&self) -> bool {
+        self.base
+            .linears()
+            .iter()
+            .any(|l| lora_of(l).is_some_and(|h| !h.merged.is_empty()))
+    }
+
+    /// Folds the active adapter into the base weights (`merge_adapter`); merging twice does
+    /// nothing more.
+    pub fn merge_adapter(&mut self) {
+        let name = self.active.clone();
+        for linear in self.base.linears_mut() {
+            if let Some(mut hook) = linear.take_hook() {
+                if let Some(layer) = hook.as_any_mut().downcast_mut::<LoraLayer>() {
+                    layer.merge(linear, &name);
+                }
+                linear.set_hook(hook);
+            }
+        }
+    }
+
+    /// Takes every merged adapter back out of the base weights.
+    pub fn unmerge_adapter(&mut self) {
+        for linear in self.base.linears_mut() {
+            if let Some(mut hook) = linear.take_hook() {
+                if let Some(layer) = hook.as_any_mut().downcast_mut::<LoraLayer>() {
+                    layer.unmerge(linear);
+                }
+                linear.set_hook(hook);
+            }
+        }
+    }
+
+    /// Merges the active adapter and returns the plain classifier with the active head
+    /// (`merge_and_unload`).
+    pub fn merge_and_unload(mut self) -> SequenceClassifier {
+        self.merge_adapter();
+        for linear in self.base.linears_mut() {
+            linear.take_hook();
+        }
+        for (_, t) in self.base.var_store().variables() {
+            let _ = t.set_requires_grad(true);
+        }
+        self.base
+    }
+
+    /// Runs `f` with every adapter disabled (peft's `disable_adapter()` context): the base
+    /// model's own computation, with the original head. A merged adapter is unmerged first.
+    pub fn with_adapter_disabled<T>(&mut self, f: impl FnOnce(&Self) -> T) -> T {
+        self.unmerge_adapter();
+        let set = |model: &mut Self, disabled: bool| {
+            for linear in model.base.linears_mut() {
+                if let Some(layer) = linear
+                    .hook_mut()
+                    .and_then(|h| h.as_any_mut().downcast_mut::<LoraLayer>())
+                {
+                    layer.disabled = disabled;
+                }
+            }
+        };
+        // As peft's ModulesToSaveWrapper: with adapters disabled the original head computes.
+        let vars = self.base.var_store().variables();
+        let live: Vec<(String, Tensor)> = self
+            .head_names
+            .iter()
+            .map(|n| (n.clone(), vars[n].detach().copy()))
+            .collect();
+        let copy_into = |values: &[(String, Tensor)]| {
+            for (n, t) in values {
+                let mut v = vars[n].shallow_clone();
+                tch::no_grad(|| v.copy_(t));
+            }
+        };
+        copy_into(&self.original_head);
+        set(self, true);
+        let out = f(self);
+        set(self, false);
+        copy_into(&live);
+        out
+    }
+
+    /// A forward pass of the classifier with the active adapter.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        opts: &ForwardOptions,
+    ) -> peftkit_models::Result<peftkit_models::ClassifierOutput> {
+        self.base.forward(input_ids, attention_mask, opts)
+    }
+
+    /// The active adapter's tensors under peft's saved names.
+    pub fn adapter_state_dict(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for linear in self.base.linears() {
+            if let Some(w) = lora_of(linear).and_then(|h| h.adapters.get(&self.active)) {
+                out.push((
+                    format!("{PEFT_PREFIX}{}.lora_A.weight", linear.path()),
+                    w.a.detach(),
+                ));
+                out.push((
+                    format!("{PEFT_PREFIX}{}.lora_B.weight", linear.path()),
+                    w.b.detach(),
+                ));
+            }
+        }
+        let vars = self.base.var_store().variables();
+        for n in self.head_names.iter().chain(&self.bias_names()) {
+            out.push((format!("{PEFT_PREFIX}{n}"), vars[n].detach()));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Saves the active adapter in peft's format: `adapter_config.json` and
+    /// `adapter_model.safetensors`, written atomically.
+    pub fn save_pretrained(
+        &self,
+        dir: &Path,
+        base_model_name_or_path: Option<&str>,
+        revision: Option<&str>,
+    ) -> Result<()> {
+        let mut cfg = self.configs[&self.active].clone();
+        if base_model_name_or_path.is_some() {
+            cfg.base_model_name_or_path = base_model_name_or_path.map(str::to_string);
+            cfg.revision = revision.map(str::to_string);
+        }
+        let json = serde_json::to_string_pretty(&cfg.to_json()).expect("config serialises");
+        let tensors = self.adapter_state_dict();
+        write_dir_atomically(dir, |tmp| -> Result<()> {
+            save_safetensors(&tmp.join("adapter_model.safetensors"), &tensors)?;
+            std::fs::write(tmp.join("adapter_config.json"), &json)
+                .map_err(|e| AdapterError::io(tmp, e))?;
+            Ok(())
+        })
+    }
+
+    /// Loads a peft LoRA adapter directory onto `base` (peft's `PeftModel.from_pretrained`).
+    pub fn from_pretrained(base: SequenceClassifier, dir: &Path) -> Result<Self> {
+        let config = LoraConfig::from_file(&dir.join("adapter_config.json"))?;
+        let mut model = Self::new(base, config)?;
+        model.load_weights(dir, DEFAULT_ADAPTER)?;
+        Ok(model)
+    }
+
+    /// Loads another adapter directory as `name` (peft's `load_adapter`); it does not become
+    /// active.
+    pub fn load_adapter(&mut self, dir: &Path, name: &str) -> Result<()> {
+        let config = LoraConfig::from_file(&dir.join("adapter_config.json"))?;
+        self.add_adapter(name, config)?;
+        let previous = self.active.clone();
+        self.set_adapter(name)?;
+        let loaded = self.load_weights(dir, name);
+        self.set_adapter(&previous)?;
+        loaded
+    }
+
+    /// Copies `adapter_model.safetensors` into adapter `name` (which must be active): every
+    /// LoRA factor and the head must be present with the right shapes, and nothing else.
+    fn load_weights(&mut self, dir: &Path, name: &str) -> Result<()> {
+        let file = dir.join("adapter_model.safetensors");
+        if !file.is_file() {
+            let msg = if dir.join("adapter_model.bin").is_file() {
+                "only adapter_model.bin here: peftkit loads safetensors only"
+            } else {
+                "no adapter_model.safetensors"
+            };
+            return Err(AdapterError::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, msg),
+            ));
+        }
+        let mut tensors: BTreeMap<String, Tensor> = read_safetensors(&file)?.into_iter().collect();
+        let device = self.base.device();
+        let mismatch = |key: &str, file_shape: Vec<i64>, model: Vec<i64>| {
+            AdapterError::Mismatch {
+            path: file.clone(),
+            key: key.to_string(),
+            message: format!("shape {file_shape:?} in the adapter but {model:?} in the model: the adapter was made for another base model"),
+        }
+        };
+        for linear in self.base.linears_mut() {
+            let path = linear.path().to_string();
+            let Some(layer) = linear
+                .hook_mut()
+                .and_then(|h| h.as_any_mut().downcast_mut::<LoraLayer>())
+            else {
+                continue;
+            };
+            let Some(w) = layer.adapters.get_mut(name) else {
+                continue;
+            };
+            for (which, slot) in [("lora_A", &mut w.a), ("lora_B", &mut w.b)] {
+                let key = format!("{PEFT_PREFIX}{path}.{which}.weight");
+                let t = tensors.remove(&key).ok_or_else(|| AdapterError::Mismatch {
+                    path: file.clone(),
+                    key: key.clone(),
+                    message:
+                        "missing from the adapter (its target_modules do not match its weights)"
+                            .into(),
+                })?;
+                if t.size() != slot.size() {
+                    return Err(mismatch(&key, t.size(), slot.size()));
+                }
+                let requires = slot.requires_grad();
+                *slot = t
+                    .to_kind(Kind::Float)
+                    .to_device(device)
+                    .set_requires_grad(requires);
+            }
+        }
+        let vars = self.base.var_store().variables();
+        for n in self.head_names.clone().iter().chain(&self.bias_names()) {
+            let key = format!("{PEFT_PREFIX}{n}");
+            let t = tensors.remove(&key).ok_or_else(|| AdapterError::Mismatch {
+                path: file.clone(),
+                key: key.clone(),
+                message: "missing: a sequence-classification adapter must carry its trained head (modules_to_save)".into(),
+            })?;
+            let mut v = vars[n].shallow_clone();
+            if t.size() != v.size() {
+                return Err(mismatch(&key, t.size(), v.size()));
+            }
+            tch::no_grad(|| v.copy_(&t));
+        }
+        if let Some((key, _)) = tensors.into_iter().next() {
+            return Err(AdapterError::Mismatch {
+                path: file,
+                key,
+                message: "unexpected: the base model has no such module, or the adapter's config does not target it".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Trainable and total parameter counts as peft's `get_nb_trainable_parameters` gives them
+    /// (the head counts twice in the total: peft keeps the original beside each adapter's copy).
+    pub fn parameter_counts(&self) -> (i64, i64) {
+        let (base_trainable, base_all) = self.base.parameter_counts();
+        let head: i64 = self
+            .head_names
+            .iter()
+            .map(|n| self.base.var_store().variables()[n].numel() as i64)
+            .sum();
+        let mut lora_all = 0;
+        let mut lora_trainable = 0;
+        for linear in self.base.linears() {
+            if let Some(layer) = lora_of(linear) {
+                for (name, w) in &layer.adapters {
+                    let n = (w.a.numel() + w.b.numel()) as i64;
+                    lora_all += n;
+                    if *name == self.active {
+                        lora_trainable += n;
+                    }
+                }
+            }
+        }
+        (
+            base_trainable + lora_trainable,
+            base_all + lora_all + head * self.configs.len() as i64,
+        )
+    }
+
+    /// peft's `print_trainable_parameters` line.
+    pub fn trainable_summary(&self) -> String {
+        let (t, a) = self.parameter_counts();
+        format!(
+            "trainable params: {t} || all params: {a} || trainable%: {:.4}",
+            100.0 * t as f64 / a.max(1) as f64
+        )
+    }
+}
+
+impl TrainModel for PeftModel {
+    fn logits(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> std::result::Result<Tensor, ModelError> {
+        self.base.logits(input_ids, attention_mask, train)
+    }
+
+    fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
+        self.base.loss(logits, labels)
+    }
+
+    fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::new();
+        for linear in self.base.linears() {
+            if let Some(w) = lora_of(linear).and_then(|h| h.adapters.get(&self.active)) {
+                out.push((
+                    format!(
+                        "{PEFT_PREFIX}{}.lora_A.{}.weight",
+                        linear.path(),
+                        self.active
+                    ),
+                    w.a.shallow_clone(),
+                ));
+                out.push((
+                    format!(
+                        "{PEFT_PREFIX}{}.lora_B.{}.weight",
+                        linear.path(),
+                        self.active
+                    ),
+                    w.b.shallow_clone(),
+                ));
+            }
+        }
+        out.extend(
+            self.base
+                .trainable_parameters()
+                .into_iter()
+                .map(|(n, t)| (format!("{PEFT_PREFIX}{n}"), t)),
+        );
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn parameter_count(&self) -> i64 {
+        self.parameter_counts().1
+    }
+
+    fn device(&self) -> Device {
+        self.base.device()
+    }
+}

@@ -1,0 +1,352 @@
+//! One test suite for every (model × adapter kind) pair, like peft's `PeftCommonTester`: add a
+//! kind by writing its builder and one `adapter_suite!` line per model.
+
+use peftkit_adapters::{InitLoraWeights, LoraConfig, PeftModel};
+use peftkit_models::{
+    read_safetensors, ForwardOptions, LoadOptions, SequenceClassifier, TrainModel,
+};
+use peftkit_tokenize::Padding;
+use peftkit_train::{Dataset, Strategy, Trainer, TrainingArgs};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures")
+}
+
+fn base(arch: &str) -> SequenceClassifier {
+    SequenceClassifier::load(
+        &fixtures().join(format!("tiny-{arch}")),
+        &LoadOptions::new(Device::Cpu),
+    )
+    .unwrap()
+    .0
+}
+
+fn inputs(arch: &str) -> HashMap<String, Tensor> {
+    read_safetensors(&fixtures().join(format!("tiny-{arch}/golden.safetensors")))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+/// An adapter kind under test: how to build it on a base, whether it merges, and the trainable
+/// count it must report.
+pub struct AdapterKind {
+    name: &'static str,
+    build: fn(&str, SequenceClassifier) -> peftkit_adapters::Result<PeftModel>,
+    /// `None`: merging does not apply to this kind (prefix tuning), as in peft.
+    merges: bool,
+}
+
+fn lora_targets(arch: &str) -> Vec<&'static str> {
+    match arch {
+        "gpt2" => vec!["c_attn", "c_proj"],
+        "roberta" => vec!["query", "value"],
+        _ => vec!["query", "key", "value", "dense"],
+    }
+}
+
+/// LoRA with random A and B (as after training), so that merging changes the weights.
+fn build_lora(arch: &str, base: SequenceClassifier) -> peftkit_adapters::Result<PeftModel> {
+    let cfg = LoraConfig {
+        init_lora_weights: InitLoraWeights::Bool(false),
+        lora_dropout: 0.1,
+        ..LoraConfig::new(&lora_targets(arch), 4, 8.0)
+    };
+    PeftModel::new(base, cfg)
+}
+
+pub const LORA: AdapterKind = AdapterKind {
+    name: "lora",
+    build: build_lora,
+    merges: true,
+};
+
+fn logits(m: &PeftModel, g: &HashMap<String, Tensor>) -> Tensor {
+    m.forward(
+        &g["input_ids"],
+        &g["attention_mask"],
+        &ForwardOptions::eval(),
+    )
+    .unwrap()
+    .logits
+}
+
+fn wrap(kind: &AdapterKind, arch: &str) -> PeftModel {
+    tch::manual_seed(7);
+    (kind.build)(arch, base(arch)).unwrap()
+}
+
+pub fn save_load_round_trip(kind: &AdapterKind, arch: &str) {
+    let g = inputs(arch);
+    let model = wrap(kind, arch);
+    let tmp = tempfile::tempdir().unwrap();
+    model
+        .save_pretrained(&tmp.path().join("a"), Some("tiny"), None)
+        .unwrap();
+    let again = PeftModel::from_pretrained(base(arch), &tmp.path().join("a")).unwrap();
+    assert_eq!(
+        diff(&logits(&model, &g), &logits(&again, &g)),
+        0.0,
+        "{} {arch}",
+        kind.name
+    );
+}
+
+pub fn merged_equals_unmerged_and_merge_is_idempotent(kind: &AdapterKind, arch: &str) {
+    if !kind.merges {
+        eprintln!("{}: merging is not applicable (as in peft)", kind.name);
+        return;
+    }
+    let g = inputs(arch);
+    let mut model = wrap(kind, arch);
+    let unmerged = logits(&model, &g);
+    model.merge_adapter();
+    assert!(model.is_merged());
+    let merged = logits(&model, &g);
+    let d = diff(&merged, &unmerged);
+    assert!(
+        d <= 1e-5,
+        "{} {arch}: merged differs from unmerged by {d}",
+        kind.name
+    );
+    model.merge_adapter();
+    assert_eq!(
+        diff(&logits(&model, &g), &merged),
+        0.0,
+        "merging twice changed the model"
+    );
+}
+
+pub fn unmerge_restores_the_base(kind: &AdapterKind, arch: &str) {
+    if !kind.merges {
+        return;
+    }
+    let original: HashMap<String, Tensor> = base(arch)
+        .var_store()
+        .variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.detach().copy()))
+        .collect();
+    let mut model = wrap(kind, arch);
+    model.merge_adapter();
+    model.unmerge_adapter();
+    assert!(!model.is_merged());
+    for (name, v) in model.base().var_store().variables() {
+        let d = diff(&v, &original[&name]);
+        assert!(
+            d <= 1e-6,
+            "{} {arch}: {name} differs by {d} after unmerge",
+            kind.name
+        );
+    }
+}
+
+pub fn disable_restores_base_logits(kind: &AdapterKind, arch: &str) {
+    let g = inputs(arch);
+    let plain = base(arch)
+        .forward(
+            &g["input_ids"],
+            &g["attention_mask"],
+            &ForwardOptions::eval(),
+        )
+        .unwrap()
+        .logits;
+    let mut model = wrap(kind, arch);
+    assert!(
+        diff(&logits(&model, &g), &plain) > 1e-4,
+        "the adapter changes nothing: the test would prove nothing"
+    );
+    if kind.merges {
+        model.merge_adapter(); // disabling must also undo a merge
+    }
+    let disabled = model.with_adapter_disabled(|m| logits(m, &g));
+    let d = diff(&disabled, &plain);
+    assert!(
+        d <= 1e-6,
+        "{} {arch}: disabled differs from the base model by {d}",
+        kind.name
+    );
+}
+
+pub fn only_adapter_and_head_receive_gradients(kind: &AdapterKind, arch: &str) {
+    let g = inputs(arch);
+    let model = wrap(kind, arch);
+    let loss = model.loss(
+        &model
+            .logits(&g["input_ids"], &g["attention_mask"], true)
+            .unwrap(),
+        &g["labels"],
+    );
+    loss.backward();
+    let trainable: Vec<String> = model
+        .trainable_parameters()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        trainable.iter().any(|n| n.contains("lora_A"))
+            && trainable.iter().any(|n| n.contains("lora_B"))
+    );
+    let heads = model.base().architecture().head_modules();
+    for (name, v) in model.base().var_store().variables() {
+        let is_head = heads.iter().any(|h| name.starts_with(&format!("{h}.")));
+        assert_eq!(
+            v.grad().defined(),
+            is_head,
+            "{} {arch}: {name} gradient presence",
+            kind.name
+        );
+    }
+    for (name, t) in model.trainable_parameters() {
+        assert!(t.grad().defined(), "{name} got no gradient");
+    }
+}
+
+pub fn trainable_count_is_adapter_plus_head(kind: &AdapterKind, arch: &str) {
+    let model = wrap(kind, arch);
+    let expected: i64 = model
+        .trainable_parameters()
+        .iter()
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
+    let (trainable, all) = model.parameter_counts();
+    assert_eq!(trainable, expected);
+    let head: i64 = model
+        .trainable_parameters()
+        .iter()
+        .filter(|(n, _)| !n.contains("lora_"))
+        .map(|(_, t)| t.numel() as i64)
+        .sum();
+    let (_, base_all) = base(arch).parameter_counts();
+    assert_eq!(
+        all,
+        base_all + (trainable - head) + head,
+        "{} {arch}: total as peft counts it",
+        kind.name
+    );
+}
+
+pub fn zero_matched_targets_is_an_error(kind: &AdapterKind, arch: &str) {
+    let err = PeftModel::new(base(arch), LoraConfig::new(&["no_such_module"], 4, 8.0)).unwrap_err();
+    assert!(
+        err.to_string().contains("matched no module"),
+        "{} {arch}: {err}",
+        kind.name
+    );
+}
+
+pub fn one_training_step_lowers_the_loss(kind: &AdapterKind, arch: &str) {
+    let g = inputs(arch);
+    let model = wrap(kind, arch);
+    let eval_loss = || {
+        tch::no_grad(|| {
+            model
+                .loss(
+                    &model
+                        .logits(&g["input_ids"], &g["attention_mask"], false)
+                        .unwrap(),
+                    &g["labels"],
+                )
+                .double_value(&[])
+        })
+    };
+    let before = eval_loss();
+    let ids: Vec<Vec<i64>> = Vec::try_from(&g["input_ids"]).unwrap();
+    let mask: Vec<Vec<i64>> = Vec::try_from(&g["attention_mask"]).unwrap();
+    let data = Dataset {
+        ids: ids
+            .iter()
+            .zip(&mask)
+            .map(|(r, m)| {
+                r.iter()
+                    .zip(m)
+                    .filter(|(_, &m)| m == 1)
+                    .map(|(&t, _)| t as u32)
+                    .collect()
+            })
+            .collect(),
+        labels: Vec::try_from(&g["labels"]).unwrap(),
+        label_names: vec!["neg".into(), "neu".into(), "pos".into()],
+        padding: Padding::Longest,
+        pad_id: match arch {
+            "gpt2" => 999,
+            "roberta" => 1,
+            _ => 0,
+        },
+    };
+    let args = TrainingArgs {
+        learning_rate: 1e-2,
+        max_steps: Some(1),
+        per_device_train_batch_size: 4,
+        eval_strategy: Strategy::No,
+        save_strategy: Strategy::No,
+        load_best_model_at_end: false,
+        ..TrainingArgs::default()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    Trainer::new(&model, args, tmp.path())
+        .unwrap()
+        .with_progress(false)
+        .train(&data, None, None)
+        .unwrap();
+    let after = eval_loss();
+    assert!(
+        after < before,
+        "{} {arch}: loss {before} -> {after}",
+        kind.name
+    );
+}
+
+macro_rules! adapter_suite {
+    ($module:ident, $kind:expr, $arch:expr) => {
+        mod $module {
+            use super::*;
+            #[test]
+            fn save_load_round_trip() {
+                super::save_load_round_trip(&$kind, $arch)
+            }
+            #[test]
+            fn merged_equals_unmerged_and_merge_is_idempotent() {
+                super::merged_equals_unmerged_and_merge_is_idempotent(&$kind, $arch)
+            }
+            #[test]
+            fn unmerge_restores_the_base() {
+                super::unmerge_restores_the_base(&$kind, $arch)
+            }
+            #[test]
+            fn disable_restores_base_logits() {
+                super::disable_restores_base_logits(&$kind, $arch)
+            }
+            #[test]
+            fn only_adapter_and_head_receive_gradients() {
+                super::only_adapter_and_head_receive_gradients(&$kind, $arch)
+            }
+            #[test]
+            fn trainable_count_is_adapter_plus_head() {
+                super::trainable_count_is_adapter_plus_head(&$kind, $arch)
+            }
+            #[test]
+            fn zero_matched_targets_is_an_error() {
+                super::zero_matched_targets_is_an_error(&$kind, $arch)
+            }
+            #[test]
+            fn one_training_step_lowers_the_loss() {
+                super::one_training_step_lowers_the_loss(&$kind, $arch)
+            }
+        }
+    };
+}
+
+adapter_suite!(lora_gpt2, LORA, "gpt2");
+adapter_suite!(lora_roberta, LORA, "roberta");
+adapter_suite!(lora_bert, LORA, "bert");

@@ -1,0 +1,66 @@
+//! Trainable-parameter counts on random-initialised models of the real gpt2 and roberta-base
+//! shapes (configs from the hub cache) equal the studies' peft figures.
+
+use peftkit_adapters::{LoraConfig, PeftModel};
+use peftkit_models::{ModelConfig, SequenceClassifier};
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+fn hub_config(repo: &str) -> PathBuf {
+    let home = std::env::var_os("HF_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/hf-home"));
+    let base = home
+        .join("hub")
+        .join(format!("models--{}", repo.replace('/', "--")));
+    let rev = std::fs::read_to_string(base.join("refs/main")).unwrap();
+    base.join("snapshots").join(rev.trim()).join("config.json")
+}
+
+fn random(repo: &str, labels: usize) -> SequenceClassifier {
+    let mut cfg = ModelConfig::from_file(&hub_config(repo)).unwrap();
+    cfg.set_labels(
+        &(0..labels)
+            .map(|i| format!("LABEL_{i}"))
+            .collect::<Vec<_>>(),
+    );
+    SequenceClassifier::from_config(cfg, Device::Cpu)
+}
+
+#[test]
+fn gpt2_lora_counts_equal_the_studies() {
+    // rotten-tomatoes-lora: r 8, alpha 64, c_attn + c_proj (attn and mlp), head 1,536.
+    let m = PeftModel::new(
+        random("gpt2", 2),
+        LoraConfig {
+            lora_dropout: 0.2,
+            ..LoraConfig::new(&["c_attn", "c_proj"], 8, 64.0)
+        },
+    )
+    .unwrap();
+    assert_eq!(m.parameter_counts(), (812_544, 125_253_888));
+    assert_eq!(m.adapted_modules().len(), 36);
+    assert_eq!(
+        m.trainable_summary(),
+        "trainable params: 812544 || all params: 125253888 || trainable%: 0.6487"
+    );
+    drop(m);
+    // sst2-lora-r4: r 4 on c_attn only, with the head.
+    let m = PeftModel::new(random("gpt2", 2), LoraConfig::new(&["c_attn"], 4, 16.0)).unwrap();
+    assert_eq!(m.parameter_counts().0, 148_992);
+    drop(m);
+    // imdb-lora: r 16 on c_attn: 589,824 + head 1,536.
+    let m = PeftModel::new(random("gpt2", 2), LoraConfig::new(&["c_attn"], 16, 32.0)).unwrap();
+    assert_eq!(m.parameter_counts().0, 589_824 + 1_536);
+}
+
+#[test]
+fn roberta_lora_count_equals_emotion_qlora() {
+    // emotion-qlora's adapter: r 32 on query/key/value + classifier (dense + out_proj), 6 labels.
+    let m = PeftModel::new(
+        random("FacebookAI/roberta-base", 6),
+        LoraConfig::new(&["query", "key", "value"], 32, 32.0),
+    )
+    .unwrap();
+    assert_eq!(m.parameter_counts().0, 2_364_678);
+}

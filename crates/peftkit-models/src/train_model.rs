@@ -1,0 +1,53 @@
+//! The interface a trainer needs from a classifier, implemented by [`SequenceClassifier`] (full
+//! and head-only fine-tuning) and by adapter-wrapped models (`peftkit-adapters`).
+
+use crate::{ForwardOptions, Result, SequenceClassifier};
+use tch::{Device, Tensor};
+
+/// Logits, the loss, and the parameters to train.
+pub trait TrainModel {
+    /// Logits `[batch, num_labels]`.
+    fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor>;
+    /// The training loss for these logits.
+    fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor;
+    /// The parameters to train, by name, in a stable order.
+    fn trainable_parameters(&self) -> Vec<(String, Tensor)>;
+    /// Number of parameters, trainable or not (as peft counts them).
+    fn parameter_count(&self) -> i64;
+    /// The device of the parameters.
+    fn device(&self) -> Device;
+}
+
+impl TrainModel for SequenceClassifier {
+    fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
+        let opts = if train {
+            ForwardOptions::train()
+        } else {
+            ForwardOptions::eval()
+        };
+        Ok(self.forward(input_ids, attention_mask, &opts)?.logits)
+    }
+
+    fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
+        SequenceClassifier::loss(self, logits, labels)
+    }
+
+    fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self
+            .var_store()
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    fn parameter_count(&self) -> i64 {
+        self.parameter_counts().1
+    }
+
+    fn device(&self) -> Device {
+        SequenceClassifier::device(self)
+    }
+}
