@@ -168,14 +168,85 @@ pub enum Method {
     Full,
     /// Only the classification head trained (base frozen).
     Head,
+    /// LoRA adapters on a frozen base, with the head trained (peft's LoRA).
+    Lora,
 }
 
-/// `[adapter]`.
+/// `[adapter]`: the method, and its options with peft's names.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdapterSection {
     /// The method.
     pub kind: Method,
+    /// LoRA rank.
+    #[serde(default)]
+    pub r: Option<i64>,
+    /// LoRA alpha.
+    #[serde(default)]
+    pub lora_alpha: Option<f64>,
+    /// LoRA dropout.
+    #[serde(default)]
+    pub lora_dropout: Option<f64>,
+    /// Modules LoRA applies to (a list of name suffixes, or one regex string).
+    #[serde(default)]
+    pub target_modules: Option<peftkit_adapters::TargetModules>,
+    /// Modules never adapted.
+    #[serde(default)]
+    pub exclude_modules: Option<peftkit_adapters::TargetModules>,
+    /// `none`, `all` or `lora_only`.
+    #[serde(default)]
+    pub bias: Option<peftkit_adapters::Bias>,
+    /// rsLoRA scaling (alpha / √r).
+    #[serde(default)]
+    pub use_rslora: Option<bool>,
+    /// `true`, `false` or `"gaussian"`.
+    #[serde(default)]
+    pub init_lora_weights: Option<peftkit_adapters::InitLoraWeights>,
+    /// Layer indexes to adapt.
+    #[serde(default)]
+    pub layers_to_transform: Option<peftkit_adapters::LayerIndexes>,
+    /// Further modules trained in full and saved with the adapter (the head always is).
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+}
+
+impl AdapterSection {
+    fn has_lora_options(&self) -> bool {
+        self.r.is_some()
+            || self.lora_alpha.is_some()
+            || self.lora_dropout.is_some()
+            || self.target_modules.is_some()
+            || self.exclude_modules.is_some()
+            || self.bias.is_some()
+            || self.use_rslora.is_some()
+            || self.init_lora_weights.is_some()
+            || self.layers_to_transform.is_some()
+            || self.modules_to_save.is_some()
+    }
+
+    /// The LoRA config (peft's defaults for what is not set).
+    pub fn lora_config(&self) -> std::result::Result<peftkit_adapters::LoraConfig, String> {
+        let d = peftkit_adapters::LoraConfig::default();
+        let cfg = peftkit_adapters::LoraConfig {
+            r: self.r.unwrap_or(d.r),
+            lora_alpha: self.lora_alpha.unwrap_or(d.lora_alpha),
+            lora_dropout: self.lora_dropout.unwrap_or(d.lora_dropout),
+            target_modules: Some(
+                self.target_modules
+                    .clone()
+                    .ok_or("adapter.target_modules is required for LoRA")?,
+            ),
+            exclude_modules: self.exclude_modules.clone(),
+            bias: self.bias.unwrap_or_default(),
+            use_rslora: self.use_rslora.unwrap_or(false),
+            init_lora_weights: self.init_lora_weights.clone().unwrap_or_default(),
+            layers_to_transform: self.layers_to_transform.clone(),
+            modules_to_save: self.modules_to_save.clone(),
+            ..d
+        };
+        cfg.validate().map_err(|e| format!("[adapter]: {e}"))?;
+        Ok(cfg)
+    }
 }
 
 /// `[reference]`: the published figures this experiment reproduces.
@@ -295,6 +366,17 @@ impl ExperimentConfig {
                 "model.dtype `{}` is not supported: parameters are float32 (use train.precision for mixed precision)",
                 self.model.dtype
             ));
+        }
+        match self.adapter.kind {
+            Method::Lora => {
+                self.adapter.lora_config()?;
+            }
+            kind if self.adapter.has_lora_options() => {
+                return Err(
+                    format!("[adapter] has LoRA options but kind is `{kind:?}`").to_lowercase()
+                );
+            }
+            _ => {}
         }
         if self.data.max_length < 2 {
             return Err("data.max_length must be at least 2".into());

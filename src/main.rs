@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use peftkit::config::{configs_dir, find_config, list_configs, ExperimentConfig};
-use peftkit::pipeline::{encode, load_model_and_tokenizer, run_experiment, RunOptions};
+use peftkit::pipeline::{encode, load_tuned, run_experiment, RunOptions, Tuned};
 use std::path::PathBuf;
 
 /// Parameter-efficient fine-tuning (LoRA, QLoRA, prefix tuning, full, head-only) of GPT-2,
@@ -56,11 +56,14 @@ enum Command {
         #[arg(long)]
         resume: Option<String>,
     },
-    /// Evaluate a model on a dataset split.
+    /// Evaluate a model (optionally with a peft adapter) on a dataset split.
     Eval {
         /// Hub id or checkpoint directory.
         #[arg(long)]
         model: String,
+        /// A peft adapter directory to load on top of the model.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         /// Hub dataset id or local parquet file / directory.
         #[arg(long)]
         dataset: String,
@@ -94,6 +97,9 @@ enum Command {
         /// Hub id or checkpoint directory.
         #[arg(long)]
         model: String,
+        /// A peft adapter directory to load on top of the model.
+        #[arg(long)]
+        adapter: Option<PathBuf>,
         /// A text to classify (repeatable).
         #[arg(long = "text", required = true)]
         texts: Vec<String>,
@@ -106,6 +112,18 @@ enum Command {
         /// One JSON object per line: text, label, label_id, probabilities, logits.
         #[arg(long)]
         json: bool,
+    },
+    /// Fold a peft adapter into its base model and write a plain HF checkpoint directory.
+    Merge {
+        /// The base model: hub id or checkpoint directory.
+        #[arg(long)]
+        model: String,
+        /// The peft adapter directory.
+        #[arg(long)]
+        adapter: PathBuf,
+        /// The output checkpoint directory.
+        #[arg(long)]
+        output: PathBuf,
     },
     /// Print the libtorch build, the devices it sees, and whether CUDA is usable.
     Info {
@@ -199,6 +217,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval {
             model,
+            adapter,
             dataset,
             dataset_config,
             split,
@@ -218,11 +237,11 @@ fn run(cli: Cli) -> Result<()> {
                 label_column,
             };
             let data = peftkit_data::load_splits(&spec, &[split.as_str()])?;
-            let (m, tok, _) = load_model_and_tokenizer(&model, None, None, device)?;
-            if m.num_labels() != data.num_labels() {
+            let (m, tok) = load_tuned(&model, None, adapter.as_deref(), device)?;
+            if m.classifier().num_labels() != data.num_labels() {
                 bail!(
                     "the model has {} labels but the dataset {}",
-                    m.num_labels(),
+                    m.classifier().num_labels(),
                     data.num_labels()
                 );
             }
@@ -243,7 +262,7 @@ fn run(cli: Cli) -> Result<()> {
                 subset_mode: Default::default(),
             };
             let encoded = encode(&data, &tok, &section)?;
-            let out = peftkit_train::evaluate(&m, &encoded, batch_size, 4)?;
+            let out = peftkit_train::evaluate(m.model(), &encoded, batch_size, 4)?;
             if json {
                 println!(
                     "{}",
@@ -257,15 +276,16 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Predict {
             model,
+            adapter,
             texts,
             max_length,
             device,
             json,
         } => {
             let device = peftkit_models::parse_device(&device)?;
-            let (m, tok, _) = load_model_and_tokenizer(&model, None, None, device)?;
+            let (m, tok) = load_tuned(&model, None, adapter.as_deref(), device)?;
             let tok = tok.with_truncation(peftkit_tokenize::Truncation::MaxLength(
-                max_length.min(m.max_length() as usize),
+                max_length.min(m.classifier().max_length() as usize),
             ));
             let names = m.label_names();
             let ids = tok.encode_batch(&texts).context("tokenizing")?;
@@ -277,14 +297,8 @@ fn run(cli: Cli) -> Result<()> {
                     tok.pad_id(),
                 );
                 let b = peftkit_train::DeviceBatch::new(&batch, device);
-                let logits = tch::no_grad(|| {
-                    m.forward(
-                        &b.input_ids,
-                        &b.attention_mask,
-                        &peftkit_models::ForwardOptions::eval(),
-                    )
-                })?
-                .logits;
+                let logits =
+                    tch::no_grad(|| m.model().logits(&b.input_ids, &b.attention_mask, false))?;
                 let probs: Vec<f64> = Vec::try_from(
                     &logits
                         .softmax(-1, tch::Kind::Double)
@@ -312,6 +326,35 @@ fn run(cli: Cli) -> Result<()> {
                     println!("{:<10} {:.4}  {text}", names[id], probs[id]);
                 }
             }
+            Ok(())
+        }
+        Command::Merge {
+            model,
+            adapter,
+            output,
+        } => {
+            let (m, _) = load_tuned(&model, None, Some(&adapter), tch::Device::Cpu)?;
+            let Tuned::Peft(peft) = m else {
+                unreachable!("an adapter was given")
+            };
+            let model_dir = peftkit_data::resolve_model(&model, None, true)?;
+            let merged = peft.merge_and_unload();
+            peftkit_models::write_dir_atomically(&output, |tmp| -> Result<()> {
+                merged.write_checkpoint_files(tmp)?;
+                for f in peftkit::pipeline::TOKENIZER_FILES {
+                    if model_dir.join(f).is_file() {
+                        std::fs::copy(model_dir.join(f), tmp.join(f))
+                            .with_context(|| format!("copying {f}"))?;
+                    }
+                }
+                Ok(())
+            })?;
+            eprintln!(
+                "merged {} into {} and wrote {}",
+                adapter.display(),
+                model,
+                output.display()
+            );
             Ok(())
         }
         Command::Info { device } => {

@@ -4,8 +4,11 @@
 use crate::config::{ExperimentConfig, Method};
 use crate::report::{ComparisonRow, Report, SplitResult};
 use anyhow::{bail, Context, Result};
+use peftkit_adapters::PeftModel;
 use peftkit_data::{load_splits, LabelStats, Split};
-use peftkit_models::{parse_device, write_dir_atomically, LoadOptions, SequenceClassifier};
+use peftkit_models::{
+    parse_device, write_dir_atomically, LoadOptions, SequenceClassifier, TrainModel,
+};
 use peftkit_tokenize::{TextTokenizer, Truncation};
 use peftkit_train::{evaluate, Dataset, EvalOutput, Trainer};
 use std::path::{Path, PathBuf};
@@ -28,7 +31,7 @@ pub struct RunOptions {
 }
 
 /// Tokenizer files copied next to a saved model so that the directory is self-contained.
-const TOKENIZER_FILES: &[&str] = &[
+pub const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -44,6 +47,16 @@ pub fn load_model_and_tokenizer(
     labels: Option<Vec<String>>,
     device: Device,
 ) -> Result<(SequenceClassifier, TextTokenizer, PathBuf)> {
+    load_base(model_id, revision, labels, device, true)
+}
+
+fn load_base(
+    model_id: &str,
+    revision: Option<&str>,
+    labels: Option<Vec<String>>,
+    device: Device,
+    warn_new_head: bool,
+) -> Result<(SequenceClassifier, TextTokenizer, PathBuf)> {
     let dir = peftkit_data::resolve_model(model_id, revision, true)?;
     let tokenizer = TextTokenizer::from_dir(&dir)
         .with_context(|| format!("loading the tokenizer of `{model_id}`"))?;
@@ -51,7 +64,7 @@ pub fn load_model_and_tokenizer(
     opts.labels = labels;
     let (model, report) =
         SequenceClassifier::load(&dir, &opts).with_context(|| format!("loading `{model_id}`"))?;
-    if !report.newly_initialized.is_empty() {
+    if warn_new_head && !report.newly_initialized.is_empty() {
         eprintln!(
             "Some weights of {} were not initialized from the checkpoint and are newly initialized: {}",
             model_id,
@@ -59,6 +72,82 @@ pub fn load_model_and_tokenizer(
         );
     }
     Ok((model, tokenizer, dir))
+}
+
+/// A classifier as trained and evaluated: plain (full or head-only fine-tuning) or with a LoRA
+/// adapter.
+pub enum Tuned {
+    /// A plain classifier.
+    Plain(SequenceClassifier),
+    /// A classifier with peft adapters.
+    Peft(PeftModel),
+}
+
+impl Tuned {
+    /// The model as the trainer sees it.
+    pub fn model(&self) -> &dyn TrainModel {
+        match self {
+            Tuned::Plain(m) => m,
+            Tuned::Peft(m) => m,
+        }
+    }
+
+    /// `(trainable, all)` parameters (peft's counting for adapters).
+    pub fn counts(&self) -> (i64, i64) {
+        match self {
+            Tuned::Plain(m) => m.parameter_counts(),
+            Tuned::Peft(m) => m.parameter_counts(),
+        }
+    }
+
+    /// Label names in id order.
+    pub fn label_names(&self) -> Vec<String> {
+        match self {
+            Tuned::Plain(m) => m.label_names(),
+            Tuned::Peft(m) => m.base().label_names(),
+        }
+    }
+
+    /// The underlying classifier.
+    pub fn classifier(&self) -> &SequenceClassifier {
+        match self {
+            Tuned::Plain(m) => m,
+            Tuned::Peft(m) => m.base(),
+        }
+    }
+}
+
+/// The label names saved beside an adapter (peft's files do not record them).
+pub const ADAPTER_LABELS_FILE: &str = "id2label.json";
+
+/// Loads a model argument and, when given, a peft adapter directory on top of it (the head's
+/// size and the labels come from the adapter).
+pub fn load_tuned(
+    model_id: &str,
+    revision: Option<&str>,
+    adapter: Option<&Path>,
+    device: Device,
+) -> Result<(Tuned, TextTokenizer)> {
+    let Some(adapter) = adapter else {
+        let (m, tok, _) = load_model_and_tokenizer(model_id, revision, None, device)?;
+        return Ok((Tuned::Plain(m), tok));
+    };
+    let labels_file = adapter.join(ADAPTER_LABELS_FILE);
+    let labels: Option<Vec<String>> = if labels_file.is_file() {
+        let text = std::fs::read_to_string(&labels_file)
+            .with_context(|| format!("reading {}", labels_file.display()))?;
+        let map: std::collections::BTreeMap<usize, String> = serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", labels_file.display()))?;
+        Some(map.into_values().collect())
+    } else {
+        PeftModel::saved_num_labels(adapter)?
+            .map(|n| (0..n).map(|i| format!("LABEL_{i}")).collect())
+    };
+    // The adapter carries the trained head: no "newly initialized" warning for it.
+    let (base, tok, _) = load_base(model_id, revision, labels, device, false)?;
+    let model = PeftModel::from_pretrained(base, adapter)
+        .with_context(|| format!("loading the adapter {}", adapter.display()))?;
+    Ok((Tuned::Peft(model), tok))
 }
 
 /// Tokenizes a split once (in parallel) into a trainer dataset.
@@ -79,22 +168,30 @@ pub fn encode(
     })
 }
 
-fn set_trainable(model: &SequenceClassifier, method: Method) -> Result<()> {
+/// Sets up the method: which parameters train, and the adapter.
+fn prepare(model: SequenceClassifier, cfg: &ExperimentConfig) -> Result<Tuned> {
     let heads: Vec<String> = model
         .architecture()
         .head_modules()
         .iter()
         .map(|h| format!("{h}."))
         .collect();
+    let method = cfg.adapter.kind;
+    if method == Method::Lora {
+        let lora = cfg.adapter.lora_config().map_err(anyhow::Error::msg)?;
+        let m = PeftModel::new(model, lora)?;
+        eprintln!("LoRA on {} modules", m.adapted_modules().len());
+        return Ok(Tuned::Peft(m));
+    }
     for (name, t) in model.var_store().variables() {
         let trainable = match method {
             Method::Full => true,
             Method::Head => heads.iter().any(|h| name.starts_with(h.as_str())),
-            Method::Baseline => false,
+            Method::Baseline | Method::Lora => false,
         };
         let _ = t.set_requires_grad(trainable);
     }
-    Ok(())
+    Ok(Tuned::Plain(model))
 }
 
 fn split_result(name: &str, rows: usize, out: &EvalOutput) -> SplitResult {
@@ -243,14 +340,19 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
         .map(|t| encode(t, &tokenizer, &cfg.data))
         .transpose()?;
     eprintln!("tokenized in {:.1} s", t0.elapsed().as_secs_f64());
-    set_trainable(&model, method)?;
-    let (trainable, all) = model.parameter_counts();
+    let tuned = prepare(model, cfg)?;
+    let (trainable, all) = tuned.counts();
     report.trainable_params = trainable;
     report.all_params = all;
 
     let eval_bs = cfg.train.per_device_eval_batch_size;
     if !opts.skip_baseline || method == Method::Baseline {
-        let out = evaluate(&model, &eval_data, eval_bs, cfg.train.prefetch_batches)?;
+        let out = evaluate(
+            tuned.model(),
+            &eval_data,
+            eval_bs,
+            cfg.train.prefetch_batches,
+        )?;
         eprintln!(
             "before training ({}): loss {:.4}, accuracy {:.4}",
             cfg.data.eval_split, out.loss, out.metrics.accuracy
@@ -259,7 +361,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
             .baseline
             .push(split_result(&cfg.data.eval_split, eval_data.len(), &out));
         if let Some(test) = &test_data {
-            let out = evaluate(&model, test, eval_bs, cfg.train.prefetch_batches)?;
+            let out = evaluate(tuned.model(), test, eval_bs, cfg.train.prefetch_batches)?;
             report.baseline.push(split_result(
                 cfg.data.test_split.as_deref().unwrap_or("test"),
                 test.len(),
@@ -269,36 +371,76 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
     }
 
     if let Some(train_data) = &train_data {
-        let trainer = Trainer::new(&model, cfg.train.clone(), &checkpoints)?
+        let mut trainer = Trainer::new(tuned.model(), cfg.train.clone(), &checkpoints)?
             .with_metrics_log(&run_dir.join("metrics.jsonl"))?
             .with_progress(opts.progress);
-        let mut trainer = trainer;
         let out = trainer.train(train_data, Some(&eval_data), resume.as_deref())?;
         eprintln!(
             "TrainOutput(global_step={}, train_loss={:.4}, train_runtime={:.1}s, train_samples_per_second={:.1}, epoch={:.2})",
             out.global_step, out.train_loss, out.train_runtime, out.train_samples_per_second, out.epoch
         );
-        let trained = evaluate(&model, &eval_data, eval_bs, cfg.train.prefetch_batches)?;
+        let trained = evaluate(
+            tuned.model(),
+            &eval_data,
+            eval_bs,
+            cfg.train.prefetch_batches,
+        )?;
         report.train = Some(out);
 
         // Save atomically, reload from disk, evaluate again.
-        let saved = run_dir.join("model");
-        write_dir_atomically(&saved, |tmp| -> Result<()> {
-            model.write_checkpoint_files(tmp)?;
-            for f in TOKENIZER_FILES {
-                if model_dir.join(f).is_file() {
-                    std::fs::copy(model_dir.join(f), tmp.join(f))
-                        .with_context(|| format!("copying {f}"))?;
-                }
+        let saved = match &tuned {
+            Tuned::Plain(model) => {
+                let saved = run_dir.join("model");
+                write_dir_atomically(&saved, |tmp| -> Result<()> {
+                    model.write_checkpoint_files(tmp)?;
+                    for f in TOKENIZER_FILES {
+                        if model_dir.join(f).is_file() {
+                            std::fs::copy(model_dir.join(f), tmp.join(f))
+                                .with_context(|| format!("copying {f}"))?;
+                        }
+                    }
+                    Ok(())
+                })?;
+                saved
             }
-            Ok(())
-        })?;
-        drop(model);
-        let (reloaded, reloaded_tok, _) =
-            load_model_and_tokenizer(&saved.to_string_lossy(), None, None, device)
-                .context("reloading the saved model")?;
+            Tuned::Peft(model) => {
+                let saved = run_dir.join("adapter");
+                let labels: std::collections::BTreeMap<String, String> = label_names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (i.to_string(), n.clone()))
+                    .collect();
+                write_dir_atomically(&saved, |tmp| -> Result<()> {
+                    model.write_adapter_files(
+                        tmp,
+                        Some(&model_id),
+                        cfg.model.revision.as_deref(),
+                    )?;
+                    std::fs::write(
+                        tmp.join(ADAPTER_LABELS_FILE),
+                        serde_json::to_string_pretty(&labels)?,
+                    )?;
+                    Ok(())
+                })?;
+                saved
+            }
+        };
+        let was_peft = matches!(tuned, Tuned::Peft(_));
+        drop(tuned);
+        let (reloaded, reloaded_tok) = if was_peft {
+            load_tuned(
+                &model_id,
+                cfg.model.revision.as_deref(),
+                Some(&saved),
+                device,
+            )
+        } else {
+            load_tuned(&saved.to_string_lossy(), None, None, device)
+        }
+        .context("reloading the saved model")?;
+        let reloaded = reloaded.model();
         let eval_again = encode(&eval_split, &reloaded_tok, &cfg.data)?;
-        let out = evaluate(&reloaded, &eval_again, eval_bs, cfg.train.prefetch_batches)?;
+        let out = evaluate(reloaded, &eval_again, eval_bs, cfg.train.prefetch_batches)?;
         if out.predictions != trained.predictions {
             bail!(
                 "the model reloaded from {} predicts differently from the one that was saved",
@@ -312,7 +454,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
             .push(split_result(&cfg.data.eval_split, eval_again.len(), &out));
         if let Some(test) = &test_split {
             let test_again = encode(test, &reloaded_tok, &cfg.data)?;
-            let out = evaluate(&reloaded, &test_again, eval_bs, cfg.train.prefetch_batches)?;
+            let out = evaluate(reloaded, &test_again, eval_bs, cfg.train.prefetch_batches)?;
             report.final_results.push(split_result(
                 cfg.data.test_split.as_deref().unwrap_or("test"),
                 test_again.len(),

@@ -43,7 +43,7 @@ Tasks:
 
 /// The default experiment of `cargo xtask reproduce` with no name: real data, a real pretrained
 /// model, offline, minutes on a CPU.
-const DEFAULT_EXPERIMENT: &str = "minilm-sst2-full";
+const DEFAULT_EXPERIMENT: &str = "minilm-sst2-lora";
 
 fn main() {
     if let Err(err) = run() {

@@ -482,19 +482,43 @@ impl PeftModel {
         base_model_name_or_path: Option<&str>,
         revision: Option<&str>,
     ) -> Result<()> {
+        write_dir_atomically(dir, |tmp| {
+            self.write_adapter_files(tmp, base_model_name_or_path, revision)
+        })
+    }
+
+    /// Writes the adapter files into an existing directory (use [`write_dir_atomically`] to add
+    /// more files to the same atomic save).
+    pub fn write_adapter_files(
+        &self,
+        dir: &Path,
+        base_model_name_or_path: Option<&str>,
+        revision: Option<&str>,
+    ) -> Result<()> {
         let mut cfg = self.configs[&self.active].clone();
         if base_model_name_or_path.is_some() {
             cfg.base_model_name_or_path = base_model_name_or_path.map(str::to_string);
             cfg.revision = revision.map(str::to_string);
         }
         let json = serde_json::to_string_pretty(&cfg.to_json()).expect("config serialises");
-        let tensors = self.adapter_state_dict();
-        write_dir_atomically(dir, |tmp| -> Result<()> {
-            save_safetensors(&tmp.join("adapter_model.safetensors"), &tensors)?;
-            std::fs::write(tmp.join("adapter_config.json"), &json)
-                .map_err(|e| AdapterError::io(tmp, e))?;
-            Ok(())
-        })
+        save_safetensors(
+            &dir.join("adapter_model.safetensors"),
+            &self.adapter_state_dict(),
+        )?;
+        std::fs::write(dir.join("adapter_config.json"), &json).map_err(|e| AdapterError::io(dir, e))
+    }
+
+    /// The number of labels of a saved sequence-classification adapter, read from its head.
+    pub fn saved_num_labels(dir: &Path) -> Result<Option<usize>> {
+        let tensors = read_safetensors(&dir.join("adapter_model.safetensors"))?;
+        Ok(tensors
+            .iter()
+            .find(|(k, _)| {
+                k == &format!("{PEFT_PREFIX}score.weight")
+                    || k == &format!("{PEFT_PREFIX}classifier.out_proj.weight")
+                    || k == &format!("{PEFT_PREFIX}classifier.weight")
+            })
+            .map(|(_, t)| t.size()[0] as usize))
     }
 
     /// Loads a peft LoRA adapter directory onto `base` (peft's `PeftModel.from_pretrained`).
