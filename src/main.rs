@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use peftkit::config::{configs_dir, find_config, list_configs, ExperimentConfig};
-use peftkit::pipeline::{encode, load_tuned, run_experiment, RunOptions, Tuned};
+use peftkit::pipeline::{encode, load_tuned, load_tuned_model, run_experiment, RunOptions, Tuned};
 use std::path::PathBuf;
 
 /// Parameter-efficient fine-tuning (LoRA, QLoRA, prefix tuning, full, head-only) of GPT-2,
@@ -333,7 +333,7 @@ fn run(cli: Cli) -> Result<()> {
             adapter,
             output,
         } => {
-            let (m, _) = load_tuned(&model, None, Some(&adapter), tch::Device::Cpu)?;
+            let (m, _) = load_tuned_model(&model, None, Some(&adapter), tch::Device::Cpu, false)?;
             let Tuned::Peft(peft) = m else {
                 unreachable!("an adapter was given")
             };

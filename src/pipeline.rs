@@ -47,7 +47,8 @@ pub fn load_model_and_tokenizer(
     labels: Option<Vec<String>>,
     device: Device,
 ) -> Result<(SequenceClassifier, TextTokenizer, PathBuf)> {
-    load_base(model_id, revision, labels, device, true)
+    let (m, tok, dir) = load_base(model_id, revision, labels, device, true, true)?;
+    Ok((m, tok.expect("required"), dir))
 }
 
 fn load_base(
@@ -56,11 +57,22 @@ fn load_base(
     labels: Option<Vec<String>>,
     device: Device,
     warn_new_head: bool,
-) -> Result<(SequenceClassifier, TextTokenizer, PathBuf)> {
+    need_tokenizer: bool,
+) -> Result<(SequenceClassifier, Option<TextTokenizer>, PathBuf)> {
     let dir = peftkit_data::resolve_model(model_id, revision, true)?;
-    let tokenizer = TextTokenizer::from_dir(&dir)
-        .with_context(|| format!("loading the tokenizer of `{model_id}`"))?;
-    let mut opts = LoadOptions::new(device).with_pad_token_id(tokenizer.pad_id() as i64);
+    let tokenizer = match TextTokenizer::from_dir(&dir) {
+        Ok(t) => Some(t),
+        Err(peftkit_tokenize::TokenizeError::NoTokenizer { .. }) if !need_tokenizer => None,
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("loading the tokenizer of `{model_id}`"))
+            )
+        }
+    };
+    let mut opts = LoadOptions::new(device);
+    if let Some(t) = &tokenizer {
+        opts = opts.with_pad_token_id(t.pad_id() as i64);
+    }
     opts.labels = labels;
     let (model, report) =
         SequenceClassifier::load(&dir, &opts).with_context(|| format!("loading `{model_id}`"))?;
@@ -102,10 +114,7 @@ impl Tuned {
 
     /// Label names in id order.
     pub fn label_names(&self) -> Vec<String> {
-        match self {
-            Tuned::Plain(m) => m.label_names(),
-            Tuned::Peft(m) => m.base().label_names(),
-        }
+        self.classifier().label_names()
     }
 
     /// The underlying classifier.
@@ -128,8 +137,23 @@ pub fn load_tuned(
     adapter: Option<&Path>,
     device: Device,
 ) -> Result<(Tuned, TextTokenizer)> {
+    let (m, tok) = load_tuned_model(model_id, revision, adapter, device, true)?;
+    Ok((
+        m,
+        tok.expect("need_tokenizer makes a missing tokenizer an error"),
+    ))
+}
+
+/// Like [`load_tuned`]; the tokenizer may be absent unless `need_tokenizer` (merging needs none).
+pub fn load_tuned_model(
+    model_id: &str,
+    revision: Option<&str>,
+    adapter: Option<&Path>,
+    device: Device,
+    need_tokenizer: bool,
+) -> Result<(Tuned, Option<TextTokenizer>)> {
     let Some(adapter) = adapter else {
-        let (m, tok, _) = load_model_and_tokenizer(model_id, revision, None, device)?;
+        let (m, tok, _) = load_base(model_id, revision, None, device, true, need_tokenizer)?;
         return Ok((Tuned::Plain(m), tok));
     };
     let labels_file = adapter.join(ADAPTER_LABELS_FILE);
@@ -144,7 +168,7 @@ pub fn load_tuned(
             .map(|n| (0..n).map(|i| format!("LABEL_{i}")).collect())
     };
     // The adapter carries the trained head: no "newly initialized" warning for it.
-    let (base, tok, _) = load_base(model_id, revision, labels, device, false)?;
+    let (base, tok, _) = load_base(model_id, revision, labels, device, false, need_tokenizer)?;
     let model = PeftModel::from_pretrained(base, adapter)
         .with_context(|| format!("loading the adapter {}", adapter.display()))?;
     Ok((Tuned::Peft(model), tok))

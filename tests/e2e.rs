@@ -479,3 +479,52 @@ fn list_shows_every_experiment() {
     }
     assert!(!text.contains("invalid"), "{text}");
 }
+
+#[test]
+fn merge_writes_a_plain_checkpoint_with_the_adapter_logits() {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    for arch in ["gpt2", "roberta", "bert"] {
+        let out = tmp.path().join(arch);
+        let base = fx.join(format!("tiny-{arch}"));
+        let adapter = fx.join(format!("lora-{arch}/adapter"));
+        run_ok(&[
+            "merge",
+            "--model",
+            base.to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        let (merged, report) = peftkit_models::SequenceClassifier::load(
+            &out,
+            &peftkit_models::LoadOptions::new(tch::Device::Cpu),
+        )
+        .unwrap();
+        assert!(report.newly_initialized.is_empty());
+        let g: std::collections::HashMap<String, tch::Tensor> =
+            peftkit_models::read_safetensors(&base.join("golden.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+        let want: std::collections::HashMap<String, tch::Tensor> =
+            peftkit_models::read_safetensors(&fx.join(format!("lora-{arch}/golden.safetensors")))
+                .unwrap()
+                .into_iter()
+                .collect();
+        let got = merged
+            .forward(
+                &g["input_ids"],
+                &g["attention_mask"],
+                &peftkit_models::ForwardOptions::eval(),
+            )
+            .unwrap()
+            .logits;
+        let d = (got - &want["logits"]).abs().max().double_value(&[]);
+        assert!(
+            d <= 1e-5,
+            "{arch}: merged checkpoint logits differ from peft's adapter logits by {d}"
+        );
+    }
+}

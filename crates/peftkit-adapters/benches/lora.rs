@@ -1,1 +1,102 @@
-fn main() {}
+//! LoRA's cost over the frozen base linear it wraps: GPT-2's `c_attn` shape ([16×128, 768] →
+//! 2304), ranks 8 and 16, forward and forward+backward (gradients to A, B and the input; the base
+//! weight is frozen), and the time to merge. CPU, and CUDA when available.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use peftkit_adapters::{LoraLayer, LoraWeights};
+use peftkit_models::{Linear, WeightLayout};
+use tch::{nn, Device, Kind, Tensor};
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn linear(vs: &nn::VarStore) -> Linear {
+    let l = Linear::new(
+        vs.root() / "c_attn",
+        768,
+        2304,
+        true,
+        WeightLayout::InOut,
+        0.02,
+    );
+    let _ = l.weight().set_requires_grad(false);
+    let _ = l.bias().map(|b| b.set_requires_grad(false));
+    l
+}
+
+fn lora(r: i64, device: Device) -> LoraLayer {
+    let opts = (Kind::Float, device);
+    LoraLayer::new(
+        "default",
+        LoraWeights {
+            a: (Tensor::randn([r, 768], opts) * 0.02).set_requires_grad(true),
+            b: (Tensor::randn([2304, r], opts) * 0.02).set_requires_grad(true),
+            scale: 2.0,
+            dropout: 0.0,
+        },
+    )
+}
+
+fn bench(c: &mut Criterion) {
+    let mut devices = vec![Device::Cpu];
+    if tch::Cuda::is_available() {
+        devices.push(Device::Cuda(0));
+    }
+    for device in devices {
+        let dev = if device == Device::Cpu { "cpu" } else { "cuda" };
+        let mut g = c.benchmark_group(format!("lora_linear_16x128x768_to_2304_{dev}"));
+        g.sample_size(20);
+        let vs = nn::VarStore::new(device);
+        let mut base = linear(&vs);
+        let x = Tensor::randn([16, 128, 768], (Kind::Float, device));
+        g.bench_function("base/forward", |b| {
+            b.iter(|| {
+                let y = tch::no_grad(|| base.forward(&x, false));
+                sync(device);
+                y
+            })
+        });
+        g.bench_function("base/forward_backward", |b| {
+            b.iter(|| {
+                let xi = x.detach().set_requires_grad(true);
+                base.forward(&xi, true).sum(Kind::Float).backward();
+                sync(device);
+            })
+        });
+        for r in [8, 16] {
+            base.set_hook(Box::new(lora(r, device)));
+            g.bench_function(format!("lora_r{r}/forward"), |b| {
+                b.iter(|| {
+                    let y = tch::no_grad(|| base.forward(&x, false));
+                    sync(device);
+                    y
+                })
+            });
+            g.bench_function(format!("lora_r{r}/forward_backward"), |b| {
+                b.iter(|| {
+                    let xi = x.detach().set_requires_grad(true);
+                    base.forward(&xi, true).sum(Kind::Float).backward();
+                    sync(device);
+                })
+            });
+            g.bench_function(format!("lora_r{r}/merge_unmerge"), |b| {
+                let mut hook = base.take_hook().unwrap();
+                b.iter(|| {
+                    let layer = hook.as_any_mut().downcast_mut::<LoraLayer>().unwrap();
+                    layer.merge_into(&mut base, "default");
+                    layer.unmerge_from(&mut base);
+                    sync(device);
+                });
+                base.set_hook(hook);
+            });
+            base.take_hook();
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -40,6 +40,27 @@ pub struct LoraLayer {
 }
 
 impl LoraLayer {
+    /// A layer with one active adapter.
+    pub fn new(name: &str, weights: LoraWeights) -> Self {
+        let mut adapters = BTreeMap::new();
+        adapters.insert(name.to_string(), weights);
+        Self {
+            adapters,
+            active: Some(name.to_string()),
+            ..Default::default()
+        }
+    }
+
+    /// Folds adapter `name` into `base`'s weight (see [`crate::PeftModel::merge_adapter`]).
+    pub fn merge_into(&mut self, base: &mut Linear, name: &str) {
+        self.merge(base, name)
+    }
+
+    /// Takes every merged adapter out of `base`'s weight.
+    pub fn unmerge_from(&mut self, base: &mut Linear) {
+        self.unmerge(base)
+    }
+
     /// The adapters of this layer.
     pub fn adapters(&self) -> &BTreeMap<String, LoraWeights> {
         &self.adapters
