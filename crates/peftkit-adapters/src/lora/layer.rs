@@ -3,7 +3,7 @@
 
 use peftkit_models::{Linear, LinearHook, WeightLayout};
 use std::collections::BTreeMap;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// One adapter's low-rank factors at one layer.
 #[derive(Debug)]
@@ -112,18 +112,15 @@ impl LinearHook for LoraLayer {
             .and_then(|a| self.adapters.get(a).map(|w| (a, w)))
         {
             Some((name, w)) if !self.merged.iter().any(|m| m == name) => {
-                let x = if train && w.dropout > 0.0 {
-                    x.dropout(w.dropout, true)
-                } else {
-                    x.shallow_clone()
-                };
-                let x =
-                    if x.kind() != w.a.kind() && !matches!(x.kind(), Kind::Half | Kind::BFloat16) {
-                        x.to_kind(w.a.kind())
-                    } else {
-                        x
-                    };
-                y + x.linear::<Tensor>(&w.a, None).linear::<Tensor>(&w.b, None) * w.scale
+                let x = if train && w.dropout > 0.0 { x.dropout(w.dropout, true) } else { x.shallow_clone() };
+                // scale · (x Aᵀ) is [N, r]: scaling it is cheap, and B accumulates into the base
+                // output in one GEMM (no [N, out] temporaries).
+                let xa = x.linear::<Tensor>(&w.a.to_kind(x.kind()), None) * w.scale;
+                let out = *y.size().last().expect("output features");
+                let r = w.a.size()[0];
+                let mut y2 = y.reshape([-1, out]);
+                let _ = y2.addmm_(&xa.reshape([-1, r]), &w.b.to_kind(y2.kind()).tr());
+                y2.view(y.size().as_slice())
             }
             _ => y,
         }
