@@ -115,7 +115,7 @@ impl PeftModel {
 
     /// Creates adapter `name` in every matching module.
     fn inject(&mut self, name: &str, mut config: LoraConfig) -> Result<()> {
-        config.validate().map_err(|m| AdapterError::Invalid(m))?;
+        config.validate().map_err(AdapterError::Invalid)?;
         let targets = config.target_modules.clone().ok_or_else(|| {
             AdapterError::Invalid(
                 "target_modules is not set (peftkit has no per-model default list)".into(),
@@ -709,5 +709,20 @@ impl TrainModel for PeftModel {
 
     fn device(&self) -> Device {
         self.base.device()
+    }
+
+    fn loss_backward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        labels: &Tensor,
+        factor: &Tensor,
+    ) -> std::result::Result<Tensor, ModelError> {
+        self.base
+            .loss_backward(input_ids, attention_mask, labels, factor)
+    }
+
+    fn enable_gradient_checkpointing(&self) -> bool {
+        self.base.enable_gradient_checkpointing()
     }
 }

@@ -262,3 +262,65 @@ fn several_named_adapters_switch_factors_and_heads() {
         .to_string()
         .contains("no adapter `nope` (there are: default, other)"));
 }
+
+#[test]
+fn gradient_checkpointing_with_lora_gives_the_same_gradients() {
+    use peftkit_models::TrainModel;
+    for arch in ["bert", "gpt2"] {
+        // The trainer fixtures' configs have dropout off: train-mode passes are deterministic.
+        let load = || {
+            SequenceClassifier::load(
+                &fixtures().join(format!("trainer-{arch}")),
+                &LoadOptions::new(Device::Cpu),
+            )
+            .unwrap()
+            .0
+        };
+        let inputs = golden(&fixtures().join(format!("tiny-{arch}/golden.safetensors")));
+        // The second model gets the first one's adapter from disk: no dependence on the global
+        // generator, which parallel tests share.
+        let cfg = LoraConfig {
+            init_lora_weights: peftkit_adapters::InitLoraWeights::Bool(false),
+            ..LoraConfig::new(&["c_attn", "query", "value"], 4, 8.0)
+        };
+        let first = PeftModel::new(load(), cfg).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        first.save_pretrained(tmp.path(), None, None).unwrap();
+        let grads = |checkpointing: bool| {
+            let model = PeftModel::from_pretrained(load(), tmp.path()).unwrap();
+            if checkpointing {
+                assert!(model.enable_gradient_checkpointing());
+            }
+            let loss = model
+                .loss_backward(
+                    &inputs["input_ids"],
+                    &inputs["attention_mask"],
+                    &inputs["labels"],
+                    &Tensor::from(1.0f32),
+                )
+                .unwrap();
+            let g: Vec<(String, Tensor)> = model
+                .trainable_parameters()
+                .into_iter()
+                .map(|(n, t)| (n, t.grad()))
+                .collect();
+            (loss, g)
+        };
+        let (l1, g1) = grads(false);
+        let (l2, g2) = grads(true);
+        assert!(
+            diff(&l1, &l2) <= 1e-6,
+            "{arch}: loss {} vs {} with checkpointing",
+            l1.double_value(&[]),
+            l2.double_value(&[])
+        );
+        assert!(g1.len() > 2);
+        for ((n, a), (_, b)) in g1.iter().zip(&g2) {
+            let d = diff(a, b);
+            assert!(
+                d <= 1e-5,
+                "{arch}: {n} gradient differs by {d} with checkpointing"
+            );
+        }
+    }
+}

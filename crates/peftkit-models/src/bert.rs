@@ -187,6 +187,21 @@ pub struct Encoder {
 }
 
 impl Encoder {
+    pub(crate) fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    pub(crate) fn layer(
+        &self,
+        i: usize,
+        x: &Tensor,
+        mask: &Tensor,
+        prefix: Option<&dyn PrefixProvider>,
+        train: bool,
+    ) -> Tensor {
+        self.layers[i].forward(x, mask, prefix, train)
+    }
+
     pub(crate) fn new(vs: nn::Path, cfg: &BertConfig) -> Self {
         Self {
             layers: (0..cfg.num_hidden_layers as usize)
@@ -339,6 +354,23 @@ impl BertForSequenceClassification {
         v.push(&mut self.pooler.dense);
         v.push(&mut self.classifier);
         v
+    }
+
+    /// Gradient checkpointing's pieces.
+    pub(crate) fn embed(&self, input_ids: &Tensor, train: bool) -> Tensor {
+        let (_, len) = input_ids.size2().expect("input ids are [batch, seq]");
+        let positions = Tensor::arange(len, (Kind::Int64, input_ids.device())).unsqueeze(0);
+        self.embeddings.forward(input_ids, &positions, train)
+    }
+
+    pub(crate) fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    pub(crate) fn head(&self, last: &Tensor, train: bool) -> Tensor {
+        let pooled = self.pooler.dense.forward(&last.select(1, 0), train).tanh();
+        self.classifier
+            .forward(&pooled.dropout(self.dropout, train), train)
     }
 
     pub(crate) fn linears(&self) -> Vec<&Linear> {

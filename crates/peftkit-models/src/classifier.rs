@@ -158,6 +158,7 @@ pub struct SequenceClassifier {
     vs: nn::VarStore,
     inner: Inner,
     config: ModelConfig,
+    gradient_checkpointing: std::sync::atomic::AtomicBool,
 }
 
 impl SequenceClassifier {
@@ -172,7 +173,12 @@ impl SequenceClassifier {
             }
             ModelConfig::Bert(c, _) => Inner::Bert(BertForSequenceClassification::new(&root, c)),
         };
-        Self { vs, inner, config }
+        Self {
+            vs,
+            inner,
+            config,
+            gradient_checkpointing: Default::default(),
+        }
     }
 
     /// Loads an HF checkpoint directory (`config.json` + safetensors). Parameters are matched by
@@ -329,6 +335,136 @@ impl SequenceClassifier {
             pooled,
             hidden_states,
         })
+    }
+
+    /// Turns gradient checkpointing on or off (HF's `gradient_checkpointing_enable`): training
+    /// steps then keep only each layer's input and recompute the layer in the backward pass.
+    pub fn set_gradient_checkpointing(&self, on: bool) {
+        self.gradient_checkpointing
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether gradient checkpointing is on.
+    pub fn gradient_checkpointing(&self) -> bool {
+        self.gradient_checkpointing
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn embed(&self, ids: &Tensor, train: bool) -> Tensor {
+        match &self.inner {
+            Inner::Gpt2(m) => m.embed(ids, train),
+            Inner::Roberta(m) => m.embed(ids, train),
+            Inner::Bert(m) => m.embed(ids, train),
+        }
+    }
+
+    fn num_layers(&self) -> usize {
+        match &self.inner {
+            Inner::Gpt2(m) => m.num_layers(),
+            Inner::Roberta(m) => m.encoder().num_layers(),
+            Inner::Bert(m) => m.encoder().num_layers(),
+        }
+    }
+
+    fn layer(
+        &self,
+        i: usize,
+        x: &Tensor,
+        mask: &Tensor,
+        prefix: Option<&dyn PrefixProvider>,
+        train: bool,
+    ) -> Tensor {
+        match &self.inner {
+            Inner::Gpt2(m) => m.layer(i, x, mask, prefix, train),
+            Inner::Roberta(m) => m.encoder().layer(i, x, mask, prefix, train),
+            Inner::Bert(m) => m.encoder().layer(i, x, mask, prefix, train),
+        }
+    }
+
+    fn head(&self, last: &Tensor, ids: &Tensor, train: bool) -> Tensor {
+        match &self.inner {
+            Inner::Gpt2(m) => m.head(last, ids, train),
+            Inner::Roberta(m) => m.head(last, train),
+            Inner::Bert(m) => m.head(last, train),
+        }
+    }
+
+    /// One training micro-batch with gradient checkpointing: accumulates the gradients of
+    /// `loss × factor` into the trainable parameters and returns the loss (detached).
+    ///
+    /// The forward pass runs without building a graph and keeps only each layer's input; the
+    /// head runs with gradients and backpropagates into the last hidden state; then every layer
+    /// is recomputed from its saved input with gradients and backpropagated with the incoming
+    /// gradient, last layer first. Each layer reseeds the generator before running in both
+    /// passes, so dropout masks are the same in the recomputation.
+    pub fn checkpointed_loss_backward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        labels: &Tensor,
+        opts: &ForwardOptions,
+        factor: &Tensor,
+    ) -> Result<Tensor> {
+        // Validates shapes with a cheap no-grad call on the metadata path.
+        if input_ids.size() != attention_mask.size() || input_ids.dim() != 2 {
+            return Err(ModelError::Input(format!(
+                "input_ids {:?} and attention_mask {:?} must be the same [batch, seq] shape",
+                input_ids.size(),
+                attention_mask.size()
+            )));
+        }
+        let train = opts.train;
+        // A base seed from the CPU generator (seeded by the trainer each step): no device sync.
+        let base = Tensor::randint(i64::MAX / 4, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);
+        let seeded = |i: i64| {
+            if train {
+                tch::manual_seed(base + i)
+            }
+        };
+        let n = self.num_layers();
+        let prefix_len = opts.prefix.map_or(0, |p| p.num_tokens());
+        let mut inputs = Vec::with_capacity(n + 1);
+        tch::no_grad(|| {
+            seeded(0);
+            inputs.push(self.embed(input_ids, train));
+        });
+        let causal = self.architecture() == Architecture::Gpt2;
+        let mask =
+            crate::attention::additive_mask(attention_mask, prefix_len, causal, inputs[0].kind());
+        for i in 0..n {
+            let next = tch::no_grad(|| {
+                seeded(1 + i as i64);
+                self.layer(i, &inputs[i], &mask, opts.prefix, train)
+            });
+            inputs.push(next);
+        }
+        let last = inputs
+            .pop()
+            .expect("layer outputs")
+            .detach()
+            .set_requires_grad(true);
+        seeded(1 + n as i64);
+        let logits = self.head(&last, input_ids, train);
+        let loss = self.loss(&logits, labels);
+        (&loss * factor).backward();
+        let mut grad = last.grad();
+        for i in (0..n).rev() {
+            let x = inputs
+                .pop()
+                .expect("saved layer input")
+                .detach()
+                .set_requires_grad(true);
+            seeded(1 + i as i64);
+            let y = self.layer(i, &x, &mask, opts.prefix, train);
+            (y * &grad).sum(Kind::Float).backward();
+            grad = x.grad();
+        }
+        seeded(0);
+        let emb = self.embed(input_ids, train);
+        if emb.requires_grad() {
+            (emb * &grad).sum(Kind::Float).backward();
+        }
+        Ok(loss.detach())
     }
 
     /// The loss transformers computes for these logits and labels: cross-entropy (mean) for

@@ -340,6 +340,36 @@ impl Gpt2ForSequenceClassification {
         v
     }
 
+    /// Gradient checkpointing's pieces: the embeddings, the additive mask, one block, the head.
+    pub(crate) fn embed(&self, input_ids: &Tensor, train: bool) -> Tensor {
+        let t = &self.transformer;
+        let (_, len) = input_ids.size2().expect("input ids are [batch, seq]");
+        let positions = Tensor::arange(len, (Kind::Int64, input_ids.device())).unsqueeze(0);
+        (input_ids.apply(&t.wte) + positions.apply(&t.wpe)).dropout(t.embd_pdrop, train)
+    }
+
+    pub(crate) fn num_layers(&self) -> usize {
+        self.transformer.h.len()
+    }
+
+    pub(crate) fn layer(
+        &self,
+        i: usize,
+        x: &Tensor,
+        mask: &Tensor,
+        prefix: Option<&dyn PrefixProvider>,
+        train: bool,
+    ) -> Tensor {
+        self.transformer.h[i].forward(x, mask, prefix, train)
+    }
+
+    pub(crate) fn head(&self, last: &Tensor, input_ids: &Tensor, train: bool) -> Tensor {
+        let last = last.apply(&self.transformer.ln_f);
+        let rows = Tensor::arange(last.size()[0], (Kind::Int64, last.device()));
+        let pooled = last.index(&[Some(rows), Some(self.last_token_index(input_ids))]);
+        self.score.forward(&pooled, train)
+    }
+
     pub(crate) fn linears(&self) -> Vec<&Linear> {
         let mut v = self.transformer.linears();
         v.push(&self.score);

@@ -34,6 +34,7 @@ mod config;
 mod device;
 pub mod gpt2;
 mod linear;
+mod precision;
 mod prefix;
 pub mod roberta;
 mod train_model;
@@ -45,6 +46,7 @@ pub use classifier::{
 pub use config::{Activation, BertConfig, ClassifierConfig, Gpt2Config, ModelConfig, ProblemType};
 pub use device::parse_device;
 pub use linear::{Linear, LinearHook, WeightLayout};
+pub use precision::{compute_dtype, with_compute_dtype};
 pub use prefix::PrefixProvider;
 pub use train_model::TrainModel;
 

@@ -127,18 +127,32 @@ impl Linear {
         self.hook.as_deref_mut()
     }
 
-    /// `x W^T + b` with the stored weight, ignoring any hook.
+    /// `x W^T + b` with the stored weight, ignoring any hook; in the compute dtype of
+    /// [`crate::with_compute_dtype`] when one is set.
     pub fn base_forward(&self, x: &Tensor) -> Tensor {
+        let cast = crate::precision::compute_dtype().filter(|k| *k != self.weight.kind());
+        let (x, w, b) = match cast {
+            Some(k) => (
+                x.to_kind(k),
+                self.weight.to_kind(k),
+                self.bias.as_ref().map(|b| b.to_kind(k)),
+            ),
+            None => (
+                x.shallow_clone(),
+                self.weight.shallow_clone(),
+                self.bias.as_ref().map(Tensor::shallow_clone),
+            ),
+        };
         match self.layout {
-            WeightLayout::OutIn => x.linear(&self.weight, self.bias.as_ref()),
+            WeightLayout::OutIn => x.linear(&w, b.as_ref()),
             WeightLayout::InOut => {
                 // Conv1D: addmm(bias, x, W) over the flattened leading dimensions.
                 let mut out_shape = x.size();
                 *out_shape.last_mut().expect("input has a feature dimension") = self.out_features;
                 let x2 = x.reshape([-1, self.in_features]);
-                let y = match &self.bias {
-                    Some(b) => b.addmm(&x2, &self.weight),
-                    None => x2.matmul(&self.weight),
+                let y = match &b {
+                    Some(b) => b.addmm(&x2, &w),
+                    None => x2.matmul(&w),
                 };
                 y.reshape(out_shape.as_slice())
             }

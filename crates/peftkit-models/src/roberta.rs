@@ -79,6 +79,25 @@ impl RobertaForSequenceClassification {
         (states, pooled, logits)
     }
 
+    /// Gradient checkpointing's pieces.
+    pub(crate) fn embed(&self, input_ids: &Tensor, train: bool) -> Tensor {
+        self.embeddings
+            .forward(input_ids, &position_ids(input_ids, self.padding_idx), train)
+    }
+
+    pub(crate) fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    pub(crate) fn head(&self, last: &Tensor, train: bool) -> Tensor {
+        let c = &self.classifier;
+        let pooled = c
+            .dense
+            .forward(&last.select(1, 0).dropout(c.dropout, train), train)
+            .tanh();
+        c.out_proj.forward(&pooled.dropout(c.dropout, train), train)
+    }
+
     pub(crate) fn linears_mut(&mut self) -> Vec<&mut Linear> {
         let mut v = self.encoder.linears_mut();
         v.push(&mut self.classifier.dense);

@@ -16,6 +16,27 @@ pub trait TrainModel {
     fn parameter_count(&self) -> i64;
     /// The device of the parameters.
     fn device(&self) -> Device;
+
+    /// One training micro-batch: accumulates the gradients of `loss × factor` into the trainable
+    /// parameters and returns the loss, detached. Models with gradient checkpointing recompute
+    /// their layers in the backward pass.
+    fn loss_backward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        labels: &Tensor,
+        factor: &Tensor,
+    ) -> Result<Tensor> {
+        let logits = self.logits(input_ids, attention_mask, true)?;
+        let loss = self.loss(&logits, labels);
+        (&loss * factor).backward();
+        Ok(loss.detach())
+    }
+
+    /// Turns gradient checkpointing on; false when the model does not support it.
+    fn enable_gradient_checkpointing(&self) -> bool {
+        false
+    }
 }
 
 impl TrainModel for SequenceClassifier {
@@ -49,5 +70,32 @@ impl TrainModel for SequenceClassifier {
 
     fn device(&self) -> Device {
         SequenceClassifier::device(self)
+    }
+
+    fn loss_backward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        labels: &Tensor,
+        factor: &Tensor,
+    ) -> Result<Tensor> {
+        if self.gradient_checkpointing() {
+            return self.checkpointed_loss_backward(
+                input_ids,
+                attention_mask,
+                labels,
+                &ForwardOptions::train(),
+                factor,
+            );
+        }
+        let logits = self.logits(input_ids, attention_mask, true)?;
+        let loss = self.loss(&logits, labels);
+        (&loss * factor).backward();
+        Ok(loss.detach())
+    }
+
+    fn enable_gradient_checkpointing(&self) -> bool {
+        self.set_gradient_checkpointing(true);
+        true
     }
 }

@@ -431,3 +431,31 @@ fn forward_rejects_bad_shapes() {
         "{err}"
     );
 }
+
+#[test]
+fn gradient_checkpointing_gives_the_golden_gradients() {
+    for arch in ["gpt2", "roberta", "bert"] {
+        let dir = fixtures().join(format!("tiny-{arch}"));
+        let g = golden(&dir.join("golden.safetensors"));
+        let (model, _) = SequenceClassifier::load(&dir, &LoadOptions::new(Device::Cpu)).unwrap();
+        let one = Tensor::from(1.0f32);
+        // Eval mode: no dropout, so the gradients are transformers' exactly.
+        let loss = model
+            .checkpointed_loss_backward(
+                &g["input_ids"],
+                &g["attention_mask"],
+                &g["labels"],
+                &ForwardOptions::eval(),
+                &one,
+            )
+            .unwrap();
+        assert!(max_diff(&loss.reshape([1]), &g["loss"]) <= 1e-5);
+        for (name, var) in model.var_store().variables() {
+            let d = max_diff(&var.grad(), &g[&format!("grad.{name}")]);
+            assert!(
+                d <= 1e-5,
+                "{arch}: checkpointed gradient of {name} differs by {d}"
+            );
+        }
+    }
+}

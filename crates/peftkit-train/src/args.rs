@@ -36,10 +36,22 @@ pub enum Precision {
     /// Full fp32.
     #[default]
     Fp32,
-    /// fp16 autocast with dynamic loss scaling; fp32 master weights (CUDA only).
+    /// fp16 compute in the linear layers with dynamic loss scaling; fp32 parameters (CUDA only,
+    /// as in HF Trainer).
     Fp16,
-    /// bf16 compute with fp32 master weights (CUDA only).
+    /// bf16 compute in the linear layers; fp32 parameters (CUDA and CPU).
     Bf16,
+}
+
+impl Precision {
+    /// The dtype linear layers compute in (`None`: fp32).
+    pub fn compute_kind(self) -> Option<tch::Kind> {
+        match self {
+            Precision::Fp32 => None,
+            Precision::Fp16 => Some(tch::Kind::Half),
+            Precision::Bf16 => Some(tch::Kind::BFloat16),
+        }
+    }
 }
 
 /// When to evaluate or save (`eval_strategy`, `save_strategy`).

@@ -24,7 +24,9 @@ mod trainer;
 pub use args::{lr_factor, Optim, Precision, Scheduler, Strategy, TrainingArgs};
 pub use data::{for_each_batch, Dataset, DeviceBatch};
 pub use optim::{decays, FlatOptimizer, OptimConfig};
-pub use trainer::{evaluate, trainable_summary, EvalOutput, TrainModel, TrainOutput, Trainer};
+pub use trainer::{
+    evaluate, evaluate_in, trainable_summary, EvalOutput, TrainModel, TrainOutput, Trainer,
+};
 
 /// Errors of the trainer.
 #[derive(Debug, thiserror::Error)]

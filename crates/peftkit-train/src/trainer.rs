@@ -129,20 +129,14 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                 "metric_for_best_model `{metric}` is unknown (use loss, accuracy, f1, macro_f1, micro_f1, weighted_f1, precision, recall)"
             )));
         }
-        if args.precision != Precision::Fp32 && model.device() == Device::Cpu {
-            return Err(TrainError::Config(format!(
-                "precision {:?} needs a CUDA device (mixed precision is a GPU feature, as in HF Trainer); use precision = \"fp32\" on CPU",
-                args.precision
-            )));
-        }
-        if args.precision == Precision::Bf16 {
+        if args.precision == Precision::Fp16 && model.device() == Device::Cpu {
             return Err(TrainError::Config(
-                "precision \"bf16\" is not implemented yet; use fp16 or fp32".into(),
+                "precision \"fp16\" needs a CUDA device (as in HF Trainer); on CPU use \"bf16\" or \"fp32\"".into(),
             ));
         }
-        if args.gradient_checkpointing {
+        if args.gradient_checkpointing && !model.enable_gradient_checkpointing() {
             return Err(TrainError::Config(
-                "gradient_checkpointing is not implemented yet".into(),
+                "gradient_checkpointing: this model does not support it".into(),
             ));
         }
         Ok(Self {
@@ -270,6 +264,8 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
             .expect("valid template"),
         );
         bar.set_position(state.global_step as u64);
+        let compute = args.precision.compute_kind();
+        let unit = Tensor::ones([], (Kind::Float, device));
         let scale = (args.precision == Precision::Fp16)
             .then(|| Tensor::full([], 65536.0, (Kind::Float, device)));
         let growth = Tensor::zeros([], (Kind::Int, device));
@@ -298,16 +294,17 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                     let group_len = accum.min(micro_per_epoch - group_start);
                     tch::manual_seed(seed_for(args.seed, state.global_step, micro - group_start));
                     let b = DeviceBatch::new(&batch, device);
-                    let logits = tch::autocast(scale.is_some(), || {
-                        self.model.logits(&b.input_ids, &b.attention_mask, true)
+                    // A device scalar: dividing it is a kernel, not a host-to-device copy.
+                    let factor = scale.as_ref().unwrap_or(&unit) / group_len as f64;
+                    let loss = peftkit_models::with_compute_dtype(compute, || {
+                        self.model.loss_backward(
+                            &b.input_ids,
+                            &b.attention_mask,
+                            &b.labels,
+                            &factor,
+                        )
                     })?;
-                    let loss = self.model.loss(&logits, &b.labels);
-                    let scaled = match &scale {
-                        Some(s) => &loss * s / group_len as f64,
-                        None => &loss / group_len as f64,
-                    };
-                    scaled.backward();
-                    tch::no_grad(|| loss_since_log += loss.detach() / group_len as f64);
+                    tch::no_grad(|| loss_since_log += &loss / group_len as f64);
                     samples += b.size;
                     samples_since_log += b.size;
                     if micro - group_start + 1 < group_len {
@@ -614,13 +611,24 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
     }
 }
 
-/// Evaluates `model` on `data` in eval mode without gradients. Logits stay on the device until
-/// the end: one transfer per evaluation.
+/// Evaluates `model` on `data` in eval mode without gradients, in fp32. Logits stay on the
+/// device until the end: one transfer per evaluation.
 pub fn evaluate<M: TrainModel + ?Sized>(
     model: &M,
     data: &Dataset,
     batch_size: usize,
     prefetch: usize,
+) -> Result<EvalOutput> {
+    evaluate_in(model, data, batch_size, prefetch, None)
+}
+
+/// [`evaluate`] with linear layers computing in `compute` (fp16 / bf16; `None`: fp32).
+pub fn evaluate_in<M: TrainModel + ?Sized>(
+    model: &M,
+    data: &Dataset,
+    batch_size: usize,
+    prefetch: usize,
+    compute: Option<Kind>,
 ) -> Result<EvalOutput> {
     let start = Instant::now();
     let device = model.device();
@@ -632,7 +640,11 @@ pub fn evaluate<M: TrainModel + ?Sized>(
         prefetch,
         |_, batch| -> Result<bool> {
             let b = DeviceBatch::new(&batch, device);
-            let l = tch::no_grad(|| model.logits(&b.input_ids, &b.attention_mask, false))?;
+            let l = tch::no_grad(|| {
+                peftkit_models::with_compute_dtype(compute, || {
+                    model.logits(&b.input_ids, &b.attention_mask, false)
+                })
+            })?;
             tch::no_grad(|| {
                 loss_sum += model.loss(&l, &b.labels).to_kind(Kind::Double) * b.size as f64
             });

@@ -341,3 +341,82 @@ fn invalid_arguments_are_rejected() {
     })
     .contains("save_strategy equal to eval_strategy"));
 }
+
+#[test]
+fn bf16_trains_on_cpu_and_fp16_asks_for_cuda() {
+    let _serial = serial();
+    let (m, _) = SequenceClassifier::load(
+        &fixtures().join("trainer-bert"),
+        &LoadOptions::new(Device::Cpu),
+    )
+    .unwrap();
+    let data = repeated("bert", 4);
+    let fp32 = peftkit_train::evaluate(&m, &data, 16, 1).unwrap();
+    let bf16 = peftkit_train::evaluate_in(&m, &data, 16, 1, Some(Kind::BFloat16)).unwrap();
+    assert!(
+        (fp32.loss - bf16.loss).abs() < 2e-2,
+        "bf16 eval loss {} vs fp32 {}",
+        bf16.loss,
+        fp32.loss
+    );
+    assert!(
+        fp32.loss != bf16.loss,
+        "bf16 made no difference: the compute dtype was not applied"
+    );
+    let args = TrainingArgs {
+        precision: peftkit_train::Precision::Bf16,
+        max_steps: Some(6),
+        learning_rate: 1e-2,
+        ..hf_args()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Trainer::new(&m, args, tmp.path())
+        .unwrap()
+        .with_progress(false)
+        .train(&data, None, None)
+        .unwrap();
+    let losses: Vec<f64> = out
+        .log_history
+        .iter()
+        .filter_map(|r| r["loss"].as_f64())
+        .collect();
+    assert!(losses.iter().all(|l| l.is_finite()));
+    assert!(
+        losses.last().unwrap() < losses.first().unwrap(),
+        "{losses:?}"
+    );
+    // The parameters stay fp32.
+    assert!(m
+        .var_store()
+        .variables()
+        .values()
+        .all(|v| v.kind() == Kind::Float));
+}
+
+#[test]
+fn gradient_checkpointing_trains_like_without() {
+    let _serial = serial();
+    let run = |checkpointing: bool| {
+        let (m, _) = SequenceClassifier::load(
+            &fixtures().join("trainer-gpt2"),
+            &LoadOptions::new(Device::Cpu),
+        )
+        .unwrap();
+        let args = TrainingArgs {
+            gradient_checkpointing: checkpointing,
+            ..hf_args()
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        Trainer::new(&m, args, tmp.path())
+            .unwrap()
+            .with_progress(false)
+            .train(&golden_dataset("gpt2"), None, None)
+            .unwrap();
+        params(&m)
+    };
+    let (a, b) = (run(false), run(true));
+    for ((n, x), (_, y)) in a.iter().zip(&b) {
+        let d = (x - y).abs().max().double_value(&[]);
+        assert!(d <= 1e-6, "{n} differs by {d} with gradient checkpointing");
+    }
+}

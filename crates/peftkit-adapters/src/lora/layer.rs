@@ -112,7 +112,15 @@ impl LinearHook for LoraLayer {
             .and_then(|a| self.adapters.get(a).map(|w| (a, w)))
         {
             Some((name, w)) if !self.merged.iter().any(|m| m == name) => {
-                let x = if train && w.dropout > 0.0 { x.dropout(w.dropout, true) } else { x.shallow_clone() };
+                let x = if train && w.dropout > 0.0 {
+                    x.dropout(w.dropout, true)
+                } else {
+                    x.shallow_clone()
+                };
+                let x = match peftkit_models::compute_dtype() {
+                    Some(k) => x.to_kind(k),
+                    None => x,
+                };
                 // scale · (x Aᵀ) is [N, r]: scaling it is cheap, and B accumulates into the base
                 // output in one GEMM (no [N, out] temporaries).
                 let xa = x.linear::<Tensor>(&w.a.to_kind(x.kind()), None) * w.scale;
