@@ -62,9 +62,9 @@ def main():
     val = Rows(data / "validation-00000-of-00001.parquet")
     model = AutoModelForSequenceClassification.from_pretrained(args.model_dir, num_labels=2)
     targs = TrainingArguments(
-        output_dir="/tmp/peftkit-hf-bench", learning_rate=5e-5, weight_decay=0.01, warmup_ratio=0.06,
+        output_dir="/tmp/peftkit-hf-bench", learning_rate=5e-5, weight_decay=0.01, warmup_steps=0.06,  # v5: a float < 1 is the warmup ratio
         max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.eval_batch_size, group_by_length=True, eval_strategy="no",
+        per_device_eval_batch_size=args.eval_batch_size, train_sampling_strategy="group_by_length", eval_strategy="no",
         save_strategy="no", logging_steps=10, report_to=[], use_cpu=True, seed=42, disable_tqdm=True,
         dataloader_num_workers=0)
     trainer = Trainer(model=model, args=targs, train_dataset=train, data_collator=DataCollatorWithPadding(tok),

@@ -10,7 +10,7 @@ pub struct CurvePoint {
     pub value: f64,
 }
 
-const W: f64 = 900.0;
+const W: f64 = 950.0;
 const H: f64 = 360.0;
 const PANEL_W: f64 = 380.0;
 const PANEL_H: f64 = 250.0;

@@ -51,6 +51,10 @@ pub struct FlatOptimizer {
     decay: Tensor,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
+    /// Persistent work buffers (gradient, AdamW denominator): a step allocates nothing the size
+    /// of the parameters, so no fresh pages are faulted in every step.
+    grad: Tensor,
+    work: Tensor,
     step: u64,
     cfg: OptimConfig,
     last_grad_norm: Option<Tensor>,
@@ -92,6 +96,8 @@ impl FlatOptimizer {
             tensors.push(p);
         }
         Ok(Self {
+            grad: flat.zeros_like(),
+            work: flat.zeros_like(),
             exp_avg: flat.zeros_like(),
             exp_avg_sq: if cfg.kind == Optim::Adamw {
                 flat.zeros_like()
@@ -135,21 +141,19 @@ impl FlatOptimizer {
         self.last_grad_norm.as_ref()
     }
 
-    /// All gradients as one flat tensor (zeros for parameters that got none).
-    fn gather_grads(&self) -> Tensor {
-        let grads: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|p| {
-                let g = p.grad();
-                if g.defined() {
-                    g.to_kind(Kind::Float).reshape([-1])
-                } else {
-                    Tensor::zeros([p.numel() as i64], (Kind::Float, p.device()))
-                }
-            })
-            .collect();
-        Tensor::cat(&grads, 0)
+    /// Copies all gradients into the flat gradient buffer (zeros for parameters that got none).
+    fn gather_grads(&mut self) {
+        let mut offset = 0;
+        for (p, &n) in self.params.iter().zip(&self.sizes) {
+            let mut slot = self.grad.narrow(0, offset, n);
+            let g = p.grad();
+            if g.defined() {
+                slot.copy_(&g.reshape([-1]));
+            } else {
+                let _ = slot.zero_();
+            }
+            offset += n;
+        }
     }
 
     /// Sets every gradient to zero.
@@ -164,72 +168,137 @@ impl FlatOptimizer {
     /// (1.0 = skipped), without reading it back.
     pub fn step(&mut self, lr: f64, loss_scale: Option<&Tensor>) -> Tensor {
         tch::no_grad(|| {
-            let mut g = self.gather_grads();
+            self.gather_grads();
+            let device = self.grad.device();
             let found_inf = match loss_scale {
                 Some(scale) => {
-                    g /= scale;
-                    g.isfinite().logical_not().any().to_kind(Kind::Float)
+                    let _ = self.grad.g_div_(scale);
+                    let inf = self
+                        .grad
+                        .isfinite()
+                        .logical_not()
+                        .any()
+                        .to_kind(Kind::Float);
+                    // Non-finite gradients are zeroed so the arithmetic stays finite; the update
+                    // is then masked out entirely.
+                    let _ = self.grad.nan_to_num_(0.0, 0.0, 0.0);
+                    inf
                 }
-                None => Tensor::zeros([], (Kind::Float, g.device())),
+                None => Tensor::zeros([], (Kind::Float, device)),
             };
-            if loss_scale.is_some() {
-                // Non-finite gradients are zeroed so the arithmetic below stays finite; the update
-                // is then masked out entirely.
-                g = g.nan_to_num(0.0, 0.0, 0.0);
-            }
-            let norm = g.norm();
+            let norm = self.grad.norm();
             if self.cfg.max_grad_norm > 0.0 {
                 let coef = (norm.shallow_clone() + 1e-6).reciprocal() * self.cfg.max_grad_norm;
-                g *= coef.clamp_max(1.0);
+                let _ = self.grad.g_mul_(&coef.clamp_max(1.0));
             }
             self.last_grad_norm = Some(norm);
             self.step += 1;
-            let keep = found_inf.ones_like() - &found_inf; // 1 when the step is applied
-            let lr_eff = keep.shallow_clone() * lr;
-            match self.cfg.kind {
-                Optim::Adamw => {
-                    let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-                    let t = self.step as i32;
-                    // Decoupled weight decay: p *= 1 - lr * wd (decayed parameters only).
-                    let decay = &self.decay * &lr_eff * (-self.cfg.weight_decay) + 1.0;
-                    let new_m = self.exp_avg.lerp(&g, 1.0 - b1);
-                    let new_v = &self.exp_avg_sq * b2 + g.square() * (1.0 - b2);
-                    let bc1 = 1.0 - b1.powi(t);
-                    let bc2 = 1.0 - b2.powi(t);
-                    let denom = new_v.sqrt() / bc2.sqrt() + self.cfg.eps;
-                    let update = new_m.shallow_clone() / denom * (lr_eff / bc1);
-                    let new_p = &self.flat * decay - update;
-                    if loss_scale.is_some() {
-                        let skip = found_inf.to_kind(Kind::Bool);
-                        self.exp_avg
-                            .copy_(&new_m.where_self(&skip.logical_not(), &self.exp_avg));
-                        self.exp_avg_sq
-                            .copy_(&new_v.where_self(&skip.logical_not(), &self.exp_avg_sq));
-                    } else {
-                        self.exp_avg.copy_(&new_m);
-                        self.exp_avg_sq.copy_(&new_v);
-                    }
-                    self.flat.copy_(&new_p);
-                }
-                Optim::Sgd => {
-                    let d = &g + &self.flat * &self.decay * self.cfg.weight_decay;
-                    let d = if self.cfg.momentum > 0.0 {
-                        let buf = if self.step == 1 {
-                            d.shallow_clone()
-                        } else {
-                            &self.exp_avg * self.cfg.momentum + &d
-                        };
-                        self.exp_avg.copy_(&buf);
-                        buf
-                    } else {
-                        d
-                    };
-                    let new_p = &self.flat - d * lr_eff;
-                    self.flat.copy_(&new_p);
-                }
+            if loss_scale.is_some() {
+                self.masked_step(lr, &found_inf);
+            } else {
+                self.plain_step(lr);
             }
             found_inf
         })
+    }
+
+    /// The update in place on the flat buffers (the fp32 path: no skipped steps).
+    fn plain_step(&mut self, lr: f64) {
+        let g = &self.grad;
+        let w = &mut self.work;
+        match self.cfg.kind {
+            Optim::Adamw => {
+                let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+                let t = self.step as i32;
+                // Decoupled weight decay: p *= 1 - lr * wd on decayed parameters.
+                if self.cfg.weight_decay != 0.0 {
+                    w.copy_(&self.decay);
+                    let _ = w
+                        .g_mul_scalar_(-lr * self.cfg.weight_decay)
+                        .g_add_scalar_(1.0);
+                    let _ = self.flat.g_mul_(w);
+                }
+                let _ = self.exp_avg.lerp_(g, 1.0 - b1);
+                w.copy_(g);
+                let _ = w.g_mul_(g).g_mul_scalar_(1.0 - b2);
+                let _ = self.exp_avg_sq.g_mul_scalar_(b2).g_add_(w);
+                let bc1 = 1.0 - b1.powi(t);
+                let bc2 = 1.0 - b2.powi(t);
+                // p -= lr / bc1 · m / (√v / √bc2 + ε)
+                w.copy_(&self.exp_avg_sq);
+                let _ = w
+                    .sqrt_()
+                    .g_div_scalar_(bc2.sqrt())
+                    .g_add_scalar_(self.cfg.eps);
+                let _ = w
+                    .reciprocal_()
+                    .g_mul_(&self.exp_avg)
+                    .g_mul_scalar_(-lr / bc1);
+                let _ = self.flat.g_add_(w);
+            }
+            Optim::Sgd => {
+                // d = g + wd · p (torch.optim.SGD's weight_decay), momentum buffer in exp_avg.
+                w.copy_(&self.decay);
+                let _ = w
+                    .g_mul_(&self.flat)
+                    .g_mul_scalar_(self.cfg.weight_decay)
+                    .g_add_(g);
+                if self.cfg.momentum > 0.0 {
+                    if self.step == 1 {
+                        self.exp_avg.copy_(w);
+                    } else {
+                        let _ = self.exp_avg.g_mul_scalar_(self.cfg.momentum).g_add_(w);
+                    }
+                    w.copy_(&self.exp_avg);
+                }
+                let _ = w.g_mul_scalar_(-lr);
+                let _ = self.flat.g_add_(w);
+            }
+        }
+    }
+
+    /// The fp16 path: the update is applied only where `found_inf` is 0, without reading it back.
+    fn masked_step(&mut self, lr: f64, found_inf: &Tensor) {
+        let g = &self.grad;
+        let keep = found_inf.ones_like() - found_inf; // 1 when the step is applied
+        let lr_eff = keep.shallow_clone() * lr;
+        let skip = found_inf.to_kind(Kind::Bool);
+        match self.cfg.kind {
+            Optim::Adamw => {
+                let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+                let t = self.step as i32;
+                let decay = &self.decay * &lr_eff * (-self.cfg.weight_decay) + 1.0;
+                let new_m = self.exp_avg.lerp(g, 1.0 - b1);
+                let new_v = &self.exp_avg_sq * b2 + g.square() * (1.0 - b2);
+                let bc1 = 1.0 - b1.powi(t);
+                let bc2 = 1.0 - b2.powi(t);
+                let denom = new_v.sqrt() / bc2.sqrt() + self.cfg.eps;
+                let update = new_m.shallow_clone() / denom * (lr_eff / bc1);
+                let new_p = &self.flat * decay - update;
+                self.exp_avg
+                    .copy_(&new_m.where_self(&skip.logical_not(), &self.exp_avg));
+                self.exp_avg_sq
+                    .copy_(&new_v.where_self(&skip.logical_not(), &self.exp_avg_sq));
+                self.flat.copy_(&new_p);
+            }
+            Optim::Sgd => {
+                let d = g + &self.flat * &self.decay * self.cfg.weight_decay;
+                let d = if self.cfg.momentum > 0.0 {
+                    let buf = if self.step == 1 {
+                        d.shallow_clone()
+                    } else {
+                        &self.exp_avg * self.cfg.momentum + &d
+                    };
+                    self.exp_avg
+                        .copy_(&buf.where_self(&skip.logical_not(), &self.exp_avg));
+                    buf
+                } else {
+                    d
+                };
+                let new_p = &self.flat - d * lr_eff;
+                self.flat.copy_(&new_p);
+            }
+        }
     }
 
     /// The parameters by name (shallow handles), for saving.
