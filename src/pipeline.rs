@@ -31,14 +31,7 @@ pub struct RunOptions {
 }
 
 /// Tokenizer files copied next to a saved model so that the directory is self-contained.
-pub const TOKENIZER_FILES: &[&str] = &[
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "vocab.txt",
-];
+pub use peftkit_data::TOKENIZER_FILES;
 
 /// Loads a model argument (hub id or directory, with weights) and its tokenizer.
 pub fn load_model_and_tokenizer(

@@ -228,10 +228,8 @@ impl HubSource {
     }
 }
 
-/// Files of a model repository peftkit reads: the config, the tokenizer files that exist, and
-/// (when asked for) the weights: `model.safetensors`, or the sharded index and its shards.
-const MODEL_FILES: &[&str] = &[
-    "config.json",
+/// The tokenizer files of a model repository (whichever exist).
+pub const TOKENIZER_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -338,8 +336,8 @@ pub fn resolve_model(model: &str, revision: Option<&str>, weights: bool) -> Resu
             return check_cached(&dir, &files);
         }
     };
-    let mut wanted: Vec<String> = MODEL_FILES
-        .iter()
+    let mut wanted: Vec<String> = std::iter::once(&"config.json")
+        .chain(TOKENIZER_FILES)
         .filter(|f| files.iter().any(|g| g == *f))
         .map(|f| f.to_string())
         .collect();

@@ -25,7 +25,9 @@ mod read;
 mod split;
 
 pub use error::DataError;
-pub use hub::{hub_offline, resolve_files, resolve_model, select_split_files, HubSource};
+pub use hub::{
+    hub_offline, resolve_files, resolve_model, select_split_files, HubSource, TOKENIZER_FILES,
+};
 pub use read::{read_parquet, ColumnNames};
 pub use split::{LabelStats, Split};
 

@@ -337,9 +337,7 @@ impl BertForSequenceClassification {
         prefix: Option<&dyn PrefixProvider>,
         train: bool,
     ) -> (Vec<Tensor>, Tensor, Tensor) {
-        let (_, len) = input_ids.size2().expect("input ids are [batch, seq]");
-        let positions = Tensor::arange(len, (Kind::Int64, input_ids.device())).unsqueeze(0);
-        let emb = self.embeddings.forward(input_ids, &positions, train);
+        let emb = self.embed(input_ids, train);
         let states = self.encoder.forward(emb, attention_mask, prefix, train);
         let first = states.last().expect("final hidden state").select(1, 0);
         let pooled = self.pooler.dense.forward(&first, train).tanh();

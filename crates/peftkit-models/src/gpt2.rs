@@ -226,10 +226,7 @@ impl Gpt2Model {
         prefix: Option<&dyn PrefixProvider>,
         train: bool,
     ) -> Vec<Tensor> {
-        let (_, len) = input_ids.size2().expect("input ids are [batch, seq]");
-        let positions = Tensor::arange(len, (Kind::Int64, input_ids.device())).unsqueeze(0);
-        let x = (input_ids.apply(&self.wte) + positions.apply(&self.wpe))
-            .dropout(self.embd_pdrop, train);
+        let x = self.embed(input_ids, train);
         let prefix_len = prefix.map_or(0, |p| p.num_tokens());
         let mask = additive_mask(attention_mask, prefix_len, true, x.kind());
         let mut states = vec![x];
@@ -241,6 +238,13 @@ impl Gpt2Model {
         let last = states.pop().expect("at least the embeddings");
         states.push(last.apply(&self.ln_f));
         states
+    }
+
+    /// Token + position embeddings with dropout.
+    pub fn embed(&self, input_ids: &Tensor, train: bool) -> Tensor {
+        let (_, len) = input_ids.size2().expect("input ids are [batch, seq]");
+        let positions = Tensor::arange(len, (Kind::Int64, input_ids.device())).unsqueeze(0);
+        (input_ids.apply(&self.wte) + positions.apply(&self.wpe)).dropout(self.embd_pdrop, train)
     }
 
     /// Maximum sequence length.
@@ -342,10 +346,7 @@ impl Gpt2ForSequenceClassification {
 
     /// Gradient checkpointing's pieces: the embeddings, the additive mask, one block, the head.
     pub(crate) fn embed(&self, input_ids: &Tensor, train: bool) -> Tensor {
-        let t = &self.transformer;
-        let (_, len) = input_ids.size2().expect("input ids are [batch, seq]");
-        let positions = Tensor::arange(len, (Kind::Int64, input_ids.device())).unsqueeze(0);
-        (input_ids.apply(&t.wte) + positions.apply(&t.wpe)).dropout(t.embd_pdrop, train)
+        self.transformer.embed(input_ids, train)
     }
 
     pub(crate) fn num_layers(&self) -> usize {

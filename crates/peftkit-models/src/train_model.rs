@@ -27,16 +27,27 @@ pub trait TrainModel {
         labels: &Tensor,
         factor: &Tensor,
     ) -> Result<Tensor> {
-        let logits = self.logits(input_ids, attention_mask, true)?;
-        let loss = self.loss(&logits, labels);
-        (&loss * factor).backward();
-        Ok(loss.detach())
+        plain_loss_backward(self, input_ids, attention_mask, labels, factor)
     }
 
     /// Turns gradient checkpointing on; false when the model does not support it.
     fn enable_gradient_checkpointing(&self) -> bool {
         false
     }
+}
+
+/// Forward, loss, backward of `loss × factor`; the loss detached.
+fn plain_loss_backward<M: TrainModel + ?Sized>(
+    model: &M,
+    input_ids: &Tensor,
+    attention_mask: &Tensor,
+    labels: &Tensor,
+    factor: &Tensor,
+) -> Result<Tensor> {
+    let logits = model.logits(input_ids, attention_mask, true)?;
+    let loss = model.loss(&logits, labels);
+    (&loss * factor).backward();
+    Ok(loss.detach())
 }
 
 impl TrainModel for SequenceClassifier {
@@ -88,10 +99,7 @@ impl TrainModel for SequenceClassifier {
                 factor,
             );
         }
-        let logits = self.logits(input_ids, attention_mask, true)?;
-        let loss = self.loss(&logits, labels);
-        (&loss * factor).backward();
-        Ok(loss.detach())
+        plain_loss_backward(self, input_ids, attention_mask, labels, factor)
     }
 
     fn enable_gradient_checkpointing(&self) -> bool {
