@@ -225,6 +225,24 @@ impl PeftModel {
         Ok(())
     }
 
+    /// A copy of the head's current values.
+    fn head_snapshot(&self) -> Vec<(String, Tensor)> {
+        let vars = self.base.var_store().variables();
+        self.head_names
+            .iter()
+            .map(|n| (n.clone(), vars[n].detach().copy()))
+            .collect()
+    }
+
+    /// Writes saved values into the head.
+    fn restore_head(&self, values: &[(String, Tensor)]) {
+        let vars = self.base.var_store().variables();
+        for (n, t) in values {
+            let mut v = vars[n].shallow_clone();
+            tch::no_grad(|| v.copy_(t));
+        }
+    }
+
     /// Adds another adapter; its head starts as a copy of the original head. The active adapter
     /// does not change.
     pub fn add_adapter(&mut self, name: &str, config: LoraConfig) -> Result<()> {
@@ -259,18 +277,10 @@ impl PeftModel {
                 "unmerge before switching adapters".into(),
             ));
         }
-        let vars = self.base.var_store().variables();
-        let live: Vec<(String, Tensor)> = self
-            .head_names
-            .iter()
-            .map(|n| (n.clone(), vars[n].detach().copy()))
-            .collect();
+        let live = self.head_snapshot();
         self.heads.insert(self.active.clone(), live);
         if let Some(head) = self.heads.remove(name) {
-            for (n, t) in head {
-                let mut v = vars[&n].shallow_clone();
-                tch::no_grad(|| v.copy_(&t));
-            }
+            self.restore_head(&head);
         }
         self.active = name.to_string();
         for linear in self.base.linears_mut() {
@@ -421,23 +431,12 @@ impl PeftModel {
             }
         };
         // As peft's ModulesToSaveWrapper: with adapters disabled the original head computes.
-        let vars = self.base.var_store().variables();
-        let live: Vec<(String, Tensor)> = self
-            .head_names
-            .iter()
-            .map(|n| (n.clone(), vars[n].detach().copy()))
-            .collect();
-        let copy_into = |values: &[(String, Tensor)]| {
-            for (n, t) in values {
-                let mut v = vars[n].shallow_clone();
-                tch::no_grad(|| v.copy_(t));
-            }
-        };
-        copy_into(&self.original_head);
+        let live = self.head_snapshot();
+        self.restore_head(&self.original_head);
         set(self, true);
         let out = f(self);
         set(self, false);
-        copy_into(&live);
+        self.restore_head(&live);
         out
     }
 
