@@ -40,6 +40,19 @@ fn run_err(args: &[&str]) -> String {
     last
 }
 
+/// `peftkit train` on a config, on CPU, expected to fail: its one-line error.
+fn train_err(cfg: &Path, out: &str) -> String {
+    run_err(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--output",
+        out,
+        "--device",
+        "cpu",
+    ])
+}
+
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(
         &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
@@ -349,15 +362,7 @@ fn bad_input_gives_one_line_errors() {
         &["neg", "pos"],
     );
     let cfg = local_config(tmp.path(), "");
-    let err = run_err(&[
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--output",
-        out,
-        "--device",
-        "cpu",
-    ]);
+    let err = train_err(&cfg, out);
     assert!(
         err.contains("train.parquet: row 1: label 7 is out of range 0..2"),
         "{err}"
@@ -371,15 +376,7 @@ fn bad_input_gives_one_line_errors() {
         &["neg", "pos"],
     );
     let cfg = local_config(tmp.path(), "text_column = \"sentence\"");
-    let err = run_err(&[
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--output",
-        out,
-        "--device",
-        "cpu",
-    ]);
+    let err = train_err(&cfg, out);
     assert!(
         err.contains("train.parquet: no column `sentence` (the file has: text, label)"),
         "{err}"
@@ -388,15 +385,7 @@ fn bad_input_gives_one_line_errors() {
     // A corrupt data file.
     std::fs::write(tmp.path().join("train.parquet"), b"PAR1 garbage").unwrap();
     let cfg = local_config(tmp.path(), "");
-    let err = run_err(&[
-        "train",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--output",
-        out,
-        "--device",
-        "cpu",
-    ]);
+    let err = train_err(&cfg, out);
     assert!(
         err.contains("train.parquet: not a readable parquet file"),
         "{err}"

@@ -41,6 +41,35 @@ pub struct OptimConfig {
     pub max_grad_norm: f64,
 }
 
+impl Default for OptimConfig {
+    /// AdamW with torch's defaults (β 0.9/0.999, ε 1e-8), no weight decay, clipping at 1.0.
+    fn default() -> Self {
+        Self {
+            kind: Optim::Adamw,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+impl From<&crate::args::TrainingArgs> for OptimConfig {
+    fn from(a: &crate::args::TrainingArgs) -> Self {
+        Self {
+            kind: a.optim,
+            beta1: a.adam_beta1,
+            beta2: a.adam_beta2,
+            eps: a.adam_epsilon,
+            weight_decay: a.weight_decay,
+            momentum: a.momentum,
+            max_grad_norm: a.max_grad_norm,
+        }
+    }
+}
+
 /// The trainable parameters as views into one buffer, with the optimizer state.
 #[derive(Debug)]
 pub struct FlatOptimizer {
@@ -394,12 +423,9 @@ mod tests {
         let b = Tensor::from_slice(&[0.5f32]).set_requires_grad(true);
         let cfg = OptimConfig {
             kind: Optim::Adamw,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
             weight_decay: 0.1,
-            momentum: 0.0,
             max_grad_norm: 0.0,
+            ..OptimConfig::default()
         };
         let mut opt = FlatOptimizer::new(
             vec![
@@ -431,12 +457,7 @@ mod tests {
         let p = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
         let cfg = OptimConfig {
             kind: Optim::Sgd,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            momentum: 0.0,
-            max_grad_norm: 1.0,
+            ..OptimConfig::default()
         };
         let mut opt = FlatOptimizer::new(vec![("w".into(), p.shallow_clone())], cfg).unwrap();
         (&p * Tensor::from_slice(&[3.0f32, 4.0]))
@@ -456,12 +477,7 @@ mod tests {
         let p = Tensor::from_slice(&[1.0f32]).set_requires_grad(true);
         let cfg = OptimConfig {
             kind: Optim::Adamw,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            momentum: 0.0,
-            max_grad_norm: 1.0,
+            ..OptimConfig::default()
         };
         let mut opt = FlatOptimizer::new(vec![("w".into(), p.shallow_clone())], cfg).unwrap();
         (&p * f64::INFINITY).sum(Kind::Float).backward();

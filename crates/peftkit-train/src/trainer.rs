@@ -209,18 +209,8 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
         }
         let args = self.args.clone();
         let device = self.model.device();
-        let mut opt = FlatOptimizer::new(
-            self.model.trainable_parameters(),
-            OptimConfig {
-                kind: args.optim,
-                beta1: args.adam_beta1,
-                beta2: args.adam_beta2,
-                eps: args.adam_epsilon,
-                weight_decay: args.weight_decay,
-                momentum: args.momentum,
-                max_grad_norm: args.max_grad_norm,
-            },
-        )?;
+        let mut opt =
+            FlatOptimizer::new(self.model.trainable_parameters(), OptimConfig::from(&args))?;
         eprintln!(
             "{}",
             trainable_summary(opt.numel(), self.model.parameter_count())
