@@ -24,6 +24,7 @@
 
 pub mod lora;
 mod peft_model;
+pub mod quant;
 pub mod targets;
 
 pub use lora::config::{Bias, InitLoraWeights, LayerIndexes, LoraConfig, TargetModules};

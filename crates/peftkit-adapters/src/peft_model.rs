@@ -3,6 +3,7 @@
 
 use crate::lora::config::{Bias, InitLoraWeights, LoraConfig};
 use crate::lora::layer::{LoraLayer, LoraWeights};
+use crate::quant::{quantize_4bit, quantize_model, BnbConfig, Packed4bit, QUANT_CONFIG_FILE};
 use crate::targets::is_target;
 use crate::{AdapterError, Result};
 use peftkit_models::{
@@ -37,6 +38,8 @@ pub struct PeftModel {
     heads: BTreeMap<String, Vec<(String, Tensor)>>,
     /// Names of the base variables of the head.
     head_names: Vec<String>,
+    /// How the base was quantized (QLoRA), recorded with the adapter.
+    quantization: Option<BnbConfig>,
 }
 
 impl std::fmt::Debug for PeftModel {
@@ -45,6 +48,10 @@ impl std::fmt::Debug for PeftModel {
             .field("architecture", &self.base.architecture())
             .field("adapters", &self.configs.keys().collect::<Vec<_>>())
             .field("active", &self.active)
+            .field(
+                "quantization",
+                &self.quantization.as_ref().map(|q| q.bnb_4bit_quant_type),
+            )
             .finish()
     }
 }
@@ -91,10 +98,41 @@ impl PeftModel {
             original_head,
             heads: BTreeMap::new(),
             head_names,
+            quantization: None,
         };
         model.inject(name, config)?;
         model.refresh_trainable();
         Ok(model)
+    }
+
+    /// QLoRA: quantizes the base to 4 bits as `quantization` says (transformers'
+    /// `load_in_4bit`: every linear but the head and `llm_int8_skip_modules`), then wraps it with a
+    /// LoRA adapter. The config is saved beside the adapter so a reload quantizes the same way.
+    ///
+    /// ```no_run
+    /// use peftkit_adapters::quant::{BnbConfig, QuantType};
+    /// use peftkit_adapters::{LoraConfig, PeftModel};
+    /// use peftkit_models::{LoadOptions, SequenceClassifier};
+    ///
+    /// let (base, _) = SequenceClassifier::load("roberta-base".as_ref(), &LoadOptions::new(tch::Device::Cpu))?;
+    /// let bnb = BnbConfig { bnb_4bit_quant_type: QuantType::Nf4, bnb_4bit_use_double_quant: true, ..BnbConfig::default() };
+    /// let model = PeftModel::new_quantized(base, LoraConfig::new(&["query", "key", "value"], 32, 32.0), bnb)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new_quantized(
+        mut base: SequenceClassifier,
+        config: LoraConfig,
+        quantization: BnbConfig,
+    ) -> Result<Self> {
+        quantize_model(&mut base, &quantization)?;
+        let mut model = Self::new(base, config)?;
+        model.quantization = Some(quantization);
+        Ok(model)
+    }
+
+    /// How the base was quantized, when it was (QLoRA).
+    pub fn quantization(&self) -> Option<&BnbConfig> {
+        self.quantization.as_ref()
     }
 
     fn modules_to_save(&self, config: &LoraConfig) -> Vec<String> {
@@ -391,6 +429,42 @@ impl PeftModel {
         }
     }
 
+    /// Merges the active adapter and, on a quantized base, quantizes the merged weights again with
+    /// the same settings (peft's merge into a bitsandbytes 4-bit layer): memory stays at 4 bits,
+    /// and the outputs move by what 4-bit rounding of the merged weight costs. Unmerging restores
+    /// the original quantized weights exactly (peft subtracts and re-quantizes once more).
+    pub fn merge_adapter_requantized(&mut self) -> Result<()> {
+        self.merge_adapter();
+        for linear in self.base.linears_mut() {
+            let Some(layer) = linear
+                .hook()
+                .and_then(|h| h.as_any().downcast_ref::<LoraLayer>())
+            else {
+                continue;
+            };
+            let Some(original) = layer
+                .stashed
+                .as_ref()
+                .and_then(|p| p.as_any().downcast_ref::<Packed4bit>())
+            else {
+                continue;
+            };
+            let (blocksize, quant_type, nested, compute) = (
+                original.weight.blocksize,
+                original.weight.quant_type,
+                matches!(original.weight.absmax, crate::quant::Absmax::Nested { .. }),
+                original.compute_dtype,
+            );
+            linear.pack(|w| -> Result<Box<dyn peftkit_models::PackedWeight>> {
+                Ok(Box::new(Packed4bit {
+                    weight: quantize_4bit(w, blocksize, quant_type, nested)?,
+                    compute_dtype: compute,
+                }))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Takes every merged adapter back out of the base weights.
     pub fn unmerge_adapter(&mut self) {
         for linear in self.base.linears_mut() {
@@ -405,10 +479,15 @@ impl PeftModel {
 
     /// Merges the active adapter and returns the plain classifier with the active head
     /// (`merge_and_unload`).
+    ///
+    /// On a quantized base the result holds full-precision weights: each quantized weight is
+    /// dequantized (plus the adapter's delta where it applies), so it can be saved as an HF
+    /// checkpoint.
     pub fn merge_and_unload(mut self) -> SequenceClassifier {
         self.merge_adapter();
         for linear in self.base.linears_mut() {
             linear.take_hook();
+            linear.unpack();
         }
         for (_, t) in self.base.var_store().variables() {
             let _ = t.set_requires_grad(true);
@@ -504,6 +583,9 @@ impl PeftModel {
             &dir.join("adapter_model.safetensors"),
             &self.adapter_state_dict(),
         )?;
+        if let Some(q) = &self.quantization {
+            q.write(dir)?;
+        }
         std::fs::write(dir.join("adapter_config.json"), &json).map_err(|e| AdapterError::io(dir, e))
     }
 
@@ -521,9 +603,22 @@ impl PeftModel {
     }
 
     /// Loads a peft LoRA adapter directory onto `base` (peft's `PeftModel.from_pretrained`).
-    pub fn from_pretrained(base: SequenceClassifier, dir: &Path) -> Result<Self> {
+    /// When the directory records a quantization (`quantization_config.json`, written for QLoRA
+    /// adapters), the base is quantized the same way first, unless it already is.
+    pub fn from_pretrained(mut base: SequenceClassifier, dir: &Path) -> Result<Self> {
         let config = LoraConfig::from_file(&dir.join("adapter_config.json"))?;
+        let quant_file = dir.join(QUANT_CONFIG_FILE);
+        let quantization = if quant_file.is_file() {
+            let q = BnbConfig::from_file(&quant_file)?;
+            if base.linears().iter().all(|l| l.packed().is_none()) {
+                quantize_model(&mut base, &q)?;
+            }
+            Some(q)
+        } else {
+            None
+        };
         let mut model = Self::new(base, config)?;
+        model.quantization = quantization;
         model.load_weights(dir, DEFAULT_ADAPTER)?;
         Ok(model)
     }

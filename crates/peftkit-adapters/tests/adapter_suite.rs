@@ -1,6 +1,7 @@
 //! One test suite for every (model × adapter kind) pair, like peft's `PeftCommonTester`: add a
 //! kind by writing its builder and one `adapter_suite!` line per model.
 
+use peftkit_adapters::quant::{quantize_model, BnbConfig, QuantType};
 use peftkit_adapters::{InitLoraWeights, LoraConfig, PeftModel};
 use peftkit_models::{
     read_safetensors, ForwardOptions, LoadOptions, SequenceClassifier, TrainModel,
@@ -38,13 +39,32 @@ fn diff(a: &Tensor, b: &Tensor) -> f64 {
         .double_value(&[])
 }
 
-/// An adapter kind under test: how to build it on a base, whether it merges, and the trainable
-/// count it must report.
+/// An adapter kind under test: how to build it on a (full-precision) base, the base model it
+/// must reduce to when disabled or unmerged, and whether it merges.
 pub struct AdapterKind {
     name: &'static str,
     build: fn(&str, SequenceClassifier) -> peftkit_adapters::Result<PeftModel>,
-    /// `None`: merging does not apply to this kind (prefix tuning), as in peft.
+    /// The model the adapter sits on (QLoRA: the quantized base).
+    reference_base: fn(&str) -> SequenceClassifier,
+    /// `false`: merging does not apply to this kind (prefix tuning), as in peft.
     merges: bool,
+}
+
+/// Every weight of a model by name, packed (quantized) weights dequantized.
+fn weights(model: &SequenceClassifier) -> HashMap<String, Tensor> {
+    let mut out: HashMap<String, Tensor> = model
+        .var_store()
+        .variables()
+        .into_iter()
+        .filter(|(_, v)| v.numel() > 0)
+        .map(|(k, v)| (k, v.detach().copy()))
+        .collect();
+    for l in model.linears() {
+        if let Some(p) = l.packed() {
+            out.insert(format!("{}.weight", l.path()), p.unpack(Kind::Float));
+        }
+    }
+    out
 }
 
 fn lora_targets(arch: &str) -> Vec<&'static str> {
@@ -68,6 +88,38 @@ fn build_lora(arch: &str, base: SequenceClassifier) -> peftkit_adapters::Result<
 pub const LORA: AdapterKind = AdapterKind {
     name: "lora",
     build: build_lora,
+    reference_base: base,
+    merges: true,
+};
+
+fn bnb() -> BnbConfig {
+    BnbConfig {
+        bnb_4bit_quant_type: QuantType::Nf4,
+        bnb_4bit_use_double_quant: true,
+        ..BnbConfig::default()
+    }
+}
+
+/// QLoRA: an NF4 + double-quantized base with the same random LoRA.
+fn build_qlora(arch: &str, base: SequenceClassifier) -> peftkit_adapters::Result<PeftModel> {
+    let cfg = LoraConfig {
+        init_lora_weights: InitLoraWeights::Bool(false),
+        lora_dropout: 0.1,
+        ..LoraConfig::new(&lora_targets(arch), 4, 8.0)
+    };
+    PeftModel::new_quantized(base, cfg, bnb())
+}
+
+fn quantized_base(arch: &str) -> SequenceClassifier {
+    let mut m = base(arch);
+    quantize_model(&mut m, &bnb()).unwrap();
+    m
+}
+
+pub const QLORA: AdapterKind = AdapterKind {
+    name: "qlora",
+    build: build_qlora,
+    reference_base: quantized_base,
     merges: true,
 };
 
@@ -93,6 +145,7 @@ pub fn save_load_round_trip(kind: &AdapterKind, arch: &str) {
     model
         .save_pretrained(&tmp.path().join("a"), Some("tiny"), None)
         .unwrap();
+    // Onto a full-precision base: a QLoRA adapter records its quantization and re-applies it.
     let again = PeftModel::from_pretrained(base(arch), &tmp.path().join("a")).unwrap();
     assert_eq!(
         diff(&logits(&model, &g), &logits(&again, &g)),
@@ -131,17 +184,14 @@ pub fn unmerge_restores_the_base(kind: &AdapterKind, arch: &str) {
     if !kind.merges {
         return;
     }
-    let original: HashMap<String, Tensor> = base(arch)
-        .var_store()
-        .variables()
-        .into_iter()
-        .map(|(k, v)| (k, v.detach().copy()))
-        .collect();
+    let original = weights(&(kind.reference_base)(arch));
     let mut model = wrap(kind, arch);
     model.merge_adapter();
     model.unmerge_adapter();
     assert!(!model.is_merged());
-    for (name, v) in model.base().var_store().variables() {
+    let after = weights(model.base());
+    assert_eq!(after.len(), original.len(), "{} {arch}", kind.name);
+    for (name, v) in after {
         let d = diff(&v, &original[&name]);
         assert!(
             d <= 1e-6,
@@ -153,7 +203,7 @@ pub fn unmerge_restores_the_base(kind: &AdapterKind, arch: &str) {
 
 pub fn disable_restores_base_logits(kind: &AdapterKind, arch: &str) {
     let g = inputs(arch);
-    let plain = base(arch)
+    let plain = (kind.reference_base)(arch)
         .forward(
             &g["input_ids"],
             &g["attention_mask"],
@@ -227,7 +277,7 @@ pub fn trainable_count_is_adapter_plus_head(kind: &AdapterKind, arch: &str) {
         .filter(|(n, _)| !n.contains("lora_"))
         .map(|(_, t)| t.numel() as i64)
         .sum();
-    let (_, base_all) = base(arch).parameter_counts();
+    let (_, base_all) = (kind.reference_base)(arch).parameter_counts();
     assert_eq!(
         all,
         base_all + (trainable - head) + head,
@@ -350,3 +400,6 @@ macro_rules! adapter_suite {
 adapter_suite!(lora_gpt2, LORA, "gpt2");
 adapter_suite!(lora_roberta, LORA, "roberta");
 adapter_suite!(lora_bert, LORA, "bert");
+adapter_suite!(qlora_gpt2, QLORA, "gpt2");
+adapter_suite!(qlora_roberta, QLORA, "roberta");
+adapter_suite!(qlora_bert, QLORA, "bert");

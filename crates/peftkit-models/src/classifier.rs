@@ -214,6 +214,12 @@ impl SequenceClassifier {
     /// Writes `config.json` and `model.safetensors` into an existing directory (use
     /// [`write_dir_atomically`] to add more files to the same atomic save).
     pub fn write_checkpoint_files(&self, dir: &Path) -> Result<()> {
+        if let Some(l) = self.linears().into_iter().find(|l| l.packed().is_some()) {
+            return Err(ModelError::Input(format!(
+                "`{}` holds a packed (quantized) weight: an HF checkpoint needs full-precision weights; merge_and_unload the adapter (it dequantizes) or save the adapter instead",
+                l.path()
+            )));
+        }
         let mut tensors: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let config =
@@ -489,10 +495,15 @@ impl SequenceClassifier {
         }
     }
 
-    /// Number of parameters: `(trainable, all)`.
+    /// Number of parameters: `(trainable, all)`; packed (quantized) weights count their
+    /// elements.
     pub fn parameter_counts(&self) -> (i64, i64) {
         let mut trainable = 0;
-        let mut all = 0;
+        let mut all: i64 = self
+            .linears()
+            .iter()
+            .filter_map(|l| l.packed().map(|p| p.numel()))
+            .sum();
         for t in self.vs.variables().values() {
             let n = t.numel() as i64;
             all += n;

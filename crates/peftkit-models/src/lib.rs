@@ -45,7 +45,7 @@ pub use classifier::{
 };
 pub use config::{Activation, BertConfig, ClassifierConfig, Gpt2Config, ModelConfig, ProblemType};
 pub use device::parse_device;
-pub use linear::{Linear, LinearHook, WeightLayout};
+pub use linear::{Linear, LinearHook, PackedWeight, WeightLayout};
 pub use precision::{compute_dtype, with_compute_dtype};
 pub use prefix::PrefixProvider;
 pub use train_model::TrainModel;

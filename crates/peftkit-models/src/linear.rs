@@ -1,7 +1,7 @@
 //! The linear seam: every projection of every model is a [`Linear`] that knows its HF path, and an
 //! adapter can attach a [`LinearHook`] to it without the model knowing the adapter.
 
-use tch::{nn, Tensor};
+use tch::{nn, Kind, Tensor};
 
 /// How the weight is stored, as in the checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +23,23 @@ pub trait LinearHook: std::fmt::Debug + Send {
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
+/// A weight stored in a compressed form (e.g. 4-bit blocks): the layer unpacks it for each
+/// product instead of holding a full-precision copy. Quantization lives outside the models;
+/// this is only the storage seam.
+pub trait PackedWeight: std::fmt::Debug + Send {
+    /// The weight as `[out_features, in_features]` in `kind`, on the layer's device.
+    fn unpack(&self, kind: Kind) -> Tensor;
+    /// The dtype the product is computed in when no global one is set (bitsandbytes'
+    /// `bnb_4bit_compute_dtype`); `None`: the input's.
+    fn compute_dtype(&self) -> Option<Kind>;
+    /// Number of weight elements represented.
+    fn numel(&self) -> i64;
+    /// Bytes of storage.
+    fn storage_bytes(&self) -> i64;
+    /// Lets an owner downcast the storage.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
 /// A linear projection at an HF module path (e.g. `transformer.h.3.attn.c_attn`), with its
 /// checkpoint weight layout and an optional adapter hook.
 #[derive(Debug)]
@@ -34,6 +51,7 @@ pub struct Linear {
     in_features: i64,
     out_features: i64,
     hook: Option<Box<dyn LinearHook>>,
+    packed: Option<Box<dyn PackedWeight>>,
 }
 
 impl Linear {
@@ -69,6 +87,7 @@ impl Linear {
             in_features,
             out_features,
             hook: None,
+            packed: None,
         }
     }
 
@@ -102,9 +121,62 @@ impl Linear {
         self.bias.as_ref()
     }
 
-    /// Replaces the weight tensor (QLoRA swaps in an empty tensor once it has quantized it).
-    pub fn replace_weight(&mut self, weight: Tensor) -> Tensor {
-        std::mem::replace(&mut self.weight, weight)
+    /// The weight as `[out, in]` whatever the layout (a view of the stored weight; unpacked when
+    /// packed).
+    pub fn weight_out_in(&self, kind: Kind) -> Tensor {
+        if let Some(p) = &self.packed {
+            return p.unpack(kind);
+        }
+        let w = self.weight.to_kind(kind);
+        match self.layout {
+            WeightLayout::OutIn => w,
+            WeightLayout::InOut => w.tr(),
+        }
+    }
+
+    /// Stores the weight packed: `pack` gets the dense weight as `[out, in]` fp32 and returns the
+    /// packed form; the dense storage is then released (the variable stays, empty, in the var
+    /// store). Fails without changing anything when `pack` fails.
+    pub fn pack<E>(
+        &mut self,
+        pack: impl FnOnce(&Tensor) -> std::result::Result<Box<dyn PackedWeight>, E>,
+    ) -> std::result::Result<(), E> {
+        let dense = self.weight_out_in(Kind::Float).detach();
+        let packed = pack(&dense)?;
+        drop(dense);
+        let empty = Tensor::empty([0], (self.weight.kind(), self.weight.device()));
+        tch::no_grad(|| self.weight.set_data(&empty));
+        self.packed = Some(packed);
+        Ok(())
+    }
+
+    /// Takes the packed weight out, restoring a dense weight (fp32, the checkpoint layout) from it.
+    pub fn unpack(&mut self) -> Option<Box<dyn PackedWeight>> {
+        let packed = self.packed.take()?;
+        let dense = packed.unpack(Kind::Float);
+        let dense = match self.layout {
+            WeightLayout::OutIn => dense,
+            WeightLayout::InOut => dense.tr().contiguous(),
+        };
+        tch::no_grad(|| self.weight.set_data(&dense));
+        Some(packed)
+    }
+
+    /// Stores `packed` as the weight again (after [`Linear::unpack`]), releasing the dense one.
+    pub fn repack(&mut self, packed: Box<dyn PackedWeight>) {
+        let empty = Tensor::empty([0], (self.weight.kind(), self.weight.device()));
+        tch::no_grad(|| self.weight.set_data(&empty));
+        self.packed = Some(packed);
+    }
+
+    /// The packed weight, if the weight is stored packed.
+    pub fn packed(&self) -> Option<&dyn PackedWeight> {
+        self.packed.as_deref()
+    }
+
+    /// Number of weight elements (dense or packed).
+    pub fn weight_numel(&self) -> i64 {
+        self.in_features * self.out_features
     }
 
     /// Attaches a hook, returning the previous one.
@@ -130,6 +202,21 @@ impl Linear {
     /// `x W^T + b` with the stored weight, ignoring any hook; in the compute dtype of
     /// [`crate::with_compute_dtype`] when one is set.
     pub fn base_forward(&self, x: &Tensor) -> Tensor {
+        if let Some(p) = &self.packed {
+            // As bitsandbytes' Linear4bit: the product in the compute dtype, the output in the
+            // input's dtype (unless a global compute dtype is set: then it stays in that).
+            let global = crate::precision::compute_dtype();
+            let kind = global.or(p.compute_dtype()).unwrap_or(x.kind());
+            let w = p.unpack(kind);
+            let y = x
+                .to_kind(kind)
+                .linear(&w, self.bias.as_ref().map(|b| b.to_kind(kind)).as_ref());
+            return if global.is_some() {
+                y
+            } else {
+                y.to_kind(x.kind())
+            };
+        }
         let cast = crate::precision::compute_dtype().filter(|k| *k != self.weight.kind());
         let (x, w, b) = match cast {
             Some(k) => (

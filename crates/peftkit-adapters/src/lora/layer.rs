@@ -1,7 +1,7 @@
 //! The LoRA layer: `base(x) + scale · B(A(dropout(x)))` as a separate low-rank path on a base
 //! [`Linear`], with several named adapters, merge and unmerge.
 
-use peftkit_models::{Linear, LinearHook, WeightLayout};
+use peftkit_models::{Linear, LinearHook, PackedWeight, WeightLayout};
 use std::collections::BTreeMap;
 use tch::Tensor;
 
@@ -37,6 +37,9 @@ pub struct LoraLayer {
     pub(crate) active: Option<String>,
     pub(crate) merged: Vec<String>,
     pub(crate) disabled: bool,
+    /// The packed (quantized) base weight while an adapter is merged into a dense or re-quantized
+    /// copy: unmerging puts it back exactly.
+    pub(crate) stashed: Option<Box<dyn PackedWeight>>,
 }
 
 impl LoraLayer {
@@ -71,10 +74,21 @@ impl LoraLayer {
         &self.merged
     }
 
-    /// Adds `delta` of `name` into the base weight (no-op when already merged).
+    /// Adds `delta` of `name` into the base weight (no-op when already merged). A packed
+    /// (quantized) base is dequantized first and the delta added to that (as peft merges into a
+    /// bitsandbytes 4-bit layer); the packed original is kept for an exact unmerge.
     pub(crate) fn merge(&mut self, base: &mut Linear, name: &str) {
         if self.merged.iter().any(|m| m == name) {
             return;
+        }
+        if !self.adapters.contains_key(name) {
+            return;
+        }
+        if base.packed().is_some() {
+            let packed = base.unpack().expect("packed");
+            if self.stashed.is_none() {
+                self.stashed = Some(packed);
+            }
         }
         if let Some(w) = self.adapters.get(name) {
             let mut weight = base.weight().shallow_clone();
@@ -86,8 +100,14 @@ impl LoraLayer {
         }
     }
 
-    /// Subtracts every merged adapter's delta from the base weight.
+    /// Subtracts every merged adapter's delta from the base weight (restores the packed weight
+    /// when the base was quantized).
     pub(crate) fn unmerge(&mut self, base: &mut Linear) {
+        if let Some(packed) = self.stashed.take() {
+            base.repack(packed);
+            self.merged.clear();
+            return;
+        }
         for name in std::mem::take(&mut self.merged) {
             if let Some(w) = self.adapters.get(&name) {
                 let mut weight = base.weight().shallow_clone();

@@ -1,0 +1,297 @@
+//! QLoRA beyond the generic suite: the memory the 4-bit base saves, merging with and without
+//! re-quantization (merged vs unmerged measured against what 4-bit rounding allows), gradient
+//! checkpointing (same gradients as without), skip modules, and bad configs.
+
+use peftkit_adapters::quant::{quantize_model, BnbConfig, QuantType, QUANT_CONFIG_FILE};
+use peftkit_adapters::{LoraConfig, PeftModel};
+use peftkit_models::{
+    read_safetensors, ForwardOptions, LoadOptions, SequenceClassifier, TrainModel,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures")
+}
+
+fn load(dir: &str) -> SequenceClassifier {
+    SequenceClassifier::load(&fixtures().join(dir), &LoadOptions::new(Device::Cpu))
+        .unwrap()
+        .0
+}
+
+fn inputs(arch: &str) -> HashMap<String, Tensor> {
+    read_safetensors(&fixtures().join(format!("tiny-{arch}/golden.safetensors")))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+fn logits(m: &PeftModel, g: &HashMap<String, Tensor>) -> Tensor {
+    m.forward(
+        &g["input_ids"],
+        &g["attention_mask"],
+        &ForwardOptions::eval(),
+    )
+    .unwrap()
+    .logits
+}
+
+fn nf4_dq() -> BnbConfig {
+    BnbConfig {
+        bnb_4bit_quant_type: QuantType::Nf4,
+        bnb_4bit_use_double_quant: true,
+        ..BnbConfig::default()
+    }
+}
+
+/// A QLoRA model whose LoRA factors are random (as after training).
+fn trained_qlora(arch: &str) -> PeftModel {
+    tch::manual_seed(3);
+    let cfg = LoraConfig {
+        init_lora_weights: peftkit_adapters::InitLoraWeights::Bool(false),
+        ..LoraConfig::new(&["query", "value", "c_attn"], 4, 8.0)
+    };
+    PeftModel::new_quantized(load(&format!("tiny-{arch}")), cfg, nf4_dq()).unwrap()
+}
+
+#[test]
+fn quantized_weights_release_their_full_precision_storage() {
+    let mut model = load("tiny-bert");
+    let summary = quantize_model(&mut model, &nf4_dq()).unwrap();
+    assert_eq!(summary.modules.len(), 13, "{:?}", summary.modules);
+    assert!(summary.modules.iter().all(|m| !m.starts_with("classifier")));
+    for l in model.linears() {
+        match l.packed() {
+            Some(_) => assert_eq!(l.weight().numel(), 0, "{}: fp32 copy kept", l.path()),
+            None => assert!(l.path().starts_with("classifier")),
+        }
+    }
+    // Counts are unchanged: a packed weight counts its elements, as peft counts Params4bit.
+    assert_eq!(
+        model.parameter_counts().1,
+        load("tiny-bert").parameter_counts().1
+    );
+    assert_eq!(summary.fp32_bytes, 4 * summary.parameters);
+    let bits = summary.bits_per_parameter();
+    assert!(bits > 4.0 && bits < 4.6, "{bits}");
+    let err = model
+        .save_pretrained(&std::env::temp_dir().join("never"))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("packed (quantized) weight"),
+        "{err}"
+    );
+}
+
+#[test]
+fn skip_modules_stay_full_precision() {
+    let mut model = load("tiny-roberta");
+    let cfg = BnbConfig {
+        llm_int8_skip_modules: Some(vec!["intermediate".into(), "attention.output".into()]),
+        ..BnbConfig::default()
+    };
+    let summary = quantize_model(&mut model, &cfg).unwrap();
+    assert_eq!(summary.modules.len(), 8, "{:?}", summary.modules);
+    assert!(summary
+        .modules
+        .iter()
+        .all(|m| !m.contains("intermediate") && !m.contains("attention.output")));
+    let nothing = BnbConfig {
+        llm_int8_skip_modules: Some(vec!["roberta".into()]),
+        ..BnbConfig::default()
+    };
+    assert!(quantize_model(&mut load("tiny-roberta"), &nothing).is_err());
+}
+
+#[test]
+fn merge_dense_is_exact_and_requantized_merge_costs_only_rounding() {
+    for arch in ["gpt2", "roberta", "bert"] {
+        let g = inputs(arch);
+        let mut model = trained_qlora(arch);
+        let unmerged = logits(&model, &g);
+        // Onto the dequantized weight, kept dense: only fp32 rounding.
+        model.merge_adapter();
+        let d_dense = diff(&logits(&model, &g), &unmerged);
+        assert!(
+            d_dense <= 1e-5,
+            "{arch}: dense merge moved logits by {d_dense}"
+        );
+        model.unmerge_adapter();
+        assert_eq!(
+            diff(&logits(&model, &g), &unmerged),
+            0.0,
+            "{arch}: unmerge is exact"
+        );
+        // Re-quantized (peft's 4-bit merge): the merged weight rounds to 4 bits again. The bound
+        // is what rounding the base to 4 bits costs in the first place.
+        let fp32 = {
+            let m = PeftModel::new(load(&format!("tiny-{arch}")), model.config().clone()).unwrap();
+            // Same factors and head as the QLoRA model.
+            let tmp = tempfile::tempdir().unwrap();
+            model.save_pretrained(tmp.path(), None, None).unwrap();
+            std::fs::remove_file(tmp.path().join(QUANT_CONFIG_FILE)).unwrap();
+            drop(m);
+            let m = PeftModel::from_pretrained(load(&format!("tiny-{arch}")), tmp.path()).unwrap();
+            logits(&m, &g)
+        };
+        let quantization_cost = diff(&unmerged, &fp32);
+        model.merge_adapter_requantized().unwrap();
+        assert!(model
+            .base()
+            .linears()
+            .iter()
+            .filter(|l| !l.path().starts_with("classifier") && !l.path().starts_with("score"))
+            .all(|l| l.packed().is_some()));
+        let d_requant = diff(&logits(&model, &g), &unmerged);
+        eprintln!(
+            "{arch}: merged vs unmerged: dense {d_dense:.2e}, re-quantized {d_requant:.2e}; 4-bit base vs fp32 base {quantization_cost:.2e}"
+        );
+        assert!(
+            d_requant > 0.0 && d_requant <= 2.0 * quantization_cost,
+            "{arch}: re-quantized merge moved logits by {d_requant} (4-bit rounding of the base costs {quantization_cost})"
+        );
+        model.unmerge_adapter();
+        assert_eq!(
+            diff(&logits(&model, &g), &unmerged),
+            0.0,
+            "{arch}: unmerge restores the 4-bit base"
+        );
+    }
+}
+
+#[test]
+fn merge_and_unload_dequantizes_into_a_saveable_checkpoint() {
+    let g = inputs("roberta");
+    let model = trained_qlora("roberta");
+    let expected = logits(&model, &g);
+    let plain = model.merge_and_unload();
+    assert!(plain.linears().iter().all(|l| l.packed().is_none()));
+    let tmp = tempfile::tempdir().unwrap();
+    plain.save_pretrained(&tmp.path().join("m")).unwrap();
+    let reloaded = SequenceClassifier::load(&tmp.path().join("m"), &LoadOptions::new(Device::Cpu))
+        .unwrap()
+        .0;
+    let out = reloaded
+        .forward(
+            &g["input_ids"],
+            &g["attention_mask"],
+            &ForwardOptions::eval(),
+        )
+        .unwrap()
+        .logits;
+    let d = diff(&out, &expected);
+    assert!(d <= 1e-5, "{d}");
+}
+
+/// Gradients of every trainable parameter after one backward pass.
+fn grads(model: &PeftModel, g: &HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
+    for (_, t) in model.trainable_parameters() {
+        let mut gr = t.grad();
+        if gr.defined() {
+            let _ = gr.zero_();
+        }
+    }
+    let factor = Tensor::from(1.0f32);
+    let _loss = model
+        .loss_backward(&g["input_ids"], &g["attention_mask"], &g["labels"], &factor)
+        .unwrap();
+    model
+        .trainable_parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.grad().copy()))
+        .collect()
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients_with_lora_and_qlora() {
+    // Dropout-free tiny models (trainer fixtures) and LoRA dropout 0: both passes are exact.
+    for (dir, arch, targets) in [
+        ("trainer-bert", "bert", vec!["query", "value", "dense"]),
+        ("trainer-gpt2", "gpt2", vec!["c_attn", "c_fc"]),
+    ] {
+        let g = inputs(arch);
+        for quantized in [false, true] {
+            let make = || {
+                let cfg = LoraConfig {
+                    init_lora_weights: peftkit_adapters::InitLoraWeights::Bool(false),
+                    lora_dropout: 0.0,
+                    ..LoraConfig::new(&targets, 4, 8.0)
+                };
+                if quantized {
+                    PeftModel::new_quantized(load(dir), cfg, nf4_dq()).unwrap()
+                } else {
+                    PeftModel::new(load(dir), cfg).unwrap()
+                }
+            };
+            let plain = make();
+            // The same adapter through its files (tests share torch's generator across threads,
+            // so a second random init would not be the same).
+            let tmp = tempfile::tempdir().unwrap();
+            plain.save_pretrained(tmp.path(), None, None).unwrap();
+            let checkpointed = PeftModel::from_pretrained(load(dir), tmp.path()).unwrap();
+            assert_eq!(checkpointed.quantization().is_some(), quantized);
+            let expected = grads(&plain, &g);
+            assert!(checkpointed.enable_gradient_checkpointing());
+            let got = grads(&checkpointed, &g);
+            assert_eq!(expected.len(), got.len());
+            for ((n, a), (_, b)) in expected.iter().zip(&got) {
+                let d = diff(a, b);
+                assert!(
+                    d <= 1e-5,
+                    "{dir} quantized={quantized}: {n} gradient differs by {d}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_quantization_configs_name_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(QUANT_CONFIG_FILE);
+    for (text, needle) in [
+        (
+            r#"{"load_in_4bit": true, "bnb_4bit_compute_dtype": "float8"}"#,
+            "float8",
+        ),
+        (
+            r#"{"load_in_4bit": true, "bnb_4bit_quant_type": "int3"}"#,
+            "int3",
+        ),
+        (
+            r#"{"load_in_8bit": true, "load_in_4bit": false}"#,
+            "only 4-bit",
+        ),
+        (r#"{"load_in_4bit": true, "bnb_4bit_blocksize": 48}"#, "48"),
+        (
+            r#"{"load_in_4bit": true, "bnb_4bit_typo": 1}"#,
+            "bnb_4bit_typo",
+        ),
+    ] {
+        std::fs::write(&path, text).unwrap();
+        let e = BnbConfig::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains(QUANT_CONFIG_FILE) && e.contains(needle), "{e}");
+    }
+    // transformers' own serialisation of a BitsAndBytesConfig reads.
+    std::fs::write(
+        &path,
+        r#"{"_load_in_4bit": true, "_load_in_8bit": false, "bnb_4bit_compute_dtype": "float32",
+            "bnb_4bit_quant_storage": "uint8", "bnb_4bit_quant_type": "fp4",
+            "bnb_4bit_use_double_quant": false, "llm_int8_enable_fp32_cpu_offload": false,
+            "llm_int8_has_fp16_weight": false, "llm_int8_skip_modules": null,
+            "llm_int8_threshold": 6.0, "load_in_4bit": true, "load_in_8bit": false,
+            "quant_method": "bitsandbytes"}"#,
+    )
+    .unwrap();
+    let cfg = BnbConfig::from_file(&path).unwrap();
+    assert_eq!(cfg.bnb_4bit_quant_type, QuantType::Fp4);
+}
