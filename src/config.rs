@@ -170,6 +170,8 @@ pub enum Method {
     Head,
     /// LoRA adapters on a frozen base, with the head trained (peft's LoRA).
     Lora,
+    /// LoRA on a 4-bit quantized base (bitsandbytes' `load_in_4bit` + peft's LoRA).
+    Qlora,
 }
 
 /// `[adapter]`: the method, and its options with peft's names.
@@ -208,6 +210,24 @@ pub struct AdapterSection {
     /// Further modules trained in full and saved with the adapter (the head always is).
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
+    /// QLoRA: quantize the base to 4 bits (implied by `kind = "qlora"`).
+    #[serde(default)]
+    pub load_in_4bit: Option<bool>,
+    /// QLoRA: `nf4` (default) or `fp4`.
+    #[serde(default, alias = "quant_type")]
+    pub bnb_4bit_quant_type: Option<peftkit_adapters::quant::QuantType>,
+    /// QLoRA: double quantization of the absmax.
+    #[serde(default, alias = "double_quant")]
+    pub bnb_4bit_use_double_quant: Option<bool>,
+    /// QLoRA: `float32`, `float16` or `bfloat16` for the 4-bit products.
+    #[serde(default, alias = "compute_dtype")]
+    pub bnb_4bit_compute_dtype: Option<String>,
+    /// QLoRA: modules left in full precision (the head always is).
+    #[serde(default, alias = "skip_modules")]
+    pub llm_int8_skip_modules: Option<Vec<String>>,
+    /// QLoRA: elements per absmax block (64).
+    #[serde(default, alias = "blocksize")]
+    pub bnb_4bit_blocksize: Option<i64>,
 }
 
 impl AdapterSection {
@@ -222,6 +242,33 @@ impl AdapterSection {
             || self.init_lora_weights.is_some()
             || self.layers_to_transform.is_some()
             || self.modules_to_save.is_some()
+    }
+
+    fn has_quant_options(&self) -> bool {
+        self.load_in_4bit.is_some()
+            || self.bnb_4bit_quant_type.is_some()
+            || self.bnb_4bit_use_double_quant.is_some()
+            || self.bnb_4bit_compute_dtype.is_some()
+            || self.llm_int8_skip_modules.is_some()
+            || self.bnb_4bit_blocksize.is_some()
+    }
+
+    /// The 4-bit quantization of a `qlora` run (bitsandbytes' names; NF4 unless set).
+    pub fn bnb_config(&self) -> std::result::Result<peftkit_adapters::quant::BnbConfig, String> {
+        if self.load_in_4bit == Some(false) {
+            return Err("[adapter]: kind `qlora` needs load_in_4bit = true (or unset)".into());
+        }
+        let d = peftkit_adapters::quant::BnbConfig::default();
+        let cfg = peftkit_adapters::quant::BnbConfig {
+            bnb_4bit_quant_type: self.bnb_4bit_quant_type.unwrap_or(d.bnb_4bit_quant_type),
+            bnb_4bit_use_double_quant: self.bnb_4bit_use_double_quant.unwrap_or(false),
+            bnb_4bit_compute_dtype: self.bnb_4bit_compute_dtype.clone(),
+            llm_int8_skip_modules: self.llm_int8_skip_modules.clone(),
+            bnb_4bit_blocksize: self.bnb_4bit_blocksize.unwrap_or(d.bnb_4bit_blocksize),
+            ..d
+        };
+        cfg.validate().map_err(|e| format!("[adapter]: {e}"))?;
+        Ok(cfg)
     }
 
     /// The LoRA config (peft's defaults for what is not set).
@@ -371,12 +418,23 @@ impl ExperimentConfig {
             Method::Lora => {
                 self.adapter.lora_config()?;
             }
+            Method::Qlora => {
+                self.adapter.lora_config()?;
+                self.adapter.bnb_config()?;
+            }
             kind if self.adapter.has_lora_options() => {
                 return Err(
                     format!("[adapter] has LoRA options but kind is `{kind:?}`").to_lowercase()
                 );
             }
             _ => {}
+        }
+        if self.adapter.kind != Method::Qlora && self.adapter.has_quant_options() {
+            return Err(format!(
+                "[adapter] has 4-bit quantization options but kind is `{:?}` (use kind = \"qlora\")",
+                self.adapter.kind
+            )
+            .to_lowercase());
         }
         if self.data.max_length < 2 {
             return Err("data.max_length must be at least 2".into());

@@ -194,6 +194,22 @@ fn prepare(model: SequenceClassifier, cfg: &ExperimentConfig) -> Result<Tuned> {
         .map(|h| format!("{h}."))
         .collect();
     let method = cfg.adapter.kind;
+    if method == Method::Qlora {
+        let lora = cfg.adapter.lora_config().map_err(anyhow::Error::msg)?;
+        let bnb = cfg.adapter.bnb_config().map_err(anyhow::Error::msg)?;
+        let m = PeftModel::new_quantized(model, lora, bnb.clone())?;
+        eprintln!(
+            "QLoRA: base in 4-bit {}{}, LoRA on {} modules",
+            bnb.bnb_4bit_quant_type.name(),
+            if bnb.bnb_4bit_use_double_quant {
+                " + double quantization"
+            } else {
+                ""
+            },
+            m.adapted_modules().len()
+        );
+        return Ok(Tuned::Peft(m));
+    }
     if method == Method::Lora {
         let lora = cfg.adapter.lora_config().map_err(anyhow::Error::msg)?;
         let m = PeftModel::new(model, lora)?;
@@ -204,7 +220,7 @@ fn prepare(model: SequenceClassifier, cfg: &ExperimentConfig) -> Result<Tuned> {
         let trainable = match method {
             Method::Full => true,
             Method::Head => heads.iter().any(|h| name.starts_with(h.as_str())),
-            Method::Baseline | Method::Lora => false,
+            Method::Baseline | Method::Lora | Method::Qlora => false,
         };
         let _ = t.set_requires_grad(trainable);
     }

@@ -460,6 +460,10 @@ fn list_shows_every_experiment() {
         "emotion-baseline",
         "emotion-full",
         "imdb-head",
+        "minilm-sst2-qlora",
+        "emotion-qlora",
+        "emotion-qlora-tuned",
+        "imdb-qlora",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(name)),
@@ -516,4 +520,48 @@ fn merge_writes_a_plain_checkpoint_with_the_adapter_logits() {
             "{arch}: merged checkpoint logits differ from peft's adapter logits by {d}"
         );
     }
+}
+
+#[test]
+fn qlora_run_records_its_quantization_and_reloads_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut args = vec![
+        "reproduce",
+        "minilm-sst2-qlora",
+        "--output",
+        run.to_str().unwrap(),
+    ];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(&[
+        "--set",
+        "train.num_train_epochs=1",
+        "--set",
+        "data.eval_subset=128",
+        "--set",
+        "adapter.bnb_4bit_quant_type=\"fp4\"",
+    ]);
+    run_ok(&args);
+    let adapter = run.join("adapter");
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "quantization_config.json",
+        "id2label.json",
+    ] {
+        assert!(adapter.join(f).is_file(), "{f} missing from the adapter");
+    }
+    let q = json(&adapter.join("quantization_config.json"));
+    assert_eq!(q["load_in_4bit"], true);
+    assert_eq!(q["bnb_4bit_quant_type"], "fp4");
+    assert_eq!(q["bnb_4bit_use_double_quant"], true);
+    assert_eq!(q["bnb_4bit_compute_dtype"], "float32");
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        cfg.contains("kind = \"qlora\"") && cfg.contains("bnb_4bit_quant_type = \"fp4\""),
+        "{cfg}"
+    );
+    let report = json(&run.join("report.json"));
+    // The reload quantizes the base again from the recorded settings: the same predictions.
+    assert_eq!(report["reloaded_matches"], true);
 }

@@ -560,6 +560,97 @@ fn side_by_side(root: &Path, env: &TorchEnv) -> Result<()> {
     );
     std::fs::write(out.join("side-by-side.md"), &doc)?;
     println!("{doc}");
+    qlora_side_by_side(root, env, &minilm, &python, has_hf)
+}
+
+/// QLoRA's cost over LoRA for one MiniLM training micro-batch, peftkit (criterion bench) and
+/// peft + bitsandbytes (`bench/hf_qlora_cpu.py`) in the same run.
+fn qlora_side_by_side(
+    root: &Path,
+    env: &TorchEnv,
+    minilm: &Path,
+    python: &Path,
+    has_hf: bool,
+) -> Result<()> {
+    eprintln!("xtask: QLoRA vs LoRA 1/2: peftkit (criterion)");
+    let mut cmd = env.cargo(
+        root,
+        &[
+            "bench",
+            "-p",
+            "peftkit-adapters",
+            "--bench",
+            "qlora",
+            "--",
+            "minilm_train",
+        ],
+    );
+    for (k, v) in env.vars(root) {
+        cmd.env(k, v);
+    }
+    exec(cmd)?;
+    let median_ms = |bench: &str| -> Result<f64> {
+        let path = root
+            .join("target/criterion/minilm_train_microbatch_16x128_cpu")
+            .join(bench)
+            .join("new/estimates.json");
+        let v = read_json(&path)?;
+        Ok(v["median"]["point_estimate"].as_f64().unwrap_or(f64::NAN) / 1e6)
+    };
+    let (lora, qlora) = (
+        median_ms("lora_forward_backward")?,
+        median_ms("qlora_nf4_dq_forward_backward")?,
+    );
+    let mut table = format!(
+        "| framework | LoRA ms | QLoRA (NF4 + double quant) ms | QLoRA / LoRA |\n|---|---:|---:|---:|\n| peftkit | {lora:.0} | {qlora:.0} | {:.3} |\n",
+        qlora / lora
+    );
+    let has_bnb = has_hf
+        && Command::new(python)
+            .args(["-c", "import peft, bitsandbytes"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if has_bnb {
+        eprintln!("xtask: QLoRA vs LoRA 2/2: peft + bitsandbytes");
+        let mut py = Command::new(python);
+        py.current_dir(root)
+            .arg(root.join("bench/hf_qlora_cpu.py"))
+            .arg("--model-dir")
+            .arg(minilm);
+        let o = py.output().context("running bench/hf_qlora_cpu.py")?;
+        if !o.status.success() {
+            bail!(
+                "bench/hf_qlora_cpu.py failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let line = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        let hf: serde_json::Value =
+            serde_json::from_str(&line).context("parsing the peft QLoRA benchmark output")?;
+        let (hl, hq) = (
+            hf["lora_ms"].as_f64().unwrap_or(f64::NAN),
+            hf["qlora_nf4_dq_ms"].as_f64().unwrap_or(f64::NAN),
+        );
+        table += &format!(
+            "| peft + bitsandbytes | {hl:.0} | {hq:.0} | {:.3} |\n| **HF / peftkit time** | **{:.2}×** | **{:.2}×** | |\n",
+            hq / hl,
+            hl / lora,
+            hq / qlora
+        );
+    } else {
+        eprintln!("xtask: peft/bitsandbytes not importable: skipping their side (run `cargo xtask fixtures` once to install them)");
+    }
+    let doc = format!(
+        "One training micro-batch (forward + backward, 16 × 128 tokens, train mode) of all-MiniLM-L6-v2 with LoRA r 8 on query/key/value/dense, on an fp32 base vs an NF4 + double-quantized base; CPU.\n\n{table}"
+    );
+    let out = root.join("target").join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("qlora-vs-lora.md"), &doc)?;
+    println!("{doc}");
     Ok(())
 }
 

@@ -39,7 +39,7 @@ pub struct PeftModel {
     /// Names of the base variables of the head.
     head_names: Vec<String>,
     /// How the base was quantized (QLoRA), recorded with the adapter.
-    quantization: Option<BnbConfig>,
+    quantization: Option<Box<BnbConfig>>,
 }
 
 impl std::fmt::Debug for PeftModel {
@@ -126,13 +126,13 @@ impl PeftModel {
     ) -> Result<Self> {
         quantize_model(&mut base, &quantization)?;
         let mut model = Self::new(base, config)?;
-        model.quantization = Some(quantization);
+        model.quantization = Some(Box::new(quantization));
         Ok(model)
     }
 
     /// How the base was quantized, when it was (QLoRA).
     pub fn quantization(&self) -> Option<&BnbConfig> {
-        self.quantization.as_ref()
+        self.quantization.as_deref()
     }
 
     fn modules_to_save(&self, config: &LoraConfig) -> Vec<String> {
@@ -613,7 +613,7 @@ impl PeftModel {
             if base.linears().iter().all(|l| l.packed().is_none()) {
                 quantize_model(&mut base, &q)?;
             }
-            Some(q)
+            Some(Box::new(q))
         } else {
             None
         };

@@ -64,3 +64,53 @@ fn roberta_lora_count_equals_emotion_qlora() {
     .unwrap();
     assert_eq!(m.parameter_counts().0, 2_364_678);
 }
+
+#[test]
+fn roberta_qlora_count_and_bits_per_parameter() {
+    use peftkit_adapters::quant::{BnbConfig, QuantType};
+    // emotion-qlora as published: FP4, fp32 compute, classifier not quantized.
+    let fp4 = BnbConfig {
+        bnb_4bit_quant_type: QuantType::Fp4,
+        bnb_4bit_compute_dtype: Some("float32".into()),
+        ..BnbConfig::default()
+    };
+    let m = PeftModel::new_quantized(
+        random("FacebookAI/roberta-base", 6),
+        LoraConfig {
+            lora_dropout: 0.1,
+            ..LoraConfig::new(&["query", "key", "value"], 32, 32.0)
+        },
+        fp4,
+    )
+    .unwrap();
+    assert_eq!(m.parameter_counts().0, 2_364_678);
+    // The study's line: peft counts a 4-bit weight's elements, and the head twice.
+    assert!(
+        m.trainable_summary().ends_with("trainable%: 1.8617"),
+        "{}",
+        m.trainable_summary()
+    );
+    // Storage of the quantized base weights: 4.5 bits per parameter with fp32 absmax per 64,
+    // ≈ 4.127 with the absmax double-quantized.
+    for (double_quant, expected) in [(false, 4.5), (true, 4.127)] {
+        let mut base = random("FacebookAI/roberta-base", 6);
+        let summary = peftkit_adapters::quant::quantize_model(
+            &mut base,
+            &BnbConfig {
+                bnb_4bit_use_double_quant: double_quant,
+                ..BnbConfig::default()
+            },
+        )
+        .unwrap();
+        let bits = summary.bits_per_parameter();
+        eprintln!(
+            "roberta-base, {} linears, {} weights: fp32 {} bytes, NF4{} {} bytes = {bits:.4} bits/parameter",
+            summary.modules.len(),
+            summary.parameters,
+            summary.fp32_bytes,
+            if double_quant { " + double quant" } else { "" },
+            summary.quantized_bytes
+        );
+        assert!((bits - expected).abs() < 0.002, "{bits}");
+    }
+}
