@@ -338,7 +338,7 @@ fn run(cli: Cli) -> Result<()> {
                 unreachable!("an adapter was given")
             };
             let model_dir = peftkit_data::resolve_model(&model, None, true)?;
-            let merged = peft.merge_and_unload();
+            let merged = peft.merge_and_unload()?;
             peftkit_models::write_dir_atomically(&output, |tmp| -> Result<()> {
                 merged.write_checkpoint_files(tmp)?;
                 for f in peftkit::pipeline::TOKENIZER_FILES {

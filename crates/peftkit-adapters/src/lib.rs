@@ -1,5 +1,5 @@
-//! Adapters for peftkit's classifiers, layered like peft's tuners (config / layer / injection),
-//! with peft's file format both ways.
+//! Adapters for peftkit's classifiers (LoRA, QLoRA, prefix tuning), layered like peft's tuners
+//! (config / layer / injection), with peft's file format both ways.
 //!
 //! - [`LoraConfig`] has peft's field names and defaults; [`PeftModel::new`] injects LoRA at the
 //!   models' linear seam by module path (peft's matching rules: name suffixes, a full-match
@@ -8,6 +8,10 @@
 //! - [`PeftModel::save_pretrained`] writes `adapter_config.json` + `adapter_model.safetensors`
 //!   with peft's keys; [`PeftModel::from_pretrained`] reads adapters saved by Python peft.
 //! - Merge, unmerge, `merge_and_unload`, a disabled-adapter context, several named adapters.
+//! - QLoRA ([`quant`], [`PeftModel::new_quantized`]): LoRA on a base quantized to 4 bits with
+//!   bitsandbytes' bytes.
+//! - Prefix tuning ([`PrefixTuningConfig`], [`PrefixEncoder`]): per-layer key/value prefixes at
+//!   the models' attention seam, in peft's file format.
 //!
 //! ```no_run
 //! use peftkit_adapters::{LoraConfig, PeftModel};
@@ -22,13 +26,17 @@
 
 #![warn(missing_docs)]
 
+mod adapter_config;
 pub mod lora;
 mod peft_model;
+pub mod prefix;
 pub mod quant;
 pub mod targets;
 
 pub use lora::config::{Bias, InitLoraWeights, LayerIndexes, LoraConfig, TargetModules};
+pub use adapter_config::AdapterConfig;
 pub use lora::layer::{LoraLayer, LoraWeights};
+pub use prefix::{PrefixEncoder, PrefixTuningConfig};
 pub use peft_model::{PeftModel, DEFAULT_ADAPTER, PEFT_PREFIX};
 
 /// Errors of this crate; each names the file or key and the problem.

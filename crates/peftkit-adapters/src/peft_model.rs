@@ -1,7 +1,9 @@
-//! [`PeftModel`]: a [`SequenceClassifier`] with LoRA adapters, like peft's
-//! `PeftModelForSequenceClassification`.
+//! [`PeftModel`]: a [`SequenceClassifier`] with LoRA, QLoRA or prefix-tuning adapters, like
+//! peft's `PeftModelForSequenceClassification`.
 
+use crate::adapter_config::AdapterConfig;
 use crate::lora::config::{Bias, InitLoraWeights, LoraConfig};
+use crate::prefix::PrefixEncoder;
 use crate::lora::layer::{LoraLayer, LoraWeights};
 use crate::quant::{quantize_4bit, quantize_model, BnbConfig, Packed4bit, QUANT_CONFIG_FILE};
 use crate::targets::is_target;
@@ -14,8 +16,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
-/// The key prefix peft gives every saved tensor.
+/// The key prefix peft gives every saved tensor of a LoRA adapter (and the in-model names).
 pub const PEFT_PREFIX: &str = "base_model.model.";
+/// The key prefix of the head's tensors in a saved prefix-tuning adapter (prompt-learning methods
+/// do not wrap the base model).
+pub const PROMPT_LEARNING_PREFIX: &str = "base_model.";
+/// The key of the prefix in a saved prefix-tuning adapter.
+pub const PROMPT_EMBEDDINGS: &str = "prompt_embeddings";
 /// The adapter name peft uses when none is given.
 pub const DEFAULT_ADAPTER: &str = "default";
 
@@ -25,11 +32,16 @@ fn lora_of(linear: &Linear) -> Option<&LoraLayer> {
         .and_then(|h| h.as_any().downcast_ref::<LoraLayer>())
 }
 
-/// A classifier with LoRA adapters. The base is frozen; the active adapter's LoRA factors, the
-/// classification head (peft's `modules_to_save`) and the biases chosen by `bias` are trained.
+/// A classifier with adapters (LoRA, QLoRA, prefix tuning). The base is frozen; the active
+/// adapter's weights (LoRA factors, or the prefix encoder), the classification head (peft's
+/// `modules_to_save`) and, for LoRA, the biases chosen by `bias` are trained.
 pub struct PeftModel {
     base: SequenceClassifier,
-    configs: BTreeMap<String, LoraConfig>,
+    configs: BTreeMap<String, AdapterConfig>,
+    /// The prefix encoders of prefix-tuning adapters.
+    prefixes: BTreeMap<String, PrefixEncoder>,
+    /// Inside [`PeftModel::with_adapter_disabled`].
+    prefix_disabled: bool,
     active: String,
     /// The head as it was before any training: a new adapter starts from a copy (peft's
     /// `ModulesToSaveWrapper`).
@@ -58,15 +70,16 @@ impl std::fmt::Debug for PeftModel {
 
 impl PeftModel {
     /// Wraps `base` with a new adapter (peft's `get_peft_model`): freezes the base, injects LoRA
-    /// into the target modules, and makes the head and the chosen biases trainable.
-    pub fn new(base: SequenceClassifier, config: LoraConfig) -> Result<Self> {
+    /// into the target modules (or creates the prefix encoder), and makes the head (and LoRA's
+    /// chosen biases) trainable.
+    pub fn new(base: SequenceClassifier, config: impl Into<AdapterConfig>) -> Result<Self> {
         Self::with_adapter_name(base, config, DEFAULT_ADAPTER)
     }
 
     /// Like [`PeftModel::new`] with an adapter name.
     pub fn with_adapter_name(
         base: SequenceClassifier,
-        config: LoraConfig,
+        config: impl Into<AdapterConfig>,
         name: &str,
     ) -> Result<Self> {
         for (_, t) in base.var_store().variables() {
@@ -99,8 +112,10 @@ impl PeftModel {
             heads: BTreeMap::new(),
             head_names,
             quantization: None,
+            prefixes: BTreeMap::new(),
+            prefix_disabled: false,
         };
-        model.inject(name, config)?;
+        model.inject(name, config.into())?;
         model.refresh_trainable();
         Ok(model)
     }
@@ -121,7 +136,7 @@ impl PeftModel {
     /// ```
     pub fn new_quantized(
         mut base: SequenceClassifier,
-        config: LoraConfig,
+        config: impl Into<AdapterConfig>,
         quantization: BnbConfig,
     ) -> Result<Self> {
         quantize_model(&mut base, &quantization)?;
@@ -151,8 +166,33 @@ impl PeftModel {
         m
     }
 
-    /// Creates adapter `name` in every matching module.
-    fn inject(&mut self, name: &str, mut config: LoraConfig) -> Result<()> {
+    /// Creates adapter `name`.
+    fn inject(&mut self, name: &str, config: AdapterConfig) -> Result<()> {
+        match config {
+            AdapterConfig::Lora(c) => self.inject_lora(name, c),
+            AdapterConfig::PrefixTuning(mut c) => {
+                c.validate().map_err(AdapterError::Invalid)?;
+                c.resolve(self.base.config())
+                    .map_err(AdapterError::Invalid)?;
+                if c.modules_to_save.is_none() {
+                    c.modules_to_save = Some(vec!["classifier".into(), "score".into()]);
+                }
+                let encoder = PrefixEncoder::new(&c, self.base.device());
+                tracing::info!(
+                    adapter = name,
+                    virtual_tokens = c.num_virtual_tokens,
+                    "prefix tuning"
+                );
+                self.prefixes.insert(name.to_string(), encoder);
+                self.configs
+                    .insert(name.to_string(), AdapterConfig::PrefixTuning(c));
+                Ok(())
+            }
+        }
+    }
+
+    /// Creates LoRA adapter `name` in every matching module.
+    fn inject_lora(&mut self, name: &str, mut config: LoraConfig) -> Result<()> {
         config.validate().map_err(AdapterError::Invalid)?;
         let targets = config.target_modules.clone().ok_or_else(|| {
             AdapterError::Invalid(
@@ -259,7 +299,8 @@ impl PeftModel {
             config.modules_to_save = Some(vec!["classifier".into(), "score".into()]);
         }
         tracing::info!(adapter = name, modules = matched.len(), "LoRA injected");
-        self.configs.insert(name.to_string(), config);
+        self.configs
+            .insert(name.to_string(), AdapterConfig::Lora(config));
         Ok(())
     }
 
@@ -283,13 +324,13 @@ impl PeftModel {
 
     /// Adds another adapter; its head starts as a copy of the original head. The active adapter
     /// does not change.
-    pub fn add_adapter(&mut self, name: &str, config: LoraConfig) -> Result<()> {
+    pub fn add_adapter(&mut self, name: &str, config: impl Into<AdapterConfig>) -> Result<()> {
         if self.configs.contains_key(name) {
             return Err(AdapterError::Invalid(format!(
                 "an adapter named `{name}` exists already"
             )));
         }
-        self.inject(name, config)?;
+        self.inject(name, config.into())?;
         let head = self
             .original_head
             .iter()
@@ -339,8 +380,30 @@ impl PeftModel {
     }
 
     /// The active adapter's config.
-    pub fn config(&self) -> &LoraConfig {
+    pub fn config(&self) -> &AdapterConfig {
         &self.configs[&self.active]
+    }
+
+    /// The active adapter's LoRA config, when it is a LoRA adapter.
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.config().as_lora()
+    }
+
+    /// The active adapter's prefix encoder, when it is a prefix-tuning adapter (and adapters are
+    /// not disabled).
+    pub fn active_prefix(&self) -> Option<&PrefixEncoder> {
+        if self.prefix_disabled {
+            return None;
+        }
+        self.prefixes.get(&self.active)
+    }
+
+    /// The key prefix of the head's tensors in the active adapter's saved file.
+    fn saved_prefix(&self) -> &'static str {
+        match self.config() {
+            AdapterConfig::Lora(_) => PEFT_PREFIX,
+            AdapterConfig::PrefixTuning(_) => PROMPT_LEARNING_PREFIX,
+        }
     }
 
     /// The adapters' names.
@@ -364,9 +427,12 @@ impl PeftModel {
     }
 
     fn bias_names(&self) -> Vec<String> {
-        let cfg = &self.configs[&self.active];
+        let bias = match &self.configs[&self.active] {
+            AdapterConfig::Lora(c) => c.bias,
+            AdapterConfig::PrefixTuning(_) => Bias::None,
+        };
         let vars = self.base.var_store().variables();
-        let mut names: Vec<String> = match cfg.bias {
+        let mut names: Vec<String> = match bias {
             Bias::None => vec![],
             Bias::All => vars
                 .keys()
@@ -404,6 +470,9 @@ impl PeftModel {
                     w.b = w.b.detach().set_requires_grad(on);
                 }
             }
+        }
+        for (name, encoder) in self.prefixes.iter_mut() {
+            encoder.set_trainable(*name == active);
         }
     }
 
@@ -483,7 +552,14 @@ impl PeftModel {
     /// On a quantized base the result holds full-precision weights: each quantized weight is
     /// dequantized (plus the adapter's delta where it applies), so it can be saved as an HF
     /// checkpoint.
-    pub fn merge_and_unload(mut self) -> SequenceClassifier {
+    ///
+    /// A prefix-tuning adapter cannot be merged into weights (as in peft): an error.
+    pub fn merge_and_unload(mut self) -> Result<SequenceClassifier> {
+        if let AdapterConfig::PrefixTuning(_) = self.config() {
+            return Err(AdapterError::Invalid(
+                "a prefix-tuning adapter cannot be merged into the model's weights (as in peft): keep the adapter, or use LoRA".into(),
+            ));
+        }
         self.merge_adapter();
         for linear in self.base.linears_mut() {
             linear.take_hook();
@@ -492,7 +568,7 @@ impl PeftModel {
         for (_, t) in self.base.var_store().variables() {
             let _ = t.set_requires_grad(true);
         }
-        self.base
+        Ok(self.base)
     }
 
     /// Runs `f` with every adapter disabled (peft's `disable_adapter()` context): the base
@@ -513,25 +589,44 @@ impl PeftModel {
         let live = self.head_snapshot();
         self.restore_head(&self.original_head);
         set(self, true);
+        self.prefix_disabled = true;
         let out = f(self);
+        self.prefix_disabled = false;
         set(self, false);
         self.restore_head(&live);
         out
     }
 
-    /// A forward pass of the classifier with the active adapter.
+    /// A forward pass of the classifier with the active adapter (a prefix-tuning adapter supplies
+    /// its prefix; `opts`' own prefix is then ignored).
     pub fn forward(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
         opts: &ForwardOptions,
     ) -> peftkit_models::Result<peftkit_models::ClassifierOutput> {
-        self.base.forward(input_ids, attention_mask, opts)
+        match self.active_prefix() {
+            Some(p) => {
+                let o = if opts.train {
+                    ForwardOptions::train()
+                } else {
+                    ForwardOptions::eval()
+                };
+                self.base.forward(input_ids, attention_mask, &o.with_prefix(p))
+            }
+            None => self.base.forward(input_ids, attention_mask, opts),
+        }
     }
 
     /// The active adapter's tensors under peft's saved names.
     pub fn adapter_state_dict(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
+        if let Some(p) = self.prefixes.get(&self.active) {
+            out.push((
+                PROMPT_EMBEDDINGS.to_string(),
+                tch::no_grad(|| p.prompt_embeddings()).detach(),
+            ));
+        }
         for linear in self.base.linears() {
             if let Some(w) = lora_of(linear).and_then(|h| h.adapters.get(&self.active)) {
                 out.push((
@@ -545,8 +640,9 @@ impl PeftModel {
             }
         }
         let vars = self.base.var_store().variables();
+        let prefix = self.saved_prefix();
         for n in self.head_names.iter().chain(&self.bias_names()) {
-            out.push((format!("{PEFT_PREFIX}{n}"), vars[n].detach()));
+            out.push((format!("{prefix}{n}"), vars[n].detach()));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -575,8 +671,7 @@ impl PeftModel {
     ) -> Result<()> {
         let mut cfg = self.configs[&self.active].clone();
         if base_model_name_or_path.is_some() {
-            cfg.base_model_name_or_path = base_model_name_or_path.map(str::to_string);
-            cfg.revision = revision.map(str::to_string);
+            cfg.set_base_model(base_model_name_or_path, revision);
         }
         let json = serde_json::to_string_pretty(&cfg.to_json()).expect("config serialises");
         save_safetensors(
@@ -595,18 +690,21 @@ impl PeftModel {
         Ok(tensors
             .iter()
             .find(|(k, _)| {
-                k == &format!("{PEFT_PREFIX}score.weight")
-                    || k == &format!("{PEFT_PREFIX}classifier.out_proj.weight")
-                    || k == &format!("{PEFT_PREFIX}classifier.weight")
+                [PEFT_PREFIX, PROMPT_LEARNING_PREFIX].iter().any(|p| {
+                    k == &format!("{p}score.weight")
+                        || k == &format!("{p}classifier.out_proj.weight")
+                        || k == &format!("{p}classifier.weight")
+                })
             })
             .map(|(_, t)| t.size()[0] as usize))
     }
 
-    /// Loads a peft LoRA adapter directory onto `base` (peft's `PeftModel.from_pretrained`).
-    /// When the directory records a quantization (`quantization_config.json`, written for QLoRA
-    /// adapters), the base is quantized the same way first, unless it already is.
+    /// Loads a peft adapter directory (LoRA or prefix tuning) onto `base` (peft's
+    /// `PeftModel.from_pretrained`). When the directory records a quantization
+    /// (`quantization_config.json`, written for QLoRA adapters), the base is quantized the same
+    /// way first, unless it already is.
     pub fn from_pretrained(mut base: SequenceClassifier, dir: &Path) -> Result<Self> {
-        let config = LoraConfig::from_file(&dir.join("adapter_config.json"))?;
+        let config = AdapterConfig::from_file(&dir.join("adapter_config.json"))?;
         let quant_file = dir.join(QUANT_CONFIG_FILE);
         let quantization = if quant_file.is_file() {
             let q = BnbConfig::from_file(&quant_file)?;
@@ -626,7 +724,7 @@ impl PeftModel {
     /// Loads another adapter directory as `name` (peft's `load_adapter`); it does not become
     /// active.
     pub fn load_adapter(&mut self, dir: &Path, name: &str) -> Result<()> {
-        let config = LoraConfig::from_file(&dir.join("adapter_config.json"))?;
+        let config = AdapterConfig::from_file(&dir.join("adapter_config.json"))?;
         self.add_adapter(name, config)?;
         let previous = self.active.clone();
         self.set_adapter(name)?;
@@ -652,6 +750,23 @@ impl PeftModel {
         }
         let mut tensors: BTreeMap<String, Tensor> = read_safetensors(&file)?.into_iter().collect();
         let device = self.base.device();
+        if let Some(encoder) = self.prefixes.get_mut(name) {
+            let t = tensors
+                .remove(PROMPT_EMBEDDINGS)
+                .ok_or_else(|| AdapterError::Mismatch {
+                    path: file.clone(),
+                    key: PROMPT_EMBEDDINGS.into(),
+                    message: "missing: a prefix-tuning adapter stores its prefix there".into(),
+                })?;
+            encoder
+                .load_prompt_embeddings(&t)
+                .map_err(|message| AdapterError::Mismatch {
+                    path: file.clone(),
+                    key: PROMPT_EMBEDDINGS.into(),
+                    message,
+                })?;
+        }
+        let saved_prefix = self.saved_prefix();
         let mismatch = |key: &str, file_shape: Vec<i64>, model: Vec<i64>| {
             AdapterError::Mismatch {
             path: file.clone(),
@@ -691,7 +806,7 @@ impl PeftModel {
         }
         let vars = self.base.var_store().variables();
         for n in self.head_names.clone().iter().chain(&self.bias_names()) {
-            let key = format!("{PEFT_PREFIX}{n}");
+            let key = format!("{saved_prefix}{n}");
             let t = tensors.remove(&key).ok_or_else(|| AdapterError::Mismatch {
                 path: file.clone(),
                 key: key.clone(),
@@ -735,6 +850,12 @@ impl PeftModel {
                 }
             }
         }
+        for (name, p) in &self.prefixes {
+            lora_all += p.numel();
+            if *name == self.active {
+                lora_trainable += p.numel();
+            }
+        }
         (
             base_trainable + lora_trainable,
             base_all + lora_all + head * self.configs.len() as i64,
@@ -758,7 +879,17 @@ impl TrainModel for PeftModel {
         attention_mask: &Tensor,
         train: bool,
     ) -> std::result::Result<Tensor, ModelError> {
-        self.base.logits(input_ids, attention_mask, train)
+        match self.active_prefix() {
+            Some(_) => {
+                let opts = if train {
+                    ForwardOptions::train()
+                } else {
+                    ForwardOptions::eval()
+                };
+                Ok(self.forward(input_ids, attention_mask, &opts)?.logits)
+            }
+            None => self.base.logits(input_ids, attention_mask, train),
+        }
     }
 
     fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
@@ -787,6 +918,14 @@ impl TrainModel for PeftModel {
                 ));
             }
         }
+        if let Some(p) = self.prefixes.get(&self.active) {
+            for (n, t) in p.parameters() {
+                out.push((
+                    format!("prompt_encoder.{}.{n}", self.active),
+                    t.shallow_clone(),
+                ));
+            }
+        }
         out.extend(
             self.base
                 .trainable_parameters()
@@ -812,8 +951,25 @@ impl TrainModel for PeftModel {
         labels: &Tensor,
         factor: &Tensor,
     ) -> std::result::Result<Tensor, ModelError> {
-        self.base
-            .loss_backward(input_ids, attention_mask, labels, factor)
+        let Some(prefix) = self.active_prefix() else {
+            return self
+                .base
+                .loss_backward(input_ids, attention_mask, labels, factor);
+        };
+        if self.base.gradient_checkpointing() {
+            // The prefix reaches every recomputed layer (peft cannot combine the two).
+            return self.base.checkpointed_loss_backward(
+                input_ids,
+                attention_mask,
+                labels,
+                &ForwardOptions::train().with_prefix(prefix),
+                factor,
+            );
+        }
+        let logits = self.logits(input_ids, attention_mask, true)?;
+        let loss = self.loss(&logits, labels);
+        (&loss * factor).backward();
+        Ok(loss.detach())
     }
 
     fn enable_gradient_checkpointing(&self) -> bool {

@@ -2,7 +2,7 @@
 //! kind by writing its builder and one `adapter_suite!` line per model.
 
 use peftkit_adapters::quant::{quantize_model, BnbConfig, QuantType};
-use peftkit_adapters::{InitLoraWeights, LoraConfig, PeftModel};
+use peftkit_adapters::{InitLoraWeights, LoraConfig, PeftModel, PrefixTuningConfig};
 use peftkit_models::{
     read_safetensors, ForwardOptions, LoadOptions, SequenceClassifier, TrainModel,
 };
@@ -48,6 +48,14 @@ pub struct AdapterKind {
     reference_base: fn(&str) -> SequenceClassifier,
     /// `false`: merging does not apply to this kind (prefix tuning), as in peft.
     merges: bool,
+    /// A substring of the names of the adapter's own trainable tensors.
+    marker: &'static str,
+    /// Builds the kind with an invalid config, and a substring of the error it must give.
+    invalid: (fn(SequenceClassifier) -> peftkit_adapters::Result<PeftModel>, &'static str),
+}
+
+fn no_targets(base: SequenceClassifier) -> peftkit_adapters::Result<PeftModel> {
+    PeftModel::new(base, LoraConfig::new(&["no_such_module"], 4, 8.0))
 }
 
 /// Every weight of a model by name, packed (quantized) weights dequantized.
@@ -90,6 +98,8 @@ pub const LORA: AdapterKind = AdapterKind {
     build: build_lora,
     reference_base: base,
     merges: true,
+    marker: "lora_",
+    invalid: (no_targets, "matched no module"),
 };
 
 fn bnb() -> BnbConfig {
@@ -121,6 +131,47 @@ pub const QLORA: AdapterKind = AdapterKind {
     build: build_qlora,
     reference_base: quantized_base,
     merges: true,
+    marker: "lora_",
+    invalid: (no_targets, "matched no module"),
+};
+
+/// Prefix tuning, 4 virtual tokens, the prefix itself trained.
+fn build_prefix(_: &str, base: SequenceClassifier) -> peftkit_adapters::Result<PeftModel> {
+    PeftModel::new(base, PrefixTuningConfig::new(4))
+}
+
+/// Prefix tuning through the projection MLP (hidden 16).
+fn build_prefix_projection(_: &str, base: SequenceClassifier) -> peftkit_adapters::Result<PeftModel> {
+    PeftModel::new(
+        base,
+        PrefixTuningConfig {
+            prefix_projection: true,
+            encoder_hidden_size: Some(16),
+            ..PrefixTuningConfig::new(4)
+        },
+    )
+}
+
+fn no_virtual_tokens(base: SequenceClassifier) -> peftkit_adapters::Result<PeftModel> {
+    PeftModel::new(base, PrefixTuningConfig::new(0))
+}
+
+pub const PREFIX: AdapterKind = AdapterKind {
+    name: "prefix",
+    build: build_prefix,
+    reference_base: base,
+    merges: false,
+    marker: "prompt_encoder",
+    invalid: (no_virtual_tokens, "num_virtual_tokens must be positive"),
+};
+
+pub const PREFIX_PROJECTION: AdapterKind = AdapterKind {
+    name: "prefix_projection",
+    build: build_prefix_projection,
+    reference_base: base,
+    merges: false,
+    marker: "prompt_encoder",
+    invalid: (no_virtual_tokens, "num_virtual_tokens must be positive"),
 };
 
 fn logits(m: &PeftModel, g: &HashMap<String, Tensor>) -> Tensor {
@@ -157,7 +208,12 @@ pub fn save_load_round_trip(kind: &AdapterKind, arch: &str) {
 
 pub fn merged_equals_unmerged_and_merge_is_idempotent(kind: &AdapterKind, arch: &str) {
     if !kind.merges {
-        eprintln!("{}: merging is not applicable (as in peft)", kind.name);
+        // Not applicable, as in peft: merging does nothing and merge_and_unload refuses.
+        let mut model = wrap(kind, arch);
+        model.merge_adapter();
+        assert!(!model.is_merged(), "{} {arch}", kind.name);
+        let e = model.merge_and_unload().err().expect("merge_and_unload must refuse");
+        assert!(e.to_string().contains("cannot be merged"), "{e}");
         return;
     }
     let g = inputs(arch);
@@ -244,8 +300,9 @@ pub fn only_adapter_and_head_receive_gradients(kind: &AdapterKind, arch: &str) {
         .map(|(n, _)| n)
         .collect();
     assert!(
-        trainable.iter().any(|n| n.contains("lora_A"))
-            && trainable.iter().any(|n| n.contains("lora_B"))
+        trainable.iter().any(|n| n.contains(kind.marker)),
+        "{} {arch}: no adapter tensor among {trainable:?}",
+        kind.name
     );
     let heads = model.base().architecture().head_modules();
     for (name, v) in model.base().var_store().variables() {
@@ -274,7 +331,7 @@ pub fn trainable_count_is_adapter_plus_head(kind: &AdapterKind, arch: &str) {
     let head: i64 = model
         .trainable_parameters()
         .iter()
-        .filter(|(n, _)| !n.contains("lora_"))
+        .filter(|(n, _)| !n.contains(kind.marker))
         .map(|(_, t)| t.numel() as i64)
         .sum();
     let (_, base_all) = (kind.reference_base)(arch).parameter_counts();
@@ -286,10 +343,11 @@ pub fn trainable_count_is_adapter_plus_head(kind: &AdapterKind, arch: &str) {
     );
 }
 
-pub fn zero_matched_targets_is_an_error(kind: &AdapterKind, arch: &str) {
-    let err = PeftModel::new(base(arch), LoraConfig::new(&["no_such_module"], 4, 8.0)).unwrap_err();
+pub fn an_invalid_config_is_an_error(kind: &AdapterKind, arch: &str) {
+    let (build, needle) = kind.invalid;
+    let err = build(base(arch)).unwrap_err();
     assert!(
-        err.to_string().contains("matched no module"),
+        err.to_string().contains(needle),
         "{} {arch}: {err}",
         kind.name
     );
@@ -386,8 +444,8 @@ macro_rules! adapter_suite {
                 super::trainable_count_is_adapter_plus_head(&$kind, $arch)
             }
             #[test]
-            fn zero_matched_targets_is_an_error() {
-                super::zero_matched_targets_is_an_error(&$kind, $arch)
+            fn an_invalid_config_is_an_error() {
+                super::an_invalid_config_is_an_error(&$kind, $arch)
             }
             #[test]
             fn one_training_step_lowers_the_loss() {
@@ -403,3 +461,9 @@ adapter_suite!(lora_bert, LORA, "bert");
 adapter_suite!(qlora_gpt2, QLORA, "gpt2");
 adapter_suite!(qlora_roberta, QLORA, "roberta");
 adapter_suite!(qlora_bert, QLORA, "bert");
+adapter_suite!(prefix_gpt2, PREFIX, "gpt2");
+adapter_suite!(prefix_roberta, PREFIX, "roberta");
+adapter_suite!(prefix_bert, PREFIX, "bert");
+adapter_suite!(prefix_projection_gpt2, PREFIX_PROJECTION, "gpt2");
+adapter_suite!(prefix_projection_roberta, PREFIX_PROJECTION, "roberta");
+adapter_suite!(prefix_projection_bert, PREFIX_PROJECTION, "bert");

@@ -68,13 +68,13 @@ fn peft_adapters_reproduce_peft_logits() {
 #[test]
 fn gpt2_conv1d_sets_fan_in_fan_out() {
     let model = PeftModel::new(base("gpt2"), LoraConfig::new(&["c_attn"], 4, 8.0)).unwrap();
-    assert!(model.config().fan_in_fan_out);
+    assert!(model.lora_config().unwrap().fan_in_fan_out);
     assert_eq!(
         model.adapted_modules(),
         vec!["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
     );
     let model = PeftModel::new(base("bert"), LoraConfig::new(&["query"], 4, 8.0)).unwrap();
-    assert!(!model.config().fan_in_fan_out);
+    assert!(!model.lora_config().unwrap().fan_in_fan_out);
 }
 
 #[test]

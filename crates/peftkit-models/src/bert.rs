@@ -337,7 +337,7 @@ impl BertForSequenceClassification {
         prefix: Option<&dyn PrefixProvider>,
         train: bool,
     ) -> (Vec<Tensor>, Tensor, Tensor) {
-        let emb = self.embed(input_ids, train);
+        let emb = self.embed(input_ids, prefix.map_or(0, |p| p.position_offset()), train);
         let states = self.encoder.forward(emb, attention_mask, prefix, train);
         let first = states.last().expect("final hidden state").select(1, 0);
         let pooled = self.pooler.dense.forward(&first, train).tanh();
@@ -355,9 +355,10 @@ impl BertForSequenceClassification {
     }
 
     /// Gradient checkpointing's pieces.
-    pub(crate) fn embed(&self, input_ids: &Tensor, train: bool) -> Tensor {
+    pub(crate) fn embed(&self, input_ids: &Tensor, offset: i64, train: bool) -> Tensor {
         let (_, len) = input_ids.size2().expect("input ids are [batch, seq]");
-        let positions = Tensor::arange(len, (Kind::Int64, input_ids.device())).unsqueeze(0);
+        let positions =
+            Tensor::arange_start(offset, offset + len, (Kind::Int64, input_ids.device())).unsqueeze(0);
         self.embeddings.forward(input_ids, &positions, train)
     }
 

@@ -318,10 +318,16 @@ impl SequenceClassifier {
                 attention_mask.size()
             )));
         }
-        if size[1] > self.max_length() {
+        let offset = opts.prefix.map_or(0, |p| p.position_offset());
+        if size[1] + offset > self.max_length() {
             return Err(ModelError::Input(format!(
-                "sequence length {} exceeds the model's {} positions (truncate to max_length)",
+                "sequence length {}{} exceeds the model's {} positions (truncate to max_length)",
                 size[1],
+                if offset > 0 {
+                    format!(" after a prefix of {offset} positions")
+                } else {
+                    String::new()
+                },
                 self.max_length()
             )));
         }
@@ -356,11 +362,11 @@ impl SequenceClassifier {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn embed(&self, ids: &Tensor, train: bool) -> Tensor {
+    fn embed(&self, ids: &Tensor, offset: i64, train: bool) -> Tensor {
         match &self.inner {
-            Inner::Gpt2(m) => m.embed(ids, train),
-            Inner::Roberta(m) => m.embed(ids, train),
-            Inner::Bert(m) => m.embed(ids, train),
+            Inner::Gpt2(m) => m.embed(ids, offset, train),
+            Inner::Roberta(m) => m.embed(ids, offset, train),
+            Inner::Bert(m) => m.embed(ids, offset, train),
         }
     }
 
@@ -429,10 +435,11 @@ impl SequenceClassifier {
         };
         let n = self.num_layers();
         let prefix_len = opts.prefix.map_or(0, |p| p.num_tokens());
+        let offset = opts.prefix.map_or(0, |p| p.position_offset());
         let mut inputs = Vec::with_capacity(n + 1);
         tch::no_grad(|| {
             seeded(0);
-            inputs.push(self.embed(input_ids, train));
+            inputs.push(self.embed(input_ids, offset, train));
         });
         let causal = self.architecture() == Architecture::Gpt2;
         let mask =
@@ -466,7 +473,7 @@ impl SequenceClassifier {
             grad = x.grad();
         }
         seeded(0);
-        let emb = self.embed(input_ids, train);
+        let emb = self.embed(input_ids, offset, train);
         if emb.requires_grad() {
             (emb * &grad).sum(Kind::Float).backward();
         }

@@ -226,7 +226,7 @@ impl Gpt2Model {
         prefix: Option<&dyn PrefixProvider>,
         train: bool,
     ) -> Vec<Tensor> {
-        let x = self.embed(input_ids, train);
+        let x = self.embed(input_ids, prefix.map_or(0, |p| p.position_offset()), train);
         let prefix_len = prefix.map_or(0, |p| p.num_tokens());
         let mask = additive_mask(attention_mask, prefix_len, true, x.kind());
         let mut states = vec![x];
@@ -240,10 +240,12 @@ impl Gpt2Model {
         states
     }
 
-    /// Token + position embeddings with dropout.
-    pub fn embed(&self, input_ids: &Tensor, train: bool) -> Tensor {
+    /// Token + position embeddings with dropout; positions start at `offset` (a prefix's
+    /// length, as transformers counts a cache).
+    pub fn embed(&self, input_ids: &Tensor, offset: i64, train: bool) -> Tensor {
         let (_, len) = input_ids.size2().expect("input ids are [batch, seq]");
-        let positions = Tensor::arange(len, (Kind::Int64, input_ids.device())).unsqueeze(0);
+        let positions =
+            Tensor::arange_start(offset, offset + len, (Kind::Int64, input_ids.device())).unsqueeze(0);
         (input_ids.apply(&self.wte) + positions.apply(&self.wpe)).dropout(self.embd_pdrop, train)
     }
 
@@ -345,8 +347,8 @@ impl Gpt2ForSequenceClassification {
     }
 
     /// Gradient checkpointing's pieces: the embeddings, the additive mask, one block, the head.
-    pub(crate) fn embed(&self, input_ids: &Tensor, train: bool) -> Tensor {
-        self.transformer.embed(input_ids, train)
+    pub(crate) fn embed(&self, input_ids: &Tensor, offset: i64, train: bool) -> Tensor {
+        self.transformer.embed(input_ids, offset, train)
     }
 
     pub(crate) fn num_layers(&self) -> usize {

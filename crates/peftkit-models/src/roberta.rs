@@ -26,11 +26,12 @@ pub struct RobertaForSequenceClassification {
     padding_idx: i64,
 }
 
-/// RoBERTa's position ids: `padding_idx + 1, padding_idx + 2, ...` over real tokens and
-/// `padding_idx` on padding (transformers' `create_position_ids_from_input_ids`).
-pub fn position_ids(input_ids: &Tensor, padding_idx: i64) -> Tensor {
+/// RoBERTa's position ids: `padding_idx + 1 + offset, padding_idx + 2 + offset, ...` over real
+/// tokens and `padding_idx` on padding (transformers' `create_position_ids_from_input_ids`, with
+/// `past_key_values_length = offset`).
+pub fn position_ids(input_ids: &Tensor, padding_idx: i64, offset: i64) -> Tensor {
     let mask = input_ids.ne(padding_idx).to_kind(Kind::Int64);
-    mask.cumsum(1, Kind::Int64) * &mask + padding_idx
+    (mask.cumsum(1, Kind::Int64) + offset) * &mask + padding_idx
 }
 
 impl RobertaForSequenceClassification {
@@ -66,8 +67,8 @@ impl RobertaForSequenceClassification {
         prefix: Option<&dyn PrefixProvider>,
         train: bool,
     ) -> (Vec<Tensor>, Tensor, Tensor) {
-        let positions = position_ids(input_ids, self.padding_idx);
-        let emb = self.embeddings.forward(input_ids, &positions, train);
+        let offset = prefix.map_or(0, |p| p.position_offset());
+        let emb = self.embed(input_ids, offset, train);
         let states = self.encoder.forward(emb, attention_mask, prefix, train);
         let first = states.last().expect("final hidden state").select(1, 0);
         let c = &self.classifier;
@@ -80,9 +81,9 @@ impl RobertaForSequenceClassification {
     }
 
     /// Gradient checkpointing's pieces.
-    pub(crate) fn embed(&self, input_ids: &Tensor, train: bool) -> Tensor {
-        self.embeddings
-            .forward(input_ids, &position_ids(input_ids, self.padding_idx), train)
+    pub(crate) fn embed(&self, input_ids: &Tensor, offset: i64, train: bool) -> Tensor {
+        let positions = position_ids(input_ids, self.padding_idx, offset);
+        self.embeddings.forward(input_ids, &positions, train)
     }
 
     pub(crate) fn encoder(&self) -> &Encoder {

@@ -1,0 +1,356 @@
+//! Prefix tuning (peft's `PrefixTuningConfig` / `PrefixEncoder`): trainable keys and values that
+//! every attention layer prepends to its own, supplied through the models' attention seam
+//! ([`peftkit_models::PrefixProvider`]).
+
+use crate::{AdapterError, Result};
+use peftkit_models::{ModelConfig, PrefixProvider};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+fn d_peft_type() -> String {
+    "PREFIX_TUNING".into()
+}
+fn d_task() -> Option<String> {
+    Some("SEQ_CLS".into())
+}
+fn d_true() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// A prefix-tuning adapter's configuration, with peft's names and defaults. `token_dim`,
+/// `num_layers` and `num_attention_heads` are filled in from the model when unset (as peft does).
+///
+/// ```
+/// use peftkit_adapters::PrefixTuningConfig;
+/// let cfg = PrefixTuningConfig::new(20);
+/// assert!(!cfg.prefix_projection);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrefixTuningConfig {
+    /// Always `PREFIX_TUNING`.
+    #[serde(default = "d_peft_type")]
+    pub peft_type: String,
+    /// `SEQ_CLS` for sequence classification.
+    #[serde(default = "d_task")]
+    pub task_type: Option<String>,
+    /// Number of virtual tokens (prefix length).
+    #[serde(default = "d_virtual")]
+    pub num_virtual_tokens: i64,
+    /// The model's hidden size.
+    #[serde(default)]
+    pub token_dim: Option<i64>,
+    /// 1 for encoder-only and decoder-only models.
+    #[serde(default)]
+    pub num_transformer_submodules: Option<i64>,
+    /// The model's attention heads.
+    #[serde(default)]
+    pub num_attention_heads: Option<i64>,
+    /// The model's layers.
+    #[serde(default)]
+    pub num_layers: Option<i64>,
+    /// Hidden size of the projection MLP.
+    #[serde(default)]
+    pub encoder_hidden_size: Option<i64>,
+    /// Reparameterise the prefix with an MLP (embedding → Linear → tanh → Linear).
+    #[serde(default)]
+    pub prefix_projection: bool,
+    /// `"zero"`: start from zeros (the last projection layer, or the embedding); unset: random.
+    #[serde(default)]
+    pub init_weights: Option<String>,
+    /// Modules trained in full and saved with the adapter (the classification head).
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+    /// The base model's hub id or path.
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    /// The base model's revision.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// peft writes it; true in saved adapters (the prefix is then stored already projected).
+    #[serde(default)]
+    pub inference_mode: bool,
+    /// peftkit extension: real tokens take positions after the prefix, as transformers computes
+    /// them with a cache of `num_virtual_tokens` (what peft does). `false` keeps them at 0, 1, …;
+    /// written to the file only when false.
+    #[serde(default = "d_true", skip_serializing_if = "is_true")]
+    pub shift_position_ids: bool,
+}
+
+fn d_virtual() -> i64 {
+    20
+}
+
+impl Default for PrefixTuningConfig {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("every field has a default")
+    }
+}
+
+impl PrefixTuningConfig {
+    /// `num_virtual_tokens` virtual tokens, no projection.
+    pub fn new(num_virtual_tokens: i64) -> Self {
+        Self {
+            num_virtual_tokens,
+            ..Self::default()
+        }
+    }
+
+    /// Reads `adapter_config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| AdapterError::io(path, e))?;
+        let bad = |message: String| AdapterError::Config {
+            path: path.into(),
+            message,
+        };
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let peft_type = raw.get("peft_type").and_then(|v| v.as_str()).unwrap_or("");
+        if peft_type != "PREFIX_TUNING" {
+            return Err(bad(format!(
+                "peft_type is `{peft_type}`, expected PREFIX_TUNING"
+            )));
+        }
+        let cfg: Self = serde_json::from_value(raw).map_err(|e| bad(e.to_string()))?;
+        cfg.validate().map_err(bad)?;
+        Ok(cfg)
+    }
+
+    /// Checks values.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.num_virtual_tokens <= 0 {
+            return Err(format!(
+                "num_virtual_tokens must be positive, got {}",
+                self.num_virtual_tokens
+            ));
+        }
+        if self.num_transformer_submodules.is_some_and(|n| n != 1) {
+            return Err("num_transformer_submodules must be 1 (encoder-only or decoder-only models)".into());
+        }
+        if self.prefix_projection && self.encoder_hidden_size.is_some_and(|h| h <= 0) {
+            return Err("encoder_hidden_size must be positive".into());
+        }
+        match self.init_weights.as_deref() {
+            None | Some("zero") => Ok(()),
+            Some(other) => Err(format!("init_weights `{other}` (expected \"zero\" or null)")),
+        }
+    }
+
+    /// Fills `token_dim`, `num_layers`, `num_attention_heads` (and the projection's hidden size,
+    /// peft's default being `token_dim`) from the model; errors when set values disagree with it.
+    pub fn resolve(&mut self, model: &ModelConfig) -> std::result::Result<(), String> {
+        let (hidden, layers, heads) = match model {
+            ModelConfig::Gpt2(c, _) => (c.n_embd, c.n_layer, c.n_head),
+            ModelConfig::Bert(c, _) | ModelConfig::Roberta(c, _) => (
+                c.hidden_size,
+                c.num_hidden_layers,
+                c.num_attention_heads,
+            ),
+        };
+        for (name, slot, value) in [
+            ("token_dim", &mut self.token_dim, hidden),
+            ("num_layers", &mut self.num_layers, layers),
+            ("num_attention_heads", &mut self.num_attention_heads, heads),
+        ] {
+            match *slot {
+                None => *slot = Some(value),
+                Some(v) if v != value => {
+                    return Err(format!(
+                        "{name} is {v} in the adapter but {value} in the model: the adapter was made for another base model"
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        self.num_transformer_submodules.get_or_insert(1);
+        if self.prefix_projection {
+            self.encoder_hidden_size.get_or_insert(hidden);
+        }
+        Ok(())
+    }
+
+    /// The JSON peft writes.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        v["inference_mode"] = serde_json::json!(true);
+        v["peft_type"] = serde_json::json!("PREFIX_TUNING");
+        v
+    }
+
+    fn dims(&self) -> (i64, i64, i64) {
+        (
+            self.token_dim.expect("resolved"),
+            self.num_layers.expect("resolved"),
+            self.num_attention_heads.expect("resolved"),
+        )
+    }
+}
+
+/// The projection MLP of a prefix encoder: Linear → tanh → Linear.
+#[derive(Debug)]
+pub struct Projection {
+    /// `transform.0.weight` `[hidden, token_dim]`.
+    pub w1: Tensor,
+    /// `transform.0.bias`.
+    pub b1: Tensor,
+    /// `transform.2.weight` `[layers·2·token_dim, hidden]`.
+    pub w2: Tensor,
+    /// `transform.2.bias`.
+    pub b2: Tensor,
+}
+
+/// peft's `PrefixEncoder`: an embedding of the virtual tokens, optionally projected by an MLP,
+/// giving `[num_virtual_tokens, num_layers·2·token_dim]`: for every layer a key and a value per
+/// virtual token.
+#[derive(Debug)]
+pub struct PrefixEncoder {
+    /// `[num_virtual_tokens, token_dim]` with a projection, else the prefix itself.
+    pub embedding: Tensor,
+    /// The MLP, when training with `prefix_projection`.
+    pub projection: Option<Projection>,
+    num_virtual_tokens: i64,
+    layers: i64,
+    heads: i64,
+    head_dim: i64,
+    shift_positions: bool,
+}
+
+impl PrefixEncoder {
+    /// A randomly initialised encoder (peft's: embedding `N(0, 1)`, linears like
+    /// `nn.Linear`), on `device`. `config` must be resolved against the model.
+    pub fn new(config: &PrefixTuningConfig, device: Device) -> Self {
+        let (dim, layers, heads) = config.dims();
+        let n = config.num_virtual_tokens;
+        let opts = (Kind::Float, device);
+        let zero = config.init_weights.as_deref() == Some("zero");
+        let out = layers * 2 * dim;
+        let (embedding, projection) = if config.prefix_projection && !config.inference_mode {
+            let hidden = config.encoder_hidden_size.unwrap_or(dim);
+            let linear = |fan_in: i64, fan_out: i64| {
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                (
+                    Tensor::empty([fan_out, fan_in], opts).uniform_(-bound, bound),
+                    Tensor::empty([fan_out], opts).uniform_(-bound, bound),
+                )
+            };
+            let (w1, b1) = linear(dim, hidden);
+            let (mut w2, mut b2) = linear(hidden, out);
+            if zero {
+                let _ = w2.zero_();
+                let _ = b2.zero_();
+            }
+            (
+                Tensor::randn([n, dim], opts),
+                Some(Projection { w1, b1, w2, b2 }),
+            )
+        } else if zero {
+            (Tensor::zeros([n, out], opts), None)
+        } else {
+            (Tensor::randn([n, out], opts), None)
+        };
+        Self {
+            embedding,
+            projection,
+            num_virtual_tokens: n,
+            layers,
+            heads,
+            head_dim: dim / heads,
+            shift_positions: config.shift_position_ids,
+        }
+    }
+
+    /// The prefix as peft saves it (`prompt_embeddings`): `[num_virtual_tokens,
+    /// num_layers·2·token_dim]`, projected when there is a projection.
+    pub fn prompt_embeddings(&self) -> Tensor {
+        match &self.projection {
+            None => self.embedding.shallow_clone(),
+            Some(p) => self
+                .embedding
+                .linear(&p.w1, Some(&p.b1))
+                .tanh()
+                .linear(&p.w2, Some(&p.b2)),
+        }
+    }
+
+    /// Replaces the encoder by a stored prefix (`prompt_embeddings`, already projected), as peft
+    /// loads a saved adapter: the projection is dropped.
+    pub fn load_prompt_embeddings(&mut self, prefix: &Tensor) -> std::result::Result<(), String> {
+        let want = [self.num_virtual_tokens, self.layers * 2 * self.heads * self.head_dim];
+        if prefix.size() != want {
+            return Err(format!(
+                "shape {:?} but the model needs {want:?} (num_virtual_tokens × num_layers·2·token_dim)",
+                prefix.size()
+            ));
+        }
+        let requires = self.parameters().iter().any(|(_, t)| t.requires_grad());
+        self.embedding = prefix
+            .to_kind(Kind::Float)
+            .to_device(self.embedding.device())
+            .detach()
+            .set_requires_grad(requires);
+        self.projection = None;
+        Ok(())
+    }
+
+    /// The trainable tensors with peft's in-model names (`prompt_encoder.default.…`).
+    pub fn parameters(&self) -> Vec<(&'static str, &Tensor)> {
+        let mut out = vec![("embedding.weight", &self.embedding)];
+        if let Some(p) = &self.projection {
+            out.extend([
+                ("transform.0.weight", &p.w1),
+                ("transform.0.bias", &p.b1),
+                ("transform.2.weight", &p.w2),
+                ("transform.2.bias", &p.b2),
+            ]);
+        }
+        out
+    }
+
+    /// Sets whether the encoder's tensors require gradients.
+    pub fn set_trainable(&mut self, on: bool) {
+        let f = |t: &mut Tensor| *t = t.detach().set_requires_grad(on);
+        f(&mut self.embedding);
+        if let Some(p) = &mut self.projection {
+            for t in [&mut p.w1, &mut p.b1, &mut p.w2, &mut p.b2] {
+                f(t);
+            }
+        }
+    }
+
+    /// Number of elements of the encoder's tensors.
+    pub fn numel(&self) -> i64 {
+        self.parameters().iter().map(|(_, t)| t.numel() as i64).sum()
+    }
+}
+
+impl PrefixProvider for PrefixEncoder {
+    fn num_tokens(&self) -> i64 {
+        self.num_virtual_tokens
+    }
+
+    fn position_offset(&self) -> i64 {
+        if self.shift_positions {
+            self.num_virtual_tokens
+        } else {
+            0
+        }
+    }
+
+    fn key_value(&self, layer: usize, batch_size: i64) -> (Tensor, Tensor) {
+        // [n, layers·2·dim] → [n, layers·2, heads, head_dim]; layer i's key is slot 2i, its
+        // value 2i+1 (peft's view + permute + split).
+        let kv = self
+            .prompt_embeddings()
+            .view([self.num_virtual_tokens, self.layers * 2, self.heads, self.head_dim]);
+        let pick = |slot: i64| {
+            kv.select(1, slot)
+                .transpose(0, 1)
+                .unsqueeze(0)
+                .expand([batch_size, self.heads, self.num_virtual_tokens, self.head_dim], false)
+        };
+        (pick(2 * layer as i64), pick(2 * layer as i64 + 1))
+    }
+}
