@@ -172,6 +172,9 @@ pub enum Method {
     Lora,
     /// LoRA on a 4-bit quantized base (bitsandbytes' `load_in_4bit` + peft's LoRA).
     Qlora,
+    /// Prefix tuning: trainable per-layer key/value prefixes, the head trained (peft's
+    /// `PrefixTuningConfig`).
+    Prefix,
 }
 
 /// `[adapter]`: the method, and its options with peft's names.
@@ -228,6 +231,19 @@ pub struct AdapterSection {
     /// QLoRA: elements per absmax block (64).
     #[serde(default, alias = "blocksize")]
     pub bnb_4bit_blocksize: Option<i64>,
+    /// Prefix tuning: number of virtual tokens.
+    #[serde(default)]
+    pub num_virtual_tokens: Option<i64>,
+    /// Prefix tuning: reparameterise through an MLP.
+    #[serde(default)]
+    pub prefix_projection: Option<bool>,
+    /// Prefix tuning: the MLP's hidden size (default: the model's hidden size).
+    #[serde(default)]
+    pub encoder_hidden_size: Option<i64>,
+    /// Prefix tuning: real tokens' positions after the prefix, as peft/transformers (default
+    /// true).
+    #[serde(default)]
+    pub shift_position_ids: Option<bool>,
 }
 
 impl AdapterSection {
@@ -242,6 +258,30 @@ impl AdapterSection {
             || self.init_lora_weights.is_some()
             || self.layers_to_transform.is_some()
             || self.modules_to_save.is_some()
+    }
+
+    fn has_prefix_options(&self) -> bool {
+        self.num_virtual_tokens.is_some()
+            || self.prefix_projection.is_some()
+            || self.encoder_hidden_size.is_some()
+            || self.shift_position_ids.is_some()
+    }
+
+    /// The prefix-tuning config (peft's defaults for what is not set).
+    pub fn prefix_config(
+        &self,
+    ) -> std::result::Result<peftkit_adapters::PrefixTuningConfig, String> {
+        let d = peftkit_adapters::PrefixTuningConfig::default();
+        let cfg = peftkit_adapters::PrefixTuningConfig {
+            num_virtual_tokens: self.num_virtual_tokens.unwrap_or(d.num_virtual_tokens),
+            prefix_projection: self.prefix_projection.unwrap_or(false),
+            encoder_hidden_size: self.encoder_hidden_size,
+            shift_position_ids: self.shift_position_ids.unwrap_or(true),
+            modules_to_save: self.modules_to_save.clone(),
+            ..d
+        };
+        cfg.validate().map_err(|e| format!("[adapter]: {e}"))?;
+        Ok(cfg)
     }
 
     fn has_quant_options(&self) -> bool {
@@ -422,12 +462,35 @@ impl ExperimentConfig {
                 self.adapter.lora_config()?;
                 self.adapter.bnb_config()?;
             }
+            Method::Prefix => {
+                self.adapter.prefix_config()?;
+                let a = &self.adapter;
+                if a.r.is_some()
+                    || a.lora_alpha.is_some()
+                    || a.lora_dropout.is_some()
+                    || a.target_modules.is_some()
+                    || a.exclude_modules.is_some()
+                    || a.bias.is_some()
+                    || a.use_rslora.is_some()
+                    || a.init_lora_weights.is_some()
+                    || a.layers_to_transform.is_some()
+                {
+                    return Err("[adapter] has LoRA options but kind is `prefix`".into());
+                }
+            }
             kind if self.adapter.has_lora_options() => {
                 return Err(
                     format!("[adapter] has LoRA options but kind is `{kind:?}`").to_lowercase()
                 );
             }
             _ => {}
+        }
+        if self.adapter.kind != Method::Prefix && self.adapter.has_prefix_options() {
+            return Err(format!(
+                "[adapter] has prefix-tuning options but kind is `{:?}` (use kind = \"prefix\")",
+                self.adapter.kind
+            )
+            .to_lowercase());
         }
         if self.adapter.kind != Method::Qlora && self.adapter.has_quant_options() {
             return Err(format!(

@@ -210,6 +210,26 @@ fn prepare(model: SequenceClassifier, cfg: &ExperimentConfig) -> Result<Tuned> {
         );
         return Ok(Tuned::Peft(m));
     }
+    if method == Method::Prefix {
+        let prefix = cfg.adapter.prefix_config().map_err(anyhow::Error::msg)?;
+        let m = PeftModel::new(model, prefix)?;
+        if let Some(c) = m.config().as_prefix_tuning() {
+            eprintln!(
+                "prefix tuning: {} virtual tokens × {} layers{}",
+                c.num_virtual_tokens,
+                c.num_layers.unwrap_or(0),
+                if c.prefix_projection {
+                    format!(
+                        ", through an MLP (hidden {})",
+                        c.encoder_hidden_size.unwrap_or(0)
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        return Ok(Tuned::Peft(m));
+    }
     if method == Method::Lora {
         let lora = cfg.adapter.lora_config().map_err(anyhow::Error::msg)?;
         let m = PeftModel::new(model, lora)?;
@@ -220,7 +240,7 @@ fn prepare(model: SequenceClassifier, cfg: &ExperimentConfig) -> Result<Tuned> {
         let trainable = match method {
             Method::Full => true,
             Method::Head => heads.iter().any(|h| name.starts_with(h.as_str())),
-            Method::Baseline | Method::Lora | Method::Qlora => false,
+            Method::Baseline | Method::Lora | Method::Qlora | Method::Prefix => false,
         };
         let _ = t.set_requires_grad(trainable);
     }

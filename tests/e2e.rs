@@ -464,6 +464,11 @@ fn list_shows_every_experiment() {
         "emotion-qlora",
         "emotion-qlora-tuned",
         "imdb-qlora",
+        "emotion-prefix",
+        "emotion-prefix-tuned",
+        "minilm-sst2-prefix",
+        "minilm-emotion-prefix",
+        "minilm-emotion-lora",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(name)),
@@ -564,4 +569,60 @@ fn qlora_run_records_its_quantization_and_reloads_identically() {
     let report = json(&run.join("report.json"));
     // The reload quantizes the base again from the recorded settings: the same predictions.
     assert_eq!(report["reloaded_matches"], true);
+}
+
+#[test]
+fn prefix_run_saves_a_peft_prefix_adapter_that_reloads_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let mut args = vec![
+        "reproduce",
+        "minilm-sst2-prefix",
+        "--output",
+        run.to_str().unwrap(),
+    ];
+    args.extend_from_slice(SMALL);
+    args.extend_from_slice(&[
+        "--set",
+        "train.num_train_epochs=1",
+        "--set",
+        "data.eval_subset=128",
+        "--set",
+        "adapter.num_virtual_tokens=5",
+        "--set",
+        "train.gradient_checkpointing=true",
+    ]);
+    run_ok(&args);
+    let adapter = run.join("adapter");
+    let cfg = json(&adapter.join("adapter_config.json"));
+    assert_eq!(cfg["peft_type"], "PREFIX_TUNING");
+    assert_eq!(cfg["num_virtual_tokens"], 5);
+    assert_eq!(cfg["num_layers"], 6);
+    assert_eq!(cfg["token_dim"], 384);
+    let tensors: Vec<(String, tch::Tensor)> =
+        peftkit_models::read_safetensors(&adapter.join("adapter_model.safetensors")).unwrap();
+    let prefix = tensors
+        .iter()
+        .find(|(k, _)| k == "prompt_embeddings")
+        .expect("prompt_embeddings saved");
+    assert_eq!(prefix.1.size(), vec![5, 6 * 2 * 384]);
+    assert!(tensors
+        .iter()
+        .any(|(k, _)| k == "base_model.classifier.weight"));
+    let report = json(&run.join("report.json"));
+    assert_eq!(report["reloaded_matches"], true);
+    // Merging does not apply to prefix tuning: a clear error, nothing written.
+    let out = tmp.path().join("merged");
+    let minilm = std::env::var("PEFTKIT_MINILM_DIR").unwrap();
+    let err = run_err(&[
+        "merge",
+        "--model",
+        &minilm,
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(err.contains("cannot be merged"), "{err}");
+    assert!(!out.exists());
 }

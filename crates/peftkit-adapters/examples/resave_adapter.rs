@@ -1,6 +1,6 @@
-//! Loads a peft LoRA adapter onto a base checkpoint and saves it again with peftkit's writer:
-//! `cargo run --example resave_adapter -- BASE_DIR ADAPTER_DIR OUT_DIR`. The fixture script uses
-//! it to check that Python peft loads what peftkit writes.
+//! Loads a peft adapter (LoRA or prefix tuning) onto a base checkpoint and saves it again with
+//! peftkit's writer: `cargo run --example resave_adapter -- BASE_DIR ADAPTER_DIR OUT_DIR`. The fixture
+//! script uses it to check that Python peft loads what peftkit writes.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

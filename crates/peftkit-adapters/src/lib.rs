@@ -33,11 +33,11 @@ pub mod prefix;
 pub mod quant;
 pub mod targets;
 
-pub use lora::config::{Bias, InitLoraWeights, LayerIndexes, LoraConfig, TargetModules};
 pub use adapter_config::AdapterConfig;
+pub use lora::config::{Bias, InitLoraWeights, LayerIndexes, LoraConfig, TargetModules};
 pub use lora::layer::{LoraLayer, LoraWeights};
-pub use prefix::{PrefixEncoder, PrefixTuningConfig};
 pub use peft_model::{PeftModel, DEFAULT_ADAPTER, PEFT_PREFIX};
+pub use prefix::{PrefixEncoder, PrefixTuningConfig};
 
 /// Errors of this crate; each names the file or key and the problem.
 #[derive(Debug, thiserror::Error)]

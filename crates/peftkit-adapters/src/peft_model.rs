@@ -3,8 +3,8 @@
 
 use crate::adapter_config::AdapterConfig;
 use crate::lora::config::{Bias, InitLoraWeights, LoraConfig};
-use crate::prefix::PrefixEncoder;
 use crate::lora::layer::{LoraLayer, LoraWeights};
+use crate::prefix::PrefixEncoder;
 use crate::quant::{quantize_4bit, quantize_model, BnbConfig, Packed4bit, QUANT_CONFIG_FILE};
 use crate::targets::is_target;
 use crate::{AdapterError, Result};
@@ -612,7 +612,8 @@ impl PeftModel {
                 } else {
                     ForwardOptions::eval()
                 };
-                self.base.forward(input_ids, attention_mask, &o.with_prefix(p))
+                self.base
+                    .forward(input_ids, attention_mask, &o.with_prefix(p))
             }
             None => self.base.forward(input_ids, attention_mask, opts),
         }

@@ -34,9 +34,13 @@ fn diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn logits(m: &PeftModel, g: &HashMap<String, Tensor>) -> Tensor {
-    m.forward(&g["input_ids"], &g["attention_mask"], &ForwardOptions::eval())
-        .unwrap()
-        .logits
+    m.forward(
+        &g["input_ids"],
+        &g["attention_mask"],
+        &ForwardOptions::eval(),
+    )
+    .unwrap()
+    .logits
 }
 
 const ARCHS: [&str; 3] = ["gpt2", "roberta", "bert"];
@@ -123,18 +127,27 @@ fn position_shift_is_pefts_and_can_be_turned_off() {
     let dir = fixtures().join("prefix-roberta/adapter");
     let shifted = PeftModel::from_pretrained(base("roberta"), &dir).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.join("adapter_model.safetensors"), tmp.path().join("adapter_model.safetensors")).unwrap();
+    std::fs::copy(
+        dir.join("adapter_model.safetensors"),
+        tmp.path().join("adapter_model.safetensors"),
+    )
+    .unwrap();
     let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
     cfg["shift_position_ids"] = serde_json::json!(false);
     std::fs::write(tmp.path().join("adapter_config.json"), cfg.to_string()).unwrap();
     let unshifted = PeftModel::from_pretrained(base("roberta"), tmp.path()).unwrap();
     assert!(diff(&logits(&shifted, &g), &logits(&unshifted, &g)) > 1e-4);
     // Written back only when it differs from peft's behaviour.
-    unshifted.save_pretrained(&tmp.path().join("again"), None, None).unwrap();
+    unshifted
+        .save_pretrained(&tmp.path().join("again"), None, None)
+        .unwrap();
     let text = std::fs::read_to_string(tmp.path().join("again/adapter_config.json")).unwrap();
     assert!(text.contains("shift_position_ids"));
-    shifted.save_pretrained(&tmp.path().join("peft"), None, None).unwrap();
+    shifted
+        .save_pretrained(&tmp.path().join("peft"), None, None)
+        .unwrap();
     let text = std::fs::read_to_string(tmp.path().join("peft/adapter_config.json")).unwrap();
     assert!(!text.contains("shift_position_ids"));
 }
@@ -155,17 +168,32 @@ fn too_long_inputs_after_the_prefix_are_an_error() {
 fn prefix_configs_from_other_models_are_errors() {
     let dir = fixtures().join("prefix-bert/adapter");
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(dir.join("adapter_model.safetensors"), tmp.path().join("adapter_model.safetensors")).unwrap();
+    std::fs::copy(
+        dir.join("adapter_model.safetensors"),
+        tmp.path().join("adapter_model.safetensors"),
+    )
+    .unwrap();
     let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
     cfg["num_layers"] = serde_json::json!(12);
     std::fs::write(tmp.path().join("adapter_config.json"), cfg.to_string()).unwrap();
-    let e = PeftModel::from_pretrained(base("bert"), tmp.path()).unwrap_err().to_string();
-    assert!(e.contains("num_layers is 12 in the adapter but 2 in the model"), "{e}");
+    let e = PeftModel::from_pretrained(base("bert"), tmp.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("num_layers is 12 in the adapter but 2 in the model"),
+        "{e}"
+    );
     // A prefix of the wrong size names the key.
     cfg["num_layers"] = serde_json::json!(2);
     cfg["num_virtual_tokens"] = serde_json::json!(4);
     std::fs::write(tmp.path().join("adapter_config.json"), cfg.to_string()).unwrap();
-    let e = PeftModel::from_pretrained(base("bert"), tmp.path()).unwrap_err().to_string();
-    assert!(e.contains("prompt_embeddings") && e.contains("[3, 128]"), "{e}");
+    let e = PeftModel::from_pretrained(base("bert"), tmp.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("prompt_embeddings") && e.contains("[3, 128]"),
+        "{e}"
+    );
 }

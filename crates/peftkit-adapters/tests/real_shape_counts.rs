@@ -114,3 +114,21 @@ fn roberta_qlora_count_and_bits_per_parameter() {
         assert!((bits - expected).abs() < 0.002, "{bits}");
     }
 }
+
+#[test]
+fn roberta_prefix_count_equals_emotion_prefix() {
+    use peftkit_adapters::PrefixTuningConfig;
+    // emotion-prefix: 20 virtual tokens, no projection: 20 × 12 layers × 2 × 768 + classifier.
+    let m = PeftModel::new(
+        random("FacebookAI/roberta-base", 6),
+        PrefixTuningConfig::new(20),
+    )
+    .unwrap();
+    assert_eq!(m.parameter_counts().0, 963_846);
+    // The study's line (0.7673 %): peft counts the head twice in the total.
+    assert!(
+        m.trainable_summary().ends_with("trainable%: 0.7673"),
+        "{}",
+        m.trainable_summary()
+    );
+}

@@ -358,7 +358,8 @@ impl BertForSequenceClassification {
     pub(crate) fn embed(&self, input_ids: &Tensor, offset: i64, train: bool) -> Tensor {
         let (_, len) = input_ids.size2().expect("input ids are [batch, seq]");
         let positions =
-            Tensor::arange_start(offset, offset + len, (Kind::Int64, input_ids.device())).unsqueeze(0);
+            Tensor::arange_start(offset, offset + len, (Kind::Int64, input_ids.device()))
+                .unsqueeze(0);
         self.embeddings.forward(input_ids, &positions, train)
     }
 

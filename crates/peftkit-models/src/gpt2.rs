@@ -245,7 +245,8 @@ impl Gpt2Model {
     pub fn embed(&self, input_ids: &Tensor, offset: i64, train: bool) -> Tensor {
         let (_, len) = input_ids.size2().expect("input ids are [batch, seq]");
         let positions =
-            Tensor::arange_start(offset, offset + len, (Kind::Int64, input_ids.device())).unsqueeze(0);
+            Tensor::arange_start(offset, offset + len, (Kind::Int64, input_ids.device()))
+                .unsqueeze(0);
         (input_ids.apply(&self.wte) + positions.apply(&self.wpe)).dropout(self.embd_pdrop, train)
     }
 

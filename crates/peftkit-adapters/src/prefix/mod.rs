@@ -128,14 +128,18 @@ impl PrefixTuningConfig {
             ));
         }
         if self.num_transformer_submodules.is_some_and(|n| n != 1) {
-            return Err("num_transformer_submodules must be 1 (encoder-only or decoder-only models)".into());
+            return Err(
+                "num_transformer_submodules must be 1 (encoder-only or decoder-only models)".into(),
+            );
         }
         if self.prefix_projection && self.encoder_hidden_size.is_some_and(|h| h <= 0) {
             return Err("encoder_hidden_size must be positive".into());
         }
         match self.init_weights.as_deref() {
             None | Some("zero") => Ok(()),
-            Some(other) => Err(format!("init_weights `{other}` (expected \"zero\" or null)")),
+            Some(other) => Err(format!(
+                "init_weights `{other}` (expected \"zero\" or null)"
+            )),
         }
     }
 
@@ -144,11 +148,9 @@ impl PrefixTuningConfig {
     pub fn resolve(&mut self, model: &ModelConfig) -> std::result::Result<(), String> {
         let (hidden, layers, heads) = match model {
             ModelConfig::Gpt2(c, _) => (c.n_embd, c.n_layer, c.n_head),
-            ModelConfig::Bert(c, _) | ModelConfig::Roberta(c, _) => (
-                c.hidden_size,
-                c.num_hidden_layers,
-                c.num_attention_heads,
-            ),
+            ModelConfig::Bert(c, _) | ModelConfig::Roberta(c, _) => {
+                (c.hidden_size, c.num_hidden_layers, c.num_attention_heads)
+            }
         };
         for (name, slot, value) in [
             ("token_dim", &mut self.token_dim, hidden),
@@ -278,7 +280,10 @@ impl PrefixEncoder {
     /// Replaces the encoder by a stored prefix (`prompt_embeddings`, already projected), as peft
     /// loads a saved adapter: the projection is dropped.
     pub fn load_prompt_embeddings(&mut self, prefix: &Tensor) -> std::result::Result<(), String> {
-        let want = [self.num_virtual_tokens, self.layers * 2 * self.heads * self.head_dim];
+        let want = [
+            self.num_virtual_tokens,
+            self.layers * 2 * self.heads * self.head_dim,
+        ];
         if prefix.size() != want {
             return Err(format!(
                 "shape {:?} but the model needs {want:?} (num_virtual_tokens × num_layers·2·token_dim)",
@@ -322,7 +327,10 @@ impl PrefixEncoder {
 
     /// Number of elements of the encoder's tensors.
     pub fn numel(&self) -> i64 {
-        self.parameters().iter().map(|(_, t)| t.numel() as i64).sum()
+        self.parameters()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
     }
 }
 
@@ -342,14 +350,22 @@ impl PrefixProvider for PrefixEncoder {
     fn key_value(&self, layer: usize, batch_size: i64) -> (Tensor, Tensor) {
         // [n, layers·2·dim] → [n, layers·2, heads, head_dim]; layer i's key is slot 2i, its
         // value 2i+1 (peft's view + permute + split).
-        let kv = self
-            .prompt_embeddings()
-            .view([self.num_virtual_tokens, self.layers * 2, self.heads, self.head_dim]);
+        let kv = self.prompt_embeddings().view([
+            self.num_virtual_tokens,
+            self.layers * 2,
+            self.heads,
+            self.head_dim,
+        ]);
         let pick = |slot: i64| {
-            kv.select(1, slot)
-                .transpose(0, 1)
-                .unsqueeze(0)
-                .expand([batch_size, self.heads, self.num_virtual_tokens, self.head_dim], false)
+            kv.select(1, slot).transpose(0, 1).unsqueeze(0).expand(
+                [
+                    batch_size,
+                    self.heads,
+                    self.num_virtual_tokens,
+                    self.head_dim,
+                ],
+                false,
+            )
         };
         (pick(2 * layer as i64), pick(2 * layer as i64 + 1))
     }

@@ -1,0 +1,117 @@
+//! Prefix tuning beyond the generic suite: gradient checkpointing (which peft cannot combine with
+//! prefix tuning) gives the same gradients as without, and mixed precision works.
+
+use peftkit_adapters::{PeftModel, PrefixTuningConfig};
+use peftkit_models::{
+    read_safetensors, with_compute_dtype, LoadOptions, SequenceClassifier, TrainModel,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures")
+}
+
+fn load(dir: &str) -> SequenceClassifier {
+    SequenceClassifier::load(&fixtures().join(dir), &LoadOptions::new(Device::Cpu))
+        .unwrap()
+        .0
+}
+
+fn inputs(arch: &str) -> HashMap<String, Tensor> {
+    read_safetensors(&fixtures().join(format!("tiny-{arch}/golden.safetensors")))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+fn diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+fn grads(model: &PeftModel, g: &HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
+    let factor = Tensor::from(1.0f32);
+    let _loss = model
+        .loss_backward(&g["input_ids"], &g["attention_mask"], &g["labels"], &factor)
+        .unwrap();
+    model
+        .trainable_parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.grad().copy()))
+        .collect()
+}
+
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients() {
+    // Dropout-free tiny models (the trainer fixtures): both passes are deterministic.
+    for (dir, arch) in [("trainer-bert", "bert"), ("trainer-gpt2", "gpt2")] {
+        let g = inputs(arch);
+        for projection in [false, true] {
+            let cfg = PrefixTuningConfig {
+                prefix_projection: projection,
+                encoder_hidden_size: Some(16),
+                ..PrefixTuningConfig::new(5)
+            };
+            let plain = PeftModel::new(load(dir), cfg).unwrap();
+            // The same encoder for the checkpointed model: copy every tensor over.
+            let checkpointed = PeftModel::new(load(dir), plain.config().clone()).unwrap();
+            tch::no_grad(|| {
+                for ((_, a), (_, b)) in plain
+                    .trainable_parameters()
+                    .iter()
+                    .zip(checkpointed.trainable_parameters())
+                {
+                    let mut b = b;
+                    b.copy_(a);
+                }
+            });
+            assert!(checkpointed.enable_gradient_checkpointing());
+            let expected = grads(&plain, &g);
+            let got = grads(&checkpointed, &g);
+            assert_eq!(expected.len(), got.len());
+            for ((n, a), (_, b)) in expected.iter().zip(&got) {
+                assert!(a.defined() && b.defined(), "{dir}: {n} got no gradient");
+                let d = diff(a, b);
+                assert!(
+                    d <= 1e-5,
+                    "{dir} projection={projection}: {n} gradient differs by {d}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn mixed_precision_forward_and_backward() {
+    let g = inputs("roberta");
+    let model = PeftModel::new(load("tiny-roberta"), PrefixTuningConfig::new(4)).unwrap();
+    let fp32 = model
+        .logits(&g["input_ids"], &g["attention_mask"], false)
+        .unwrap();
+    let bf16 = with_compute_dtype(Some(Kind::BFloat16), || {
+        let logits = model
+            .logits(&g["input_ids"], &g["attention_mask"], true)
+            .unwrap();
+        model.loss(&logits, &g["labels"]).backward();
+        tch::no_grad(|| {
+            model
+                .logits(&g["input_ids"], &g["attention_mask"], false)
+                .unwrap()
+        })
+    });
+    let d = diff(&fp32, &bf16);
+    assert!(d < 0.05, "bf16 logits differ from fp32 by {d}");
+    for (n, t) in model.trainable_parameters() {
+        let grad = t.grad();
+        assert!(grad.defined(), "{n}: no gradient under bf16");
+        assert_eq!(grad.kind(), Kind::Float, "{n}: master weights stay fp32");
+        assert!(
+            bool::try_from(grad.isfinite().all()).unwrap(),
+            "{n}: non-finite gradient"
+        );
+    }
+}
