@@ -527,26 +527,32 @@ fn merge_writes_a_plain_checkpoint_with_the_adapter_logits() {
     }
 }
 
-#[test]
-fn qlora_run_records_its_quantization_and_reloads_identically() {
-    let tmp = tempfile::tempdir().unwrap();
-    let run = tmp.path().join("run");
-    let mut args = vec![
-        "reproduce",
-        "minilm-sst2-qlora",
-        "--output",
-        run.to_str().unwrap(),
-    ];
+/// `peftkit reproduce NAME` as the SMALL run for one epoch, evaluated on 128 validation rows,
+/// with further `--set` overrides.
+fn short_run(name: &str, run: &Path, overrides: &[&str]) {
+    let mut args = vec!["reproduce", name, "--output", run.to_str().unwrap()];
     args.extend_from_slice(SMALL);
     args.extend_from_slice(&[
         "--set",
         "train.num_train_epochs=1",
         "--set",
         "data.eval_subset=128",
-        "--set",
-        "adapter.bnb_4bit_quant_type=\"fp4\"",
     ]);
+    for o in overrides {
+        args.extend_from_slice(&["--set", o]);
+    }
     run_ok(&args);
+}
+
+#[test]
+fn qlora_run_records_its_quantization_and_reloads_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    short_run(
+        "minilm-sst2-qlora",
+        &run,
+        &["adapter.bnb_4bit_quant_type=\"fp4\""],
+    );
     let adapter = run.join("adapter");
     for f in [
         "adapter_config.json",
@@ -575,24 +581,14 @@ fn qlora_run_records_its_quantization_and_reloads_identically() {
 fn prefix_run_saves_a_peft_prefix_adapter_that_reloads_identically() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let mut args = vec![
-        "reproduce",
+    short_run(
         "minilm-sst2-prefix",
-        "--output",
-        run.to_str().unwrap(),
-    ];
-    args.extend_from_slice(SMALL);
-    args.extend_from_slice(&[
-        "--set",
-        "train.num_train_epochs=1",
-        "--set",
-        "data.eval_subset=128",
-        "--set",
-        "adapter.num_virtual_tokens=5",
-        "--set",
-        "train.gradient_checkpointing=true",
-    ]);
-    run_ok(&args);
+        &run,
+        &[
+            "adapter.num_virtual_tokens=5",
+            "train.gradient_checkpointing=true",
+        ],
+    );
     let adapter = run.join("adapter");
     let cfg = json(&adapter.join("adapter_config.json"));
     assert_eq!(cfg["peft_type"], "PREFIX_TUNING");

@@ -526,20 +526,7 @@ fn side_by_side(root: &Path, env: &TorchEnv) -> Result<()> {
         for (k, v) in env.vars(root) {
             py.env(k, v);
         }
-        let o = py.output().context("running bench/hf_trainer_cpu.py")?;
-        if !o.status.success() {
-            bail!(
-                "bench/hf_trainer_cpu.py failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        let line = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string();
-        let hf: serde_json::Value =
-            serde_json::from_str(&line).context("parsing the HF benchmark output")?;
+        let hf = json_output(py, "bench/hf_trainer_cpu.py")?;
         let hf_train = hf["train_samples_per_second"].as_f64().unwrap_or(f64::NAN);
         let hf_eval = hf["eval_samples_per_second"].as_f64().unwrap_or(f64::NAN);
         table += &format!(
@@ -561,6 +548,20 @@ fn side_by_side(root: &Path, env: &TorchEnv) -> Result<()> {
     std::fs::write(out.join("side-by-side.md"), &doc)?;
     println!("{doc}");
     qlora_side_by_side(root, env, &minilm, &python, has_hf)
+}
+
+/// Runs a Python benchmark script and parses the JSON object on the last line of its output.
+fn json_output(mut cmd: Command, script: &str) -> Result<serde_json::Value> {
+    let o = cmd.output().with_context(|| format!("running {script}"))?;
+    if !o.status.success() {
+        bail!("{script} failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let line = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    serde_json::from_str(&line).with_context(|| format!("parsing the output of {script}"))
 }
 
 /// QLoRA's cost over LoRA for one MiniLM training micro-batch, peftkit (criterion bench) and
@@ -617,20 +618,7 @@ fn qlora_side_by_side(
             .arg(root.join("bench/hf_qlora_cpu.py"))
             .arg("--model-dir")
             .arg(minilm);
-        let o = py.output().context("running bench/hf_qlora_cpu.py")?;
-        if !o.status.success() {
-            bail!(
-                "bench/hf_qlora_cpu.py failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        let line = String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string();
-        let hf: serde_json::Value =
-            serde_json::from_str(&line).context("parsing the peft QLoRA benchmark output")?;
+        let hf = json_output(py, "bench/hf_qlora_cpu.py")?;
         let (hl, hq) = (
             hf["lora_ms"].as_f64().unwrap_or(f64::NAN),
             hf["qlora_nf4_dq_ms"].as_f64().unwrap_or(f64::NAN),

@@ -7,14 +7,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use peftkit_adapters::{AdapterConfig, LoraConfig, PeftModel, PrefixTuningConfig};
-use peftkit_models::{LoadOptions, SequenceClassifier, TrainModel};
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
+mod common;
+use common::{minilm, MinilmBatch};
 
 fn variants() -> Vec<(&'static str, AdapterConfig)> {
     vec![
@@ -36,25 +32,19 @@ fn variants() -> Vec<(&'static str, AdapterConfig)> {
 }
 
 fn bench(c: &mut Criterion) {
-    let Some(dir) = std::env::var_os("PEFTKIT_MINILM_DIR") else {
-        eprintln!("PEFTKIT_MINILM_DIR is not set: nothing to measure");
-        return;
-    };
     let mut devices = vec![(Device::Cpu, "cpu")];
     if tch::Cuda::is_available() {
         devices.push((Device::Cuda(0), "cuda"));
     }
     for (device, dev) in devices {
+        if minilm(device).is_none() {
+            return;
+        }
         let mut g = c.benchmark_group(format!("minilm_prefix_vs_lora_16x128_{dev}"));
         g.sample_size(10);
-        let ids = Tensor::randint(29000, [16, 128], (Kind::Int64, device)) + 1000;
-        let mask = Tensor::ones([16, 128], (Kind::Int64, device));
-        let labels = Tensor::randint(2, [16], (Kind::Int64, device));
-        let factor = Tensor::from(1.0f32).to_device(device);
+        let batch = MinilmBatch::new(device);
         for (name, cfg) in variants() {
-            let opts = LoadOptions::new(device).with_labels(vec!["neg".into(), "pos".into()]);
-            let (base, _) = SequenceClassifier::load(std::path::Path::new(&dir), &opts).unwrap();
-            let model = PeftModel::new(base, cfg).unwrap();
+            let model = PeftModel::new(minilm(device).expect("checked"), cfg).unwrap();
             let trainable = model.parameter_counts().0;
             // fp32 weights + gradients + AdamW's two moments.
             println!(
@@ -62,11 +52,7 @@ fn bench(c: &mut Criterion) {
                 (16 * trainable) as f64 / (1 << 20) as f64
             );
             g.bench_function(format!("{name}/forward_backward"), |b| {
-                b.iter(|| {
-                    let loss = model.loss_backward(&ids, &mask, &labels, &factor).unwrap();
-                    sync(device);
-                    loss
-                })
+                b.iter(|| batch.step(&model, device))
             });
         }
         g.finish();

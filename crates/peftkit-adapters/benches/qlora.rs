@@ -12,16 +12,11 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use peftkit_adapters::quant::{quantize_4bit, BnbConfig, Packed4bit, QuantType};
 use peftkit_adapters::{LoraConfig, LoraLayer, LoraWeights, PeftModel};
-use peftkit_models::{
-    Linear, LoadOptions, PackedWeight, SequenceClassifier, TrainModel, WeightLayout,
-};
+use peftkit_models::{Linear, PackedWeight, WeightLayout};
 use tch::{nn, Device, Kind, Tensor};
 
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
+mod common;
+use common::{minilm, sync, MinilmBatch};
 
 /// The linear weights of one layer of roberta-base / gpt2 (the same shapes: q, k, v, o or the
 /// fused c_attn, and the MLP), as [out, in].
@@ -134,19 +129,15 @@ fn linear_bench(c: &mut Criterion, device: Device, dev: &str) {
 }
 
 fn step_bench(c: &mut Criterion, device: Device, dev: &str) {
-    let Some(dir) = std::env::var_os("PEFTKIT_MINILM_DIR") else {
+    if std::env::var_os("PEFTKIT_MINILM_DIR").is_none() {
         eprintln!("PEFTKIT_MINILM_DIR is not set: skipping the MiniLM training-step comparison");
         return;
-    };
+    }
     let mut g = c.benchmark_group(format!("minilm_train_microbatch_16x128_{dev}"));
     g.sample_size(10);
-    let ids = Tensor::randint(29000, [16, 128], (Kind::Int64, device)) + 1000;
-    let mask = Tensor::ones([16, 128], (Kind::Int64, device));
-    let labels = Tensor::randint(2, [16], (Kind::Int64, device));
-    let factor = Tensor::from(1.0f32).to_device(device);
+    let batch = MinilmBatch::new(device);
     for quantized in [false, true] {
-        let opts = LoadOptions::new(device).with_labels(vec!["neg".into(), "pos".into()]);
-        let (base, _) = SequenceClassifier::load(std::path::Path::new(&dir), &opts).unwrap();
+        let base = minilm(device).expect("PEFTKIT_MINILM_DIR is set");
         let lora = LoraConfig::new(&["query", "key", "value", "dense"], 8, 16.0);
         let model = if quantized {
             let bnb = BnbConfig {
@@ -159,11 +150,7 @@ fn step_bench(c: &mut Criterion, device: Device, dev: &str) {
         };
         let name = if quantized { "qlora_nf4_dq" } else { "lora" };
         g.bench_function(format!("{name}/forward_backward"), |b| {
-            b.iter(|| {
-                let loss = model.loss_backward(&ids, &mask, &labels, &factor).unwrap();
-                sync(device);
-                loss
-            })
+            b.iter(|| batch.step(&model, device))
         });
     }
     g.finish();

@@ -1,43 +1,16 @@
 //! One test suite for every (model × adapter kind) pair, like peft's `PeftCommonTester`: add a
 //! kind by writing its builder and one `adapter_suite!` line per model.
 
+mod common;
+use common::*;
+
 use peftkit_adapters::quant::{quantize_model, BnbConfig, QuantType};
 use peftkit_adapters::{InitLoraWeights, LoraConfig, PeftModel, PrefixTuningConfig};
-use peftkit_models::{
-    read_safetensors, ForwardOptions, LoadOptions, SequenceClassifier, TrainModel,
-};
+use peftkit_models::{ForwardOptions, SequenceClassifier, TrainModel};
 use peftkit_tokenize::Padding;
 use peftkit_train::{Dataset, Strategy, Trainer, TrainingArgs};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures")
-}
-
-fn base(arch: &str) -> SequenceClassifier {
-    SequenceClassifier::load(
-        &fixtures().join(format!("tiny-{arch}")),
-        &LoadOptions::new(Device::Cpu),
-    )
-    .unwrap()
-    .0
-}
-
-fn inputs(arch: &str) -> HashMap<String, Tensor> {
-    read_safetensors(&fixtures().join(format!("tiny-{arch}/golden.safetensors")))
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
-}
+use tch::{Kind, Tensor};
 
 /// An adapter kind under test: how to build it on a (full-precision) base, the base model it
 /// must reduce to when disabled or unmerged, and whether it merges.
@@ -179,16 +152,6 @@ pub const PREFIX_PROJECTION: AdapterKind = AdapterKind {
     marker: "prompt_encoder",
     invalid: (no_virtual_tokens, "num_virtual_tokens must be positive"),
 };
-
-fn logits(m: &PeftModel, g: &HashMap<String, Tensor>) -> Tensor {
-    m.forward(
-        &g["input_ids"],
-        &g["attention_mask"],
-        &ForwardOptions::eval(),
-    )
-    .unwrap()
-    .logits
-}
 
 fn wrap(kind: &AdapterKind, arch: &str) -> PeftModel {
     tch::manual_seed(7);

@@ -2,53 +2,20 @@
 //! `data/fixtures/make_fixtures.py`, peft 0.21.2) load in peftkit with the same logits, and
 //! adapters peftkit saves have peft's keys, shapes, dtypes and config fields.
 
+mod common;
+use common::*;
+
 use peftkit_adapters::{AdapterError, LoraConfig, PeftModel};
-use peftkit_models::{read_safetensors, ForwardOptions, LoadOptions, SequenceClassifier};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use peftkit_models::{read_safetensors, LoadOptions, SequenceClassifier};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures")
-}
-
-fn golden(path: &Path) -> HashMap<String, Tensor> {
-    read_safetensors(path).unwrap().into_iter().collect()
-}
-
-fn base(arch: &str) -> SequenceClassifier {
-    SequenceClassifier::load(
-        &fixtures().join(format!("tiny-{arch}")),
-        &LoadOptions::new(Device::Cpu),
-    )
-    .unwrap()
-    .0
-}
-
-fn diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
-}
-
-fn logits(model: &PeftModel, g: &HashMap<String, Tensor>) -> Tensor {
-    model
-        .forward(
-            &g["input_ids"],
-            &g["attention_mask"],
-            &ForwardOptions::eval(),
-        )
-        .unwrap()
-        .logits
-}
 
 #[test]
 fn peft_adapters_reproduce_peft_logits() {
     for arch in ["gpt2", "roberta", "bert"] {
         let dir = fixtures().join(format!("lora-{arch}"));
-        let inputs = golden(&fixtures().join(format!("tiny-{arch}/golden.safetensors")));
-        let expected = golden(&dir.join("golden.safetensors"));
+        let inputs = read(&fixtures().join(format!("tiny-{arch}/golden.safetensors")));
+        let expected = read(&dir.join("golden.safetensors"));
         let mut model = PeftModel::from_pretrained(base(arch), &dir.join("adapter")).unwrap();
         let d = diff(&logits(&model, &inputs), &expected["logits"]);
         assert!(d <= 1e-5, "{arch}: logits differ from peft's by {d}");
@@ -130,7 +97,7 @@ fn saved_adapters_have_peft_keys_shapes_dtypes_and_config() {
         assert_eq!(ours["base_model_name_or_path"], "tiny");
         // Loading our file gives back the same values.
         let again = PeftModel::from_pretrained(base(arch), &out).unwrap();
-        let inputs = golden(&fixtures().join(format!("tiny-{arch}/golden.safetensors")));
+        let inputs = read(&fixtures().join(format!("tiny-{arch}/golden.safetensors")));
         assert_eq!(
             diff(&logits(&again, &inputs), &logits(&model, &inputs)),
             0.0
@@ -224,7 +191,7 @@ fn a_target_list_matching_nothing_lists_the_modules() {
 
 #[test]
 fn several_named_adapters_switch_factors_and_heads() {
-    let inputs = golden(&fixtures().join("tiny-roberta/golden.safetensors"));
+    let inputs = read(&fixtures().join("tiny-roberta/golden.safetensors"));
     let mut model =
         PeftModel::from_pretrained(base("roberta"), &fixtures().join("lora-roberta/adapter"))
             .unwrap();
@@ -276,7 +243,7 @@ fn gradient_checkpointing_with_lora_gives_the_same_gradients() {
             .unwrap()
             .0
         };
-        let inputs = golden(&fixtures().join(format!("tiny-{arch}/golden.safetensors")));
+        let inputs = read(&fixtures().join(format!("tiny-{arch}/golden.safetensors")));
         // The second model gets the first one's adapter from disk: no dependence on the global
         // generator, which parallel tests share.
         let cfg = LoraConfig {

@@ -1,49 +1,12 @@
 //! Prefix tuning beyond the generic suite: gradient checkpointing (which peft cannot combine with
 //! prefix tuning) gives the same gradients as without, and mixed precision works.
 
+mod common;
+use common::*;
+
 use peftkit_adapters::{PeftModel, PrefixTuningConfig};
-use peftkit_models::{
-    read_safetensors, with_compute_dtype, LoadOptions, SequenceClassifier, TrainModel,
-};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures")
-}
-
-fn load(dir: &str) -> SequenceClassifier {
-    SequenceClassifier::load(&fixtures().join(dir), &LoadOptions::new(Device::Cpu))
-        .unwrap()
-        .0
-}
-
-fn inputs(arch: &str) -> HashMap<String, Tensor> {
-    read_safetensors(&fixtures().join(format!("tiny-{arch}/golden.safetensors")))
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
-}
-
-fn grads(model: &PeftModel, g: &HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
-    let factor = Tensor::from(1.0f32);
-    let _loss = model
-        .loss_backward(&g["input_ids"], &g["attention_mask"], &g["labels"], &factor)
-        .unwrap();
-    model
-        .trainable_parameters()
-        .into_iter()
-        .map(|(n, t)| (n, t.grad().copy()))
-        .collect()
-}
+use peftkit_models::{with_compute_dtype, TrainModel};
+use tch::Kind;
 
 #[test]
 fn gradient_checkpointing_gives_the_same_gradients() {

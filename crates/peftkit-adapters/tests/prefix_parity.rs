@@ -3,45 +3,13 @@
 //! has peft's keys, shapes and config fields (the fixture script's `check_saved` step loads it in
 //! peft).
 
+mod common;
+use common::*;
+
 use peftkit_adapters::{AdapterConfig, PeftModel, PrefixTuningConfig};
-use peftkit_models::{read_safetensors, ForwardOptions, LoadOptions, SequenceClassifier};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use peftkit_models::ForwardOptions;
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures")
-}
-
-fn load(path: &Path) -> HashMap<String, Tensor> {
-    read_safetensors(path).unwrap().into_iter().collect()
-}
-
-fn base(arch: &str) -> SequenceClassifier {
-    SequenceClassifier::load(
-        &fixtures().join(format!("tiny-{arch}")),
-        &LoadOptions::new(Device::Cpu),
-    )
-    .unwrap()
-    .0
-}
-
-fn diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
-}
-
-fn logits(m: &PeftModel, g: &HashMap<String, Tensor>) -> Tensor {
-    m.forward(
-        &g["input_ids"],
-        &g["attention_mask"],
-        &ForwardOptions::eval(),
-    )
-    .unwrap()
-    .logits
-}
 
 const ARCHS: [&str; 3] = ["gpt2", "roberta", "bert"];
 
@@ -49,8 +17,8 @@ const ARCHS: [&str; 3] = ["gpt2", "roberta", "bert"];
 fn peft_prefix_adapters_reproduce_peft_logits() {
     for arch in ARCHS {
         let dir = fixtures().join(format!("prefix-{arch}"));
-        let g = load(&fixtures().join(format!("tiny-{arch}/golden.safetensors")));
-        let expected = load(&dir.join("golden.safetensors"));
+        let g = read(&fixtures().join(format!("tiny-{arch}/golden.safetensors")));
+        let expected = read(&dir.join("golden.safetensors"));
         let model = PeftModel::from_pretrained(base(arch), &dir.join("adapter")).unwrap();
         assert!(model.active_prefix().is_some());
         let d = diff(&logits(&model, &g), &expected["logits"]);
@@ -70,7 +38,7 @@ fn trainable_counts_equal_peft() {
         // As created for training (peft's counts were taken before saving).
         cfg.inference_mode = false;
         let model = PeftModel::new(base(arch), cfg).unwrap();
-        let counts = load(&dir.join("golden.safetensors"))["counts"].shallow_clone();
+        let counts = read(&dir.join("golden.safetensors"))["counts"].shallow_clone();
         let want = (counts.int64_value(&[0]), counts.int64_value(&[1]));
         assert_eq!(model.parameter_counts(), want, "{arch}");
     }
@@ -85,8 +53,8 @@ fn saved_adapters_have_pefts_keys_shapes_and_fields() {
         model
             .save_pretrained(tmp.path(), Some("tiny"), None)
             .unwrap();
-        let theirs = load(&dir.join("adapter_model.safetensors"));
-        let ours = load(&tmp.path().join("adapter_model.safetensors"));
+        let theirs = read(&dir.join("adapter_model.safetensors"));
+        let ours = read(&tmp.path().join("adapter_model.safetensors"));
         let mut tk: Vec<_> = theirs.keys().collect();
         let mut ok: Vec<_> = ours.keys().collect();
         tk.sort();
@@ -123,7 +91,7 @@ fn saved_adapters_have_pefts_keys_shapes_and_fields() {
 
 #[test]
 fn position_shift_is_pefts_and_can_be_turned_off() {
-    let g = load(&fixtures().join("tiny-roberta/golden.safetensors"));
+    let g = read(&fixtures().join("tiny-roberta/golden.safetensors"));
     let dir = fixtures().join("prefix-roberta/adapter");
     let shifted = PeftModel::from_pretrained(base("roberta"), &dir).unwrap();
     let tmp = tempfile::tempdir().unwrap();

@@ -2,48 +2,13 @@
 //! re-quantization (merged vs unmerged measured against what 4-bit rounding allows), gradient
 //! checkpointing (same gradients as without), skip modules, and bad configs.
 
+mod common;
+use common::*;
+
 use peftkit_adapters::quant::{quantize_model, BnbConfig, QuantType, QUANT_CONFIG_FILE};
 use peftkit_adapters::{LoraConfig, PeftModel};
-use peftkit_models::{
-    read_safetensors, ForwardOptions, LoadOptions, SequenceClassifier, TrainModel,
-};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use peftkit_models::{ForwardOptions, LoadOptions, SequenceClassifier, TrainModel};
 use tch::{Device, Kind, Tensor};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures")
-}
-
-fn load(dir: &str) -> SequenceClassifier {
-    SequenceClassifier::load(&fixtures().join(dir), &LoadOptions::new(Device::Cpu))
-        .unwrap()
-        .0
-}
-
-fn inputs(arch: &str) -> HashMap<String, Tensor> {
-    read_safetensors(&fixtures().join(format!("tiny-{arch}/golden.safetensors")))
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-fn diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
-}
-
-fn logits(m: &PeftModel, g: &HashMap<String, Tensor>) -> Tensor {
-    m.forward(
-        &g["input_ids"],
-        &g["attention_mask"],
-        &ForwardOptions::eval(),
-    )
-    .unwrap()
-    .logits
-}
 
 fn nf4_dq() -> BnbConfig {
     BnbConfig {
@@ -192,25 +157,6 @@ fn merge_and_unload_dequantizes_into_a_saveable_checkpoint() {
     assert!(d <= 1e-5, "{d}");
 }
 
-/// Gradients of every trainable parameter after one backward pass.
-fn grads(model: &PeftModel, g: &HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
-    for (_, t) in model.trainable_parameters() {
-        let mut gr = t.grad();
-        if gr.defined() {
-            let _ = gr.zero_();
-        }
-    }
-    let factor = Tensor::from(1.0f32);
-    let _loss = model
-        .loss_backward(&g["input_ids"], &g["attention_mask"], &g["labels"], &factor)
-        .unwrap();
-    model
-        .trainable_parameters()
-        .into_iter()
-        .map(|(n, t)| (n, t.grad().copy()))
-        .collect()
-}
-
 #[test]
 fn gradient_checkpointing_gives_the_same_gradients_with_lora_and_qlora() {
     // Dropout-free tiny models (trainer fixtures) and LoRA dropout 0: both passes are exact.
@@ -294,4 +240,57 @@ fn bad_quantization_configs_name_the_file() {
     .unwrap();
     let cfg = BnbConfig::from_file(&path).unwrap();
     assert_eq!(cfg.bnb_4bit_quant_type, QuantType::Fp4);
+}
+
+#[test]
+fn compute_dtype_sets_the_product_precision_and_keeps_the_input_dtype() {
+    let g = inputs("bert");
+    let x = Tensor::randn([3, 32], (Kind::Float, Device::Cpu));
+    let run = |compute: Option<&str>| {
+        let mut model = load("tiny-bert");
+        let cfg = BnbConfig {
+            bnb_4bit_compute_dtype: compute.map(str::to_string),
+            ..nf4_dq()
+        };
+        quantize_model(&mut model, &cfg).unwrap();
+        let l = model
+            .linears()
+            .into_iter()
+            .find(|l| l.packed().is_some())
+            .unwrap();
+        assert_eq!(l.in_features(), 32);
+        let y = l.forward(&x, false);
+        let logits = model
+            .forward(
+                &g["input_ids"],
+                &g["attention_mask"],
+                &ForwardOptions::eval(),
+            )
+            .unwrap()
+            .logits;
+        (y, logits)
+    };
+    let (y32, l32) = run(Some("float32"));
+    let (y_default, l_default) = run(None);
+    assert_eq!(
+        diff(&y32, &y_default),
+        0.0,
+        "unset = the input's dtype (fp32)"
+    );
+    assert_eq!(diff(&l32, &l_default), 0.0);
+    for dtype in ["bfloat16", "float16"] {
+        let (y, logits) = run(Some(dtype));
+        assert_eq!(
+            y.kind(),
+            Kind::Float,
+            "{dtype}: output in the input's dtype, as bitsandbytes"
+        );
+        let d = diff(&y, &y32);
+        assert!(
+            d > 0.0 && d < 0.05,
+            "{dtype}: product differs from fp32 compute by {d}"
+        );
+        let d = diff(&logits, &l32);
+        assert!(d < 0.05, "{dtype}: logits differ from fp32 compute by {d}");
+    }
 }

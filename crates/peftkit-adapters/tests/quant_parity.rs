@@ -2,29 +2,15 @@
 //! `data/fixtures/make_fixtures.py --only quant`, its CPU backend): the same packed bytes, absmax
 //! and nested state, and the same dequantized values; QLoRA logits equal to peft + bitsandbytes.
 
+mod common;
+use common::*;
+
 use peftkit_adapters::quant::{
     dynamic_map, quantize_4bit, quantize_model, Absmax, BnbConfig, QuantType,
 };
 use peftkit_adapters::PeftModel;
-use peftkit_models::{read_safetensors, ForwardOptions, LoadOptions, SequenceClassifier};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use peftkit_models::ForwardOptions;
 use tch::{Device, Kind, Tensor};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures")
-}
-
-fn load(path: &Path) -> HashMap<String, Tensor> {
-    read_safetensors(path).unwrap().into_iter().collect()
-}
-
-fn diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-        .abs()
-        .max()
-        .double_value(&[])
-}
 
 const CASES: [(&str, i64); 6] = [
     ("square", 64),
@@ -37,7 +23,7 @@ const CASES: [(&str, i64); 6] = [
 
 #[test]
 fn quantization_matches_bitsandbytes_bytes() {
-    let f = load(&fixtures().join("quant/blockwise.safetensors"));
+    let f = read(&fixtures().join("quant/blockwise.safetensors"));
     let mut checked = 0;
     for (name, blocksize) in CASES {
         let x = &f[&format!("{name}.input")];
@@ -110,7 +96,7 @@ fn quantization_matches_bitsandbytes_bytes() {
 
 #[test]
 fn dynamic_map_is_bitsandbytes() {
-    let f = load(&fixtures().join("quant/blockwise.safetensors"));
+    let f = read(&fixtures().join("quant/blockwise.safetensors"));
     assert_eq!(diff(&dynamic_map(), &f["nested.nf4.dq.code2"]), 0.0);
 }
 
@@ -133,18 +119,9 @@ fn bad_blocksize_and_empty_are_errors() {
     assert!(quantize_4bit(&empty, 64, QuantType::Nf4, false).is_err());
 }
 
-fn base(arch: &str) -> SequenceClassifier {
-    SequenceClassifier::load(
-        &fixtures().join(format!("tiny-{arch}")),
-        &LoadOptions::new(Device::Cpu),
-    )
-    .unwrap()
-    .0
-}
-
 #[test]
 fn qlora_reproduces_peft_on_bitsandbytes() {
-    let golden = load(&fixtures().join("quant/qlora.safetensors"));
+    let golden = read(&fixtures().join("quant/qlora.safetensors"));
     let config = BnbConfig {
         bnb_4bit_use_double_quant: true,
         bnb_4bit_compute_dtype: Some("float32".into()),
@@ -162,7 +139,7 @@ fn qlora_reproduces_peft_on_bitsandbytes() {
         let peft =
             PeftModel::from_pretrained(model, &fixtures().join(format!("lora-{arch}/adapter")))
                 .unwrap();
-        let inputs = load(&fixtures().join(format!("tiny-{arch}/golden.safetensors")));
+        let inputs = read(&fixtures().join(format!("tiny-{arch}/golden.safetensors")));
         let logits = peft
             .forward(
                 &inputs["input_ids"],

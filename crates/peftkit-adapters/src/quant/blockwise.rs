@@ -71,6 +71,8 @@ pub struct Quantized4bit {
     pub blocksize: i64,
     /// NF4 or FP4.
     pub quant_type: QuantType,
+    /// The 16 code values, kept on the packed codes' device (no host copy per product).
+    pub code: Tensor,
 }
 
 fn check_blocksize(blocksize: i64) -> Result<()> {
@@ -138,6 +140,7 @@ pub fn quantize_4bit(
             "cannot quantize an empty tensor".into(),
         ));
     }
+    let code = code_tensor(quant_type, x.device());
     let (packed, absmax) = tch::no_grad(|| {
         let flat = x.detach().to_kind(Kind::Float).reshape([-1]);
         let (mut scaled, absmax) = scale_blocks(&flat, blocksize);
@@ -145,7 +148,6 @@ pub fn quantize_4bit(
             scaled = scaled.constant_pad_nd([0, 1]);
         }
         // Nearest code by its sorted midpoints (a value on a midpoint takes the lower code).
-        let code = code_tensor(quant_type, flat.device());
         let (sorted, order) = code.sort(0, false);
         let mid = (sorted.narrow(0, 0, 15) + sorted.narrow(0, 1, 15)) / 2.0;
         let idx = order.index_select(0, &scaled.bucketize(&mid, false, false));
@@ -174,6 +176,7 @@ pub fn quantize_4bit(
         shape: x.size(),
         blocksize,
         quant_type,
+        code,
     })
 }
 
@@ -188,8 +191,7 @@ impl Quantized4bit {
     pub fn dequantize(&self, kind: Kind) -> Tensor {
         let n = self.numel();
         let codes = self.unpacked_codes();
-        let table = code_tensor(self.quant_type, self.packed.device());
-        let values = table.index_select(0, &codes.to_kind(Kind::Int64));
+        let values = self.code.index_select(0, &codes.to_kind(Kind::Int64));
         let absmax = self.absmax.values();
         let rem = n % self.blocksize;
         let full = n - rem;
@@ -253,6 +255,7 @@ impl Quantized4bit {
             shape: self.shape.clone(),
             blocksize: self.blocksize,
             quant_type: self.quant_type,
+            code: self.code.to_device(device),
         }
     }
 }

@@ -1,0 +1,71 @@
+//! Helpers shared by this crate's integration tests: the golden fixtures (made by
+//! `data/fixtures/make_fixtures.py`) and the comparisons.
+
+#![allow(dead_code)]
+
+use peftkit_adapters::PeftModel;
+use peftkit_models::{
+    read_safetensors, ForwardOptions, LoadOptions, SequenceClassifier, TrainModel,
+};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// `data/fixtures/`.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures")
+}
+
+/// A safetensors file's tensors by name.
+pub fn read(path: &Path) -> HashMap<String, Tensor> {
+    read_safetensors(path).unwrap().into_iter().collect()
+}
+
+/// A fixture checkpoint directory (`tiny-bert`, `trainer-gpt2`, …) on the CPU.
+pub fn load(dir: &str) -> SequenceClassifier {
+    SequenceClassifier::load(&fixtures().join(dir), &LoadOptions::new(Device::Cpu))
+        .unwrap()
+        .0
+}
+
+/// The tiny random checkpoint of `arch`.
+pub fn base(arch: &str) -> SequenceClassifier {
+    load(&format!("tiny-{arch}"))
+}
+
+/// The golden batch of `arch`'s tiny checkpoint (`input_ids`, `attention_mask`, `labels`, …).
+pub fn inputs(arch: &str) -> HashMap<String, Tensor> {
+    read(&fixtures().join(format!("tiny-{arch}/golden.safetensors")))
+}
+
+/// The largest absolute difference.
+pub fn diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
+}
+
+/// Eval-mode logits of the golden batch.
+pub fn logits(m: &PeftModel, g: &HashMap<String, Tensor>) -> Tensor {
+    m.forward(
+        &g["input_ids"],
+        &g["attention_mask"],
+        &ForwardOptions::eval(),
+    )
+    .unwrap()
+    .logits
+}
+
+/// The gradients of every trainable tensor after one `loss_backward` of the golden batch.
+pub fn grads(model: &impl TrainModel, g: &HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
+    let factor = Tensor::from(1.0f32);
+    let _loss = model
+        .loss_backward(&g["input_ids"], &g["attention_mask"], &g["labels"], &factor)
+        .unwrap();
+    model
+        .trainable_parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.grad().copy()))
+        .collect()
+}
