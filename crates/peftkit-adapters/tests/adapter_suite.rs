@@ -6,7 +6,7 @@ use common::*;
 
 use peftkit_adapters::quant::{quantize_model, BnbConfig, QuantType};
 use peftkit_adapters::{InitLoraWeights, LoraConfig, PeftModel, PrefixTuningConfig};
-use peftkit_models::{ForwardOptions, SequenceClassifier, TrainModel};
+use peftkit_models::{SequenceClassifier, TrainModel};
 use peftkit_tokenize::Padding;
 use peftkit_train::{Dataset, Strategy, Trainer, TrainingArgs};
 use std::collections::HashMap;
@@ -230,14 +230,7 @@ pub fn unmerge_restores_the_base(kind: &AdapterKind, arch: &str) {
 
 pub fn disable_restores_base_logits(kind: &AdapterKind, arch: &str) {
     let g = inputs(arch);
-    let plain = (kind.reference_base)(arch)
-        .forward(
-            &g["input_ids"],
-            &g["attention_mask"],
-            &ForwardOptions::eval(),
-        )
-        .unwrap()
-        .logits;
+    let plain = plain_logits(&(kind.reference_base)(arch), &g);
     let mut model = wrap(kind, arch);
     assert!(
         diff(&logits(&model, &g), &plain) > 1e-4,

@@ -94,17 +94,9 @@ fn position_shift_is_pefts_and_can_be_turned_off() {
     let g = read(&fixtures().join("tiny-roberta/golden.safetensors"));
     let dir = fixtures().join("prefix-roberta/adapter");
     let shifted = PeftModel::from_pretrained(base("roberta"), &dir).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        dir.join("adapter_model.safetensors"),
-        tmp.path().join("adapter_model.safetensors"),
-    )
-    .unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
-            .unwrap();
-    cfg["shift_position_ids"] = serde_json::json!(false);
-    std::fs::write(tmp.path().join("adapter_config.json"), cfg.to_string()).unwrap();
+    let tmp = edited_adapter(&dir, |cfg| {
+        cfg["shift_position_ids"] = serde_json::json!(false)
+    });
     let unshifted = PeftModel::from_pretrained(base("roberta"), tmp.path()).unwrap();
     assert!(diff(&logits(&shifted, &g), &logits(&unshifted, &g)) > 1e-4);
     // Written back only when it differs from peft's behaviour.
@@ -135,17 +127,7 @@ fn too_long_inputs_after_the_prefix_are_an_error() {
 #[test]
 fn prefix_configs_from_other_models_are_errors() {
     let dir = fixtures().join("prefix-bert/adapter");
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        dir.join("adapter_model.safetensors"),
-        tmp.path().join("adapter_model.safetensors"),
-    )
-    .unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
-            .unwrap();
-    cfg["num_layers"] = serde_json::json!(12);
-    std::fs::write(tmp.path().join("adapter_config.json"), cfg.to_string()).unwrap();
+    let tmp = edited_adapter(&dir, |cfg| cfg["num_layers"] = serde_json::json!(12));
     let e = PeftModel::from_pretrained(base("bert"), tmp.path())
         .unwrap_err()
         .to_string();
@@ -154,9 +136,7 @@ fn prefix_configs_from_other_models_are_errors() {
         "{e}"
     );
     // A prefix of the wrong size names the key.
-    cfg["num_layers"] = serde_json::json!(2);
-    cfg["num_virtual_tokens"] = serde_json::json!(4);
-    std::fs::write(tmp.path().join("adapter_config.json"), cfg.to_string()).unwrap();
+    let tmp = edited_adapter(&dir, |cfg| cfg["num_virtual_tokens"] = serde_json::json!(4));
     let e = PeftModel::from_pretrained(base("bert"), tmp.path())
         .unwrap_err()
         .to_string();

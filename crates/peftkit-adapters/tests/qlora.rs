@@ -7,7 +7,7 @@ use common::*;
 
 use peftkit_adapters::quant::{quantize_model, BnbConfig, QuantType, QUANT_CONFIG_FILE};
 use peftkit_adapters::{LoraConfig, PeftModel};
-use peftkit_models::{ForwardOptions, LoadOptions, SequenceClassifier, TrainModel};
+use peftkit_models::{LoadOptions, SequenceClassifier, TrainModel};
 use tch::{Device, Kind, Tensor};
 
 fn nf4_dq() -> BnbConfig {
@@ -145,14 +145,7 @@ fn merge_and_unload_dequantizes_into_a_saveable_checkpoint() {
     let reloaded = SequenceClassifier::load(&tmp.path().join("m"), &LoadOptions::new(Device::Cpu))
         .unwrap()
         .0;
-    let out = reloaded
-        .forward(
-            &g["input_ids"],
-            &g["attention_mask"],
-            &ForwardOptions::eval(),
-        )
-        .unwrap()
-        .logits;
+    let out = plain_logits(&reloaded, &g);
     let d = diff(&out, &expected);
     assert!(d <= 1e-5, "{d}");
 }
@@ -260,14 +253,7 @@ fn compute_dtype_sets_the_product_precision_and_keeps_the_input_dtype() {
             .unwrap();
         assert_eq!(l.in_features(), 32);
         let y = l.forward(&x, false);
-        let logits = model
-            .forward(
-                &g["input_ids"],
-                &g["attention_mask"],
-                &ForwardOptions::eval(),
-            )
-            .unwrap()
-            .logits;
+        let logits = plain_logits(&model, &g);
         (y, logits)
     };
     let (y32, l32) = run(Some("float32"));

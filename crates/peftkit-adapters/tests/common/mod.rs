@@ -57,6 +57,32 @@ pub fn logits(m: &PeftModel, g: &HashMap<String, Tensor>) -> Tensor {
     .logits
 }
 
+/// Eval-mode logits of a plain classifier on the golden batch.
+pub fn plain_logits(m: &SequenceClassifier, g: &HashMap<String, Tensor>) -> Tensor {
+    m.forward(
+        &g["input_ids"],
+        &g["attention_mask"],
+        &ForwardOptions::eval(),
+    )
+    .unwrap()
+    .logits
+}
+
+/// A copy of a fixture adapter directory with its `adapter_config.json` edited.
+pub fn edited_adapter(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        dir.join("adapter_model.safetensors"),
+        tmp.path().join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(dir.join("adapter_config.json")).unwrap();
+    let mut cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    edit(&mut cfg);
+    std::fs::write(tmp.path().join("adapter_config.json"), cfg.to_string()).unwrap();
+    tmp
+}
+
 /// The gradients of every trainable tensor after one `loss_backward` of the golden batch.
 pub fn grads(model: &impl TrainModel, g: &HashMap<String, Tensor>) -> Vec<(String, Tensor)> {
     let factor = Tensor::from(1.0f32);
