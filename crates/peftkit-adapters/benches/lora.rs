@@ -4,28 +4,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use peftkit_adapters::{LoraLayer, LoraWeights};
-use peftkit_models::{Linear, WeightLayout};
 use tch::{nn, Device, Kind, Tensor};
 
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
-fn linear(vs: &nn::VarStore) -> Linear {
-    let l = Linear::new(
-        vs.root() / "c_attn",
-        768,
-        2304,
-        true,
-        WeightLayout::InOut,
-        0.02,
-    );
-    let _ = l.weight().set_requires_grad(false);
-    let _ = l.bias().map(|b| b.set_requires_grad(false));
-    l
-}
+mod common;
+use common::{c_attn, sync};
 
 fn lora(r: i64, device: Device) -> LoraLayer {
     let opts = (Kind::Float, device);
@@ -50,7 +32,7 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("lora_linear_16x128x768_to_2304_{dev}"));
         g.sample_size(20);
         let vs = nn::VarStore::new(device);
-        let mut base = linear(&vs);
+        let mut base = c_attn(&vs);
         let x = Tensor::randn([16, 128, 768], (Kind::Float, device));
         g.bench_function("base/forward", |b| {
             b.iter(|| {

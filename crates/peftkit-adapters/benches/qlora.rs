@@ -12,11 +12,11 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use peftkit_adapters::quant::{quantize_4bit, BnbConfig, Packed4bit, QuantType};
 use peftkit_adapters::{LoraConfig, LoraLayer, LoraWeights, PeftModel};
-use peftkit_models::{Linear, PackedWeight, WeightLayout};
+use peftkit_models::PackedWeight;
 use tch::{nn, Device, Kind, Tensor};
 
 mod common;
-use common::{minilm, sync, MinilmBatch};
+use common::{c_attn, minilm, sync, MinilmBatch};
 
 /// The linear weights of one layer of roberta-base / gpt2 (the same shapes: q, k, v, o or the
 /// fused c_attn, and the MLP), as [out, in].
@@ -83,16 +83,7 @@ fn linear_bench(c: &mut Criterion, device: Device, dev: &str) {
     let x = Tensor::randn([16, 128, 768], (Kind::Float, device));
     for quantized in [false, true] {
         let vs = nn::VarStore::new(device);
-        let mut base = Linear::new(
-            vs.root() / "c_attn",
-            768,
-            2304,
-            true,
-            WeightLayout::InOut,
-            0.02,
-        );
-        let _ = base.weight().set_requires_grad(false);
-        let _ = base.bias().map(|b| b.set_requires_grad(false));
+        let mut base = c_attn(&vs);
         if quantized {
             base.pack(|w| -> peftkit_adapters::Result<Box<dyn PackedWeight>> {
                 Ok(Box::new(Packed4bit {

@@ -2,8 +2,8 @@
 
 #![allow(dead_code)]
 
-use peftkit_models::{LoadOptions, SequenceClassifier, TrainModel};
-use tch::{Device, Kind, Tensor};
+use peftkit_models::{Linear, LoadOptions, SequenceClassifier, TrainModel, WeightLayout};
+use tch::{nn, Device, Kind, Tensor};
 
 /// Waits for the device (CUDA kernels are asynchronous).
 pub fn sync(device: Device) {
@@ -54,4 +54,19 @@ pub fn minilm(device: Device) -> Option<SequenceClassifier> {
             .unwrap()
             .0,
     )
+}
+
+/// A frozen linear of GPT-2's `c_attn` shape (768 → 2304, Conv1D layout) under `vs`.
+pub fn c_attn(vs: &nn::VarStore) -> Linear {
+    let l = Linear::new(
+        vs.root() / "c_attn",
+        768,
+        2304,
+        true,
+        WeightLayout::InOut,
+        0.02,
+    );
+    let _ = l.weight().set_requires_grad(false);
+    let _ = l.bias().map(|b| b.set_requires_grad(false));
+    l
 }
