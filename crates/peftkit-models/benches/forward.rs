@@ -62,6 +62,29 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+    // SST-2 evaluation's shape: batch 64 of short, padded sentences (MiniLM only).
+    if let Some((_, minilm)) = models.iter().find(|(n, _)| *n == "all-MiniLM-L6-v2") {
+        let mut group = c.benchmark_group("forward_64x32_padded_cpu");
+        group.sample_size(20);
+        group.throughput(Throughput::Elements(64));
+        let ids = Tensor::randint_low(1000, 29000, [64, 32], (Kind::Int64, Device::Cpu));
+        let lens = Tensor::randint_low(8, 33, [64, 1], (Kind::Int64, Device::Cpu));
+        let mask = Tensor::arange(32, (Kind::Int64, Device::Cpu))
+            .unsqueeze(0)
+            .lt_tensor(&lens)
+            .to_kind(Kind::Int64);
+        group.bench_function("all-MiniLM-L6-v2", |b| {
+            b.iter(|| {
+                tch::no_grad(|| {
+                    minilm
+                        .forward(&ids, &mask, &ForwardOptions::eval())
+                        .unwrap()
+                        .logits
+                })
+            })
+        });
+        group.finish();
+    }
 }
 
 criterion_group!(benches, bench);

@@ -55,9 +55,15 @@ impl Dataset {
         }
     }
 
-    /// Evaluation batches, in row order.
+    /// Evaluation batches: the rows sorted by length, longest first (stable), so that each batch
+    /// pads little — HF's Trainer groups evaluation batches by length too (with
+    /// `group_by_length`). [`crate::evaluate`] puts the predictions back in row order.
     pub fn eval_batches(&self, batch_size: usize) -> Vec<Vec<usize>> {
-        SequentialSampler::new(self.len(), batch_size).batches(0)
+        let mut rows: Vec<usize> = (0..self.len()).collect();
+        rows.sort_by_key(|&i| std::cmp::Reverse(self.ids[i].len()));
+        rows.chunks(batch_size.max(1))
+            .map(<[usize]>::to_vec)
+            .collect()
     }
 }
 

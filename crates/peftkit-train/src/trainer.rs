@@ -624,27 +624,28 @@ pub fn evaluate_in<M: TrainModel + ?Sized>(
     let device = model.device();
     let mut logits = Vec::new();
     let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
-    for_each_batch(
-        data,
-        &data.eval_batches(batch_size),
-        prefetch,
-        |_, batch| -> Result<bool> {
-            let b = DeviceBatch::new(&batch, device);
-            let l = tch::no_grad(|| {
-                peftkit_models::with_compute_dtype(compute, || {
-                    model.logits(&b.input_ids, &b.attention_mask, false)
-                })
-            })?;
-            tch::no_grad(|| {
-                loss_sum += model.loss(&l, &b.labels).to_kind(Kind::Double) * b.size as f64
-            });
-            logits.push(l.to_kind(Kind::Float));
-            Ok(true)
-        },
-    )?;
+    let batches = data.eval_batches(batch_size);
+    for_each_batch(data, &batches, prefetch, |_, batch| -> Result<bool> {
+        let b = DeviceBatch::new(&batch, device);
+        let l = tch::no_grad(|| {
+            peftkit_models::with_compute_dtype(compute, || {
+                model.logits(&b.input_ids, &b.attention_mask, false)
+            })
+        })?;
+        tch::no_grad(|| {
+            loss_sum += model.loss(&l, &b.labels).to_kind(Kind::Double) * b.size as f64
+        });
+        logits.push(l.to_kind(Kind::Float));
+        Ok(true)
+    })?;
     let all = Tensor::cat(&logits, 0);
-    let predictions: Vec<i64> =
+    let in_batch_order: Vec<i64> =
         Vec::try_from(&all.argmax(-1, false).to_device(Device::Cpu)).map_err(ModelError::from)?;
+    // Back to row order.
+    let mut predictions = vec![0i64; data.len()];
+    for (row, p) in batches.iter().flatten().zip(in_batch_order) {
+        predictions[*row] = p;
+    }
     let loss = loss_sum.double_value(&[]) / data.len().max(1) as f64;
     let runtime = start.elapsed().as_secs_f64();
     Ok(EvalOutput {

@@ -420,3 +420,38 @@ fn gradient_checkpointing_trains_like_without() {
         assert!(d <= 1e-6, "{n} differs by {d} with gradient checkpointing");
     }
 }
+
+#[test]
+fn evaluation_batches_by_length_but_predicts_in_row_order() {
+    let (m, _) = SequenceClassifier::load(
+        &fixtures().join("tiny-gpt2"),
+        &LoadOptions::new(Device::Cpu),
+    )
+    .unwrap();
+    let data = golden_dataset("gpt2");
+    let batches = data.eval_batches(2);
+    let order: Vec<usize> = batches.iter().flatten().copied().collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        (0..data.len()).collect::<Vec<_>>(),
+        "every row once"
+    );
+    let lens: Vec<usize> = order.iter().map(|&i| data.ids[i].len()).collect();
+    assert!(
+        lens.windows(2).all(|w| w[0] >= w[1]),
+        "longest first: {lens:?}"
+    );
+    // Each row alone, in row order, gives the same predictions.
+    let out = peftkit_train::evaluate(&m, &data, 2, 1).unwrap();
+    for (i, &p) in out.predictions.iter().enumerate() {
+        let one = Dataset {
+            ids: vec![data.ids[i].clone()],
+            labels: vec![data.labels[i]],
+            ..data.clone()
+        };
+        let alone = peftkit_train::evaluate(&m, &one, 1, 1).unwrap();
+        assert_eq!(alone.predictions, vec![p], "row {i}");
+    }
+}
