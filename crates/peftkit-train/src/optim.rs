@@ -248,22 +248,22 @@ impl FlatOptimizer {
                     let _ = self.flat.g_mul_(w);
                 }
                 let _ = self.exp_avg.lerp_(g, 1.0 - b1);
-                w.copy_(g);
-                let _ = w.g_mul_(g).g_mul_scalar_(1.0 - b2);
-                let _ = self.exp_avg_sq.g_mul_scalar_(b2).g_add_(w);
+                // v = β₂ v + (1 − β₂) g²
+                let _ = g.mul_out(w, g);
+                let _ = self.exp_avg_sq.g_mul_scalar_(b2);
+                let _ = self.exp_avg_sq.g_add_(&w.g_mul_scalar_(1.0 - b2));
                 let bc1 = 1.0 - b1.powi(t);
                 let bc2 = 1.0 - b2.powi(t);
-                // p -= lr / bc1 · m / (√v / √bc2 + ε)
-                w.copy_(&self.exp_avg_sq);
-                let _ = w
-                    .sqrt_()
-                    .g_div_scalar_(bc2.sqrt())
-                    .g_add_scalar_(self.cfg.eps);
-                let _ = w
-                    .reciprocal_()
-                    .g_mul_(&self.exp_avg)
-                    .g_mul_scalar_(-lr / bc1);
-                let _ = self.flat.g_add_(w);
+                // p += m / d with d = (√v / √bc2 + ε) · (−bc1 / lr), i.e.
+                // p −= lr / bc1 · m / (√v / √bc2 + ε), in five passes.
+                if lr != 0.0 {
+                    let _ = self.exp_avg_sq.sqrt_out(w);
+                    let _ = w
+                        .g_div_scalar_(bc2.sqrt())
+                        .g_add_scalar_(self.cfg.eps)
+                        .g_mul_scalar_(-bc1 / lr);
+                    let _ = self.flat.addcdiv_(&self.exp_avg, w);
+                }
             }
             Optim::Sgd => {
                 // d = g + wd · p (torch.optim.SGD's weight_decay), momentum buffer in exp_avg.

@@ -71,8 +71,9 @@ pub struct Quantized4bit {
     pub blocksize: i64,
     /// NF4 or FP4.
     pub quant_type: QuantType,
-    /// The 16 code values, kept on the packed codes' device (no host copy per product).
-    pub code: Tensor,
+    /// The values of every packed byte, `[256, 2]` (high nibble's code, low nibble's code), kept
+    /// on the packed codes' device: dequantizing is one gather per byte.
+    pub pairs: Tensor,
 }
 
 fn check_blocksize(blocksize: i64) -> Result<()> {
@@ -113,6 +114,15 @@ fn scale_blocks(x: &Tensor, blocksize: i64) -> (Tensor, Tensor) {
 /// The 4-bit code table of `quant_type` on `device`.
 fn code_tensor(quant_type: QuantType, device: Device) -> Tensor {
     Tensor::from_slice(&quant_type.code()).to_device(device)
+}
+
+/// `[256, 2]`: for each byte, the code values of its high and low nibble.
+fn pair_table(quant_type: QuantType, device: Device) -> Tensor {
+    let code = quant_type.code();
+    let pairs: Vec<f32> = (0..256usize)
+        .flat_map(|b| [code[b >> 4], code[b & 15]])
+        .collect();
+    Tensor::from_slice(&pairs).view([256, 2]).to_device(device)
 }
 
 /// Quantizes `x` (any shape, any float kind) blockwise to 4 bits, as bitsandbytes'
@@ -176,7 +186,7 @@ pub fn quantize_4bit(
         shape: x.size(),
         blocksize,
         quant_type,
-        code,
+        pairs: pair_table(quant_type, x.device()),
     })
 }
 
@@ -190,8 +200,11 @@ impl Quantized4bit {
     /// element times its block's absmax, computed in fp32.
     pub fn dequantize(&self, kind: Kind) -> Tensor {
         let n = self.numel();
-        let codes = self.unpacked_codes();
-        let values = self.code.index_select(0, &codes.to_kind(Kind::Int64));
+        let values = self
+            .pairs
+            .index_select(0, &self.packed.to_kind(Kind::Int))
+            .view([-1])
+            .narrow(0, 0, n);
         let absmax = self.absmax.values();
         let rem = n % self.blocksize;
         let full = n - rem;
@@ -255,7 +268,7 @@ impl Quantized4bit {
             shape: self.shape.clone(),
             blocksize: self.blocksize,
             quant_type: self.quant_type,
-            code: self.code.to_device(device),
+            pairs: self.pairs.to_device(device),
         }
     }
 }
