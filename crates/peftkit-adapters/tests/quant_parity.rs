@@ -9,7 +9,6 @@ use peftkit_adapters::quant::{
     dynamic_map, quantize_4bit, quantize_model, Absmax, BnbConfig, QuantType,
 };
 use peftkit_adapters::PeftModel;
-use peftkit_models::ForwardOptions;
 use tch::{Device, Kind, Tensor};
 
 const CASES: [(&str, i64); 6] = [
@@ -122,36 +121,37 @@ fn bad_blocksize_and_empty_are_errors() {
 #[test]
 fn qlora_reproduces_peft_on_bitsandbytes() {
     let golden = read(&fixtures().join("quant/qlora.safetensors"));
-    let config = BnbConfig {
-        bnb_4bit_use_double_quant: true,
-        bnb_4bit_compute_dtype: Some("float32".into()),
-        ..BnbConfig::default()
-    };
-    for arch in ["gpt2", "roberta", "bert"] {
-        let mut model = base(arch);
-        let summary = quantize_model(&mut model, &config).unwrap();
-        assert_eq!(
-            summary.modules.len() as i64,
-            golden[&format!("{arch}.quantized_modules")].int64_value(&[0]),
-            "{arch}: {:?}",
-            summary.modules
-        );
-        let peft =
-            PeftModel::from_pretrained(model, &fixtures().join(format!("lora-{arch}/adapter")))
-                .unwrap();
-        let inputs = read(&fixtures().join(format!("tiny-{arch}/golden.safetensors")));
-        let logits = peft
-            .forward(
-                &inputs["input_ids"],
-                &inputs["attention_mask"],
-                &ForwardOptions::eval(),
-            )
-            .unwrap()
-            .logits;
-        let d = diff(&logits, &golden[&format!("{arch}.logits")]);
-        assert!(
-            d <= 1e-5,
-            "{arch}: QLoRA logits differ from peft + bitsandbytes by {d}"
-        );
+    // NF4 + double quantization, and FP4 without it (emotion-qlora as published).
+    for (kind, quant_type, double_quant) in [
+        ("nf4_dq", QuantType::Nf4, true),
+        ("fp4", QuantType::Fp4, false),
+    ] {
+        let config = BnbConfig {
+            bnb_4bit_quant_type: quant_type,
+            bnb_4bit_use_double_quant: double_quant,
+            bnb_4bit_compute_dtype: Some("float32".into()),
+            ..BnbConfig::default()
+        };
+        for arch in ["gpt2", "roberta", "bert"] {
+            let mut model = base(arch);
+            let summary = quantize_model(&mut model, &config).unwrap();
+            assert_eq!(
+                summary.modules.len() as i64,
+                golden[&format!("{arch}.quantized_modules")].int64_value(&[0]),
+                "{arch}: {:?}",
+                summary.modules
+            );
+            let peft =
+                PeftModel::from_pretrained(model, &fixtures().join(format!("lora-{arch}/adapter")))
+                    .unwrap();
+            let d = diff(
+                &logits(&peft, &inputs(arch)),
+                &golden[&format!("{arch}.{kind}.logits")],
+            );
+            assert!(
+                d <= 1e-5,
+                "{arch} {kind}: QLoRA logits differ from peft + bitsandbytes by {d}"
+            );
+        }
     }
 }
