@@ -29,12 +29,7 @@ impl From<PrefixTuningConfig> for AdapterConfig {
 impl AdapterConfig {
     /// Reads `adapter_config.json`, by its `peft_type`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| AdapterError::io(path, e))?;
-        let raw: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| AdapterError::Config {
-                path: path.into(),
-                message: format!("invalid JSON: {e}"),
-            })?;
+        let raw = crate::read_json(path)?;
         match raw.get("peft_type").and_then(|v| v.as_str()) {
             Some("PREFIX_TUNING") => Ok(PrefixTuningConfig::from_file(path)?.into()),
             Some("LORA") => Ok(LoraConfig::from_file(path)?.into()),

@@ -95,5 +95,14 @@ impl AdapterError {
     }
 }
 
+/// Reads a JSON file; errors name the file.
+pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| AdapterError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| AdapterError::Config {
+        path: path.into(),
+        message: format!("invalid JSON: {e}"),
+    })
+}
+
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, AdapterError>;

@@ -177,12 +177,7 @@ impl LoraConfig {
     /// Reads `adapter_config.json`, rejecting settings whose effect peftkit does not implement
     /// (so that an adapter never silently computes something else).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| AdapterError::io(path, e))?;
-        let raw: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| AdapterError::Config {
-                path: path.into(),
-                message: format!("invalid JSON: {e}"),
-            })?;
+        let raw = crate::read_json(path)?;
         let bad = |message: String| AdapterError::Config {
             path: path.into(),
             message,

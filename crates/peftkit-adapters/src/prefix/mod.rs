@@ -101,13 +101,11 @@ impl PrefixTuningConfig {
 
     /// Reads `adapter_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| AdapterError::io(path, e))?;
+        let raw = crate::read_json(path)?;
         let bad = |message: String| AdapterError::Config {
             path: path.into(),
             message,
         };
-        let raw: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         let peft_type = raw.get("peft_type").and_then(|v| v.as_str()).unwrap_or("");
         if peft_type != "PREFIX_TUNING" {
             return Err(bad(format!(
