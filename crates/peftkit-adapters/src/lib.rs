@@ -104,5 +104,21 @@ pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
     })
 }
 
+/// Reads an `adapter_config.json` that must be of `peft_type`.
+pub(crate) fn read_adapter_json(
+    path: &std::path::Path,
+    peft_type: &str,
+) -> Result<serde_json::Value> {
+    let raw = read_json(path)?;
+    let found = raw.get("peft_type").and_then(|v| v.as_str()).unwrap_or("");
+    if found != peft_type {
+        return Err(AdapterError::Config {
+            path: path.into(),
+            message: format!("peft_type is `{found}`, expected {peft_type}"),
+        });
+    }
+    Ok(raw)
+}
+
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, AdapterError>;

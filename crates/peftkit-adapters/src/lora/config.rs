@@ -177,15 +177,11 @@ impl LoraConfig {
     /// Reads `adapter_config.json`, rejecting settings whose effect peftkit does not implement
     /// (so that an adapter never silently computes something else).
     pub fn from_file(path: &Path) -> Result<Self> {
-        let raw = crate::read_json(path)?;
+        let raw = crate::read_adapter_json(path, "LORA")?;
         let bad = |message: String| AdapterError::Config {
             path: path.into(),
             message,
         };
-        let peft_type = raw.get("peft_type").and_then(|v| v.as_str()).unwrap_or("");
-        if peft_type != "LORA" {
-            return Err(bad(format!("peft_type is `{peft_type}`, expected LORA")));
-        }
         for (key, default_ok) in [
             ("use_dora", serde_json::json!(false)),
             ("lora_bias", serde_json::json!(false)),

@@ -101,17 +101,11 @@ impl PrefixTuningConfig {
 
     /// Reads `adapter_config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let raw = crate::read_json(path)?;
+        let raw = crate::read_adapter_json(path, "PREFIX_TUNING")?;
         let bad = |message: String| AdapterError::Config {
             path: path.into(),
             message,
         };
-        let peft_type = raw.get("peft_type").and_then(|v| v.as_str()).unwrap_or("");
-        if peft_type != "PREFIX_TUNING" {
-            return Err(bad(format!(
-                "peft_type is `{peft_type}`, expected PREFIX_TUNING"
-            )));
-        }
         let cfg: Self = serde_json::from_value(raw).map_err(|e| bad(e.to_string()))?;
         cfg.validate().map_err(bad)?;
         Ok(cfg)
