@@ -247,6 +247,7 @@ pub struct AdapterSection {
 }
 
 impl AdapterSection {
+    /// LoRA's own options (`modules_to_save` is shared with prefix tuning).
     fn has_lora_options(&self) -> bool {
         self.r.is_some()
             || self.lora_alpha.is_some()
@@ -257,7 +258,6 @@ impl AdapterSection {
             || self.use_rslora.is_some()
             || self.init_lora_weights.is_some()
             || self.layers_to_transform.is_some()
-            || self.modules_to_save.is_some()
     }
 
     fn has_prefix_options(&self) -> bool {
@@ -464,21 +464,11 @@ impl ExperimentConfig {
             }
             Method::Prefix => {
                 self.adapter.prefix_config()?;
-                let a = &self.adapter;
-                if a.r.is_some()
-                    || a.lora_alpha.is_some()
-                    || a.lora_dropout.is_some()
-                    || a.target_modules.is_some()
-                    || a.exclude_modules.is_some()
-                    || a.bias.is_some()
-                    || a.use_rslora.is_some()
-                    || a.init_lora_weights.is_some()
-                    || a.layers_to_transform.is_some()
-                {
+                if self.adapter.has_lora_options() {
                     return Err("[adapter] has LoRA options but kind is `prefix`".into());
                 }
             }
-            kind if self.adapter.has_lora_options() => {
+            kind if self.adapter.has_lora_options() || self.adapter.modules_to_save.is_some() => {
                 return Err(
                     format!("[adapter] has LoRA options but kind is `{kind:?}`").to_lowercase()
                 );

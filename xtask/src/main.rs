@@ -574,7 +574,7 @@ fn qlora_side_by_side(
     has_hf: bool,
 ) -> Result<()> {
     eprintln!("xtask: QLoRA vs LoRA 1/2: peftkit (criterion)");
-    let mut cmd = env.cargo(
+    let cmd = env.cargo(
         root,
         &[
             "bench",
@@ -586,9 +586,6 @@ fn qlora_side_by_side(
             "minilm_train",
         ],
     );
-    for (k, v) in env.vars(root) {
-        cmd.env(k, v);
-    }
     exec(cmd)?;
     let median_ms = |bench: &str| -> Result<f64> {
         let path = root

@@ -10,7 +10,7 @@ use crate::targets::is_target;
 use crate::{AdapterError, Result};
 use peftkit_models::{
     read_safetensors, save_safetensors, write_dir_atomically, ForwardOptions, Linear, ModelError,
-    SequenceClassifier, TrainModel,
+    PrefixProvider, SequenceClassifier, TrainModel,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -605,18 +605,15 @@ impl PeftModel {
         attention_mask: &Tensor,
         opts: &ForwardOptions,
     ) -> peftkit_models::Result<peftkit_models::ClassifierOutput> {
-        match self.active_prefix() {
-            Some(p) => {
-                let o = if opts.train {
-                    ForwardOptions::train()
-                } else {
-                    ForwardOptions::eval()
-                };
-                self.base
-                    .forward(input_ids, attention_mask, &o.with_prefix(p))
-            }
-            None => self.base.forward(input_ids, attention_mask, opts),
-        }
+        let computed = self.active_prefix().map(PrefixEncoder::compute);
+        let opts = ForwardOptions {
+            train: opts.train,
+            prefix: match &computed {
+                Some(p) => Some(p as &dyn PrefixProvider),
+                None => opts.prefix,
+            },
+        };
+        self.base.forward(input_ids, attention_mask, &opts)
     }
 
     /// The active adapter's tensors under peft's saved names.
@@ -880,17 +877,11 @@ impl TrainModel for PeftModel {
         attention_mask: &Tensor,
         train: bool,
     ) -> std::result::Result<Tensor, ModelError> {
-        match self.active_prefix() {
-            Some(_) => {
-                let opts = if train {
-                    ForwardOptions::train()
-                } else {
-                    ForwardOptions::eval()
-                };
-                Ok(self.forward(input_ids, attention_mask, &opts)?.logits)
-            }
-            None => self.base.logits(input_ids, attention_mask, train),
-        }
+        let opts = ForwardOptions {
+            train,
+            prefix: None,
+        };
+        Ok(self.forward(input_ids, attention_mask, &opts)?.logits)
     }
 
     fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
@@ -952,25 +943,27 @@ impl TrainModel for PeftModel {
         labels: &Tensor,
         factor: &Tensor,
     ) -> std::result::Result<Tensor, ModelError> {
-        let Some(prefix) = self.active_prefix() else {
+        let Some(encoder) = self.active_prefix() else {
             return self
                 .base
                 .loss_backward(input_ids, attention_mask, labels, factor);
         };
-        if self.base.gradient_checkpointing() {
-            // The prefix reaches every recomputed layer (peft cannot combine the two).
-            return self.base.checkpointed_loss_backward(
-                input_ids,
-                attention_mask,
-                labels,
-                &ForwardOptions::train().with_prefix(prefix),
-                factor,
-            );
-        }
-        let logits = self.logits(input_ids, attention_mask, true)?;
-        let loss = self.loss(&logits, labels);
-        (&loss * factor).backward();
-        Ok(loss.detach())
+        // Checkpointing backpropagates each recomputed layer on its own, so the encoder recomputes
+        // the prefix per layer there; otherwise it is computed once for the pass.
+        let computed;
+        let prefix: &dyn PrefixProvider = if self.base.gradient_checkpointing() {
+            encoder
+        } else {
+            computed = encoder.compute();
+            &computed
+        };
+        self.base.loss_backward_with(
+            input_ids,
+            attention_mask,
+            labels,
+            &ForwardOptions::train().with_prefix(prefix),
+            factor,
+        )
     }
 
     fn enable_gradient_checkpointing(&self) -> bool {

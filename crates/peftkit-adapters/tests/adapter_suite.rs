@@ -333,29 +333,19 @@ pub fn a_few_training_steps_lower_the_loss(kind: &AdapterKind, arch: &str) {
         })
     };
     let before = eval_loss();
-    let ids: Vec<Vec<i64>> = Vec::try_from(&g["input_ids"]).unwrap();
-    let mask: Vec<Vec<i64>> = Vec::try_from(&g["attention_mask"]).unwrap();
-    let data = Dataset {
-        ids: ids
-            .iter()
-            .zip(&mask)
-            .map(|(r, m)| {
-                r.iter()
-                    .zip(m)
-                    .filter(|(_, &m)| m == 1)
-                    .map(|(&t, _)| t as u32)
-                    .collect()
-            })
-            .collect(),
-        labels: Vec::try_from(&g["labels"]).unwrap(),
-        label_names: vec!["neg".into(), "neu".into(), "pos".into()],
-        padding: Padding::Longest,
-        pad_id: match arch {
+    let data = Dataset::from_padded(
+        &g["input_ids"],
+        &g["attention_mask"],
+        &g["labels"],
+        vec!["neg".into(), "neu".into(), "pos".into()],
+        Padding::Longest,
+        match arch {
             "gpt2" => 999,
             "roberta" => 1,
             _ => 0,
         },
-    };
+    )
+    .unwrap();
     let args = TrainingArgs {
         learning_rate: 1e-3,
         max_steps: Some(5),

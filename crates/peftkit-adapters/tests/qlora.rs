@@ -45,7 +45,6 @@ fn quantized_weights_release_their_full_precision_storage() {
         model.parameter_counts().1,
         load("tiny-bert").parameter_counts().1
     );
-    assert_eq!(summary.fp32_bytes, 4 * summary.parameters);
     let bits = summary.bits_per_parameter();
     assert!(bits > 4.0 && bits < 4.6, "{bits}");
     let err = model

@@ -107,7 +107,7 @@ fn roberta_qlora_count_and_bits_per_parameter() {
             "roberta-base, {} linears, {} weights: fp32 {} bytes, NF4{} {} bytes = {bits:.4} bits/parameter",
             summary.modules.len(),
             summary.parameters,
-            summary.fp32_bytes,
+            summary.fp32_bytes(),
             if double_quant { " + double quant" } else { "" },
             summary.quantized_bytes
         );

@@ -401,6 +401,32 @@ impl SequenceClassifier {
         }
     }
 
+    /// One training micro-batch with `opts` (its prefix, if any): accumulates the gradients of
+    /// `loss × factor` into the trainable parameters and returns the loss (detached); with
+    /// gradient checkpointing on, through [`SequenceClassifier::checkpointed_loss_backward`].
+    pub fn loss_backward_with(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        labels: &Tensor,
+        opts: &ForwardOptions,
+        factor: &Tensor,
+    ) -> Result<Tensor> {
+        if self.gradient_checkpointing() {
+            return self.checkpointed_loss_backward(
+                input_ids,
+                attention_mask,
+                labels,
+                opts,
+                factor,
+            );
+        }
+        let logits = self.forward(input_ids, attention_mask, opts)?.logits;
+        let loss = self.loss(&logits, labels);
+        (&loss * factor).backward();
+        Ok(loss.detach())
+    }
+
     /// One training micro-batch with gradient checkpointing: accumulates the gradients of
     /// `loss × factor` into the trainable parameters and returns the loss (detached).
     ///

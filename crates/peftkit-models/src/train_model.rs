@@ -52,10 +52,9 @@ fn plain_loss_backward<M: TrainModel + ?Sized>(
 
 impl TrainModel for SequenceClassifier {
     fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
-        let opts = if train {
-            ForwardOptions::train()
-        } else {
-            ForwardOptions::eval()
+        let opts = ForwardOptions {
+            train,
+            prefix: None,
         };
         Ok(self.forward(input_ids, attention_mask, &opts)?.logits)
     }
@@ -90,16 +89,13 @@ impl TrainModel for SequenceClassifier {
         labels: &Tensor,
         factor: &Tensor,
     ) -> Result<Tensor> {
-        if self.gradient_checkpointing() {
-            return self.checkpointed_loss_backward(
-                input_ids,
-                attention_mask,
-                labels,
-                &ForwardOptions::train(),
-                factor,
-            );
-        }
-        plain_loss_backward(self, input_ids, attention_mask, labels, factor)
+        self.loss_backward_with(
+            input_ids,
+            attention_mask,
+            labels,
+            &ForwardOptions::train(),
+            factor,
+        )
     }
 
     fn enable_gradient_checkpointing(&self) -> bool {

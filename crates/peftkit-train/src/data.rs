@@ -20,6 +20,42 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// A dataset from an already padded batch (`[rows, seq]` int64 ids and 0/1 mask, `[rows]`
+    /// labels, as an HF tokenizer returns them): each row keeps the tokens its mask marks.
+    /// `padding` and `pad_id` say how this dataset's own batches are padded.
+    pub fn from_padded(
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        labels: &Tensor,
+        label_names: Vec<String>,
+        padding: Padding,
+        pad_id: u32,
+    ) -> crate::Result<Self> {
+        let ids: Vec<Vec<i64>> =
+            Vec::try_from(input_ids).map_err(peftkit_models::ModelError::from)?;
+        let mask: Vec<Vec<i64>> =
+            Vec::try_from(attention_mask).map_err(peftkit_models::ModelError::from)?;
+        let labels: Vec<i64> = Vec::try_from(labels).map_err(peftkit_models::ModelError::from)?;
+        let ids = ids
+            .iter()
+            .zip(&mask)
+            .map(|(row, m)| {
+                row.iter()
+                    .zip(m)
+                    .filter(|(_, &keep)| keep == 1)
+                    .map(|(&t, _)| t as u32)
+                    .collect()
+            })
+            .collect();
+        Ok(Self {
+            ids,
+            labels,
+            label_names,
+            padding,
+            pad_id,
+        })
+    }
+
     /// Rows.
     pub fn len(&self) -> usize {
         self.ids.len()

@@ -28,31 +28,20 @@ fn golden_dataset(arch: &str) -> Dataset {
             .unwrap()
             .into_iter()
             .collect();
-    let ids: Vec<Vec<i64>> = Vec::try_from(&g["input_ids"]).unwrap();
-    let mask: Vec<Vec<i64>> = Vec::try_from(&g["attention_mask"]).unwrap();
-    let labels: Vec<i64> = Vec::try_from(&g["labels"]).unwrap();
     let pad = match arch {
         "gpt2" => 999,
         "roberta" => 1,
         _ => 0,
     };
-    Dataset {
-        ids: ids
-            .iter()
-            .zip(&mask)
-            .map(|(r, m)| {
-                r.iter()
-                    .zip(m)
-                    .filter(|(_, &m)| m == 1)
-                    .map(|(&t, _)| t as u32)
-                    .collect()
-            })
-            .collect(),
-        labels,
-        label_names: vec!["neg".into(), "neu".into(), "pos".into()],
-        padding: Padding::Longest,
-        pad_id: pad,
-    }
+    Dataset::from_padded(
+        &g["input_ids"],
+        &g["attention_mask"],
+        &g["labels"],
+        vec!["neg".into(), "neu".into(), "pos".into()],
+        Padding::Longest,
+        pad,
+    )
+    .unwrap()
 }
 
 fn hf_args() -> TrainingArgs {

@@ -326,6 +326,54 @@ impl PrefixEncoder {
     }
 }
 
+impl PrefixEncoder {
+    /// The prefix for one forward pass, computed once (with a projection, the MLP runs once
+    /// rather than once per layer).
+    pub fn compute(&self) -> ComputedPrefix {
+        ComputedPrefix {
+            kv: self.prompt_embeddings().view([
+                self.num_virtual_tokens,
+                self.layers * 2,
+                self.heads,
+                self.head_dim,
+            ]),
+            offset: self.position_offset(),
+        }
+    }
+}
+
+/// A prefix computed for one forward pass: `[num_virtual_tokens, num_layers·2, heads,
+/// head_dim]`, layer i's key in slot 2i and its value in 2i+1 (peft's view + permute + split).
+#[derive(Debug)]
+pub struct ComputedPrefix {
+    kv: Tensor,
+    offset: i64,
+}
+
+impl PrefixProvider for ComputedPrefix {
+    fn num_tokens(&self) -> i64 {
+        self.kv.size()[0]
+    }
+
+    fn position_offset(&self) -> i64 {
+        self.offset
+    }
+
+    fn key_value(&self, layer: usize, batch_size: i64) -> (Tensor, Tensor) {
+        let (n, _, heads, head_dim) = self.kv.size4().expect("[n, layers·2, heads, head_dim]");
+        let pick = |slot: i64| {
+            self.kv
+                .select(1, slot)
+                .transpose(0, 1)
+                .unsqueeze(0)
+                .expand([batch_size, heads, n, head_dim], false)
+        };
+        (pick(2 * layer as i64), pick(2 * layer as i64 + 1))
+    }
+}
+
+/// The encoder itself recomputes the prefix for every layer it is asked for: what gradient
+/// checkpointing needs, since each recomputed layer is backpropagated on its own.
 impl PrefixProvider for PrefixEncoder {
     fn num_tokens(&self) -> i64 {
         self.num_virtual_tokens
@@ -340,25 +388,6 @@ impl PrefixProvider for PrefixEncoder {
     }
 
     fn key_value(&self, layer: usize, batch_size: i64) -> (Tensor, Tensor) {
-        // [n, layers·2·dim] → [n, layers·2, heads, head_dim]; layer i's key is slot 2i, its
-        // value 2i+1 (peft's view + permute + split).
-        let kv = self.prompt_embeddings().view([
-            self.num_virtual_tokens,
-            self.layers * 2,
-            self.heads,
-            self.head_dim,
-        ]);
-        let pick = |slot: i64| {
-            kv.select(1, slot).transpose(0, 1).unsqueeze(0).expand(
-                [
-                    batch_size,
-                    self.heads,
-                    self.num_virtual_tokens,
-                    self.head_dim,
-                ],
-                false,
-            )
-        };
-        (pick(2 * layer as i64), pick(2 * layer as i64 + 1))
+        self.compute().key_value(layer, batch_size)
     }
 }

@@ -226,15 +226,6 @@ impl Quantized4bit {
         out.view(self.shape.as_slice()).to_kind(kind)
     }
 
-    /// The 4-bit codes, one per element (`uint8`, flat, `n` long).
-    pub fn unpacked_codes(&self) -> Tensor {
-        let high = self.packed.bitwise_right_shift_tensor_scalar(4);
-        let low = self.packed.bitwise_and(15);
-        Tensor::stack(&[high, low], 1)
-            .view([-1])
-            .narrow(0, 0, self.numel())
-    }
-
     /// Bytes of storage: packed codes plus the absmax state.
     pub fn storage_bytes(&self) -> i64 {
         self.packed.numel() as i64 + self.absmax.storage_bytes()

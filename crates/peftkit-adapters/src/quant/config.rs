@@ -214,13 +214,16 @@ pub struct QuantSummary {
     pub modules: Vec<String>,
     /// Weight elements quantized.
     pub parameters: i64,
-    /// Their bytes in fp32.
-    pub fp32_bytes: i64,
     /// Their bytes quantized (codes + absmax state).
     pub quantized_bytes: i64,
 }
 
 impl QuantSummary {
+    /// Bytes the quantized weights take in fp32.
+    pub fn fp32_bytes(&self) -> i64 {
+        4 * self.parameters
+    }
+
     /// Storage bits per quantized weight element.
     pub fn bits_per_parameter(&self) -> f64 {
         8.0 * self.quantized_bytes as f64 / self.parameters.max(1) as f64
@@ -255,7 +258,6 @@ pub fn quantize_model(model: &mut SequenceClassifier, config: &BnbConfig) -> Res
         })?;
         let p = linear.packed().expect("just packed");
         summary.parameters += p.numel();
-        summary.fp32_bytes += 4 * p.numel();
         summary.quantized_bytes += p.storage_bytes();
         summary.modules.push(path);
     }
