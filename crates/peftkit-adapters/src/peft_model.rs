@@ -835,28 +835,28 @@ impl PeftModel {
             .iter()
             .map(|n| self.base.var_store().variables()[n].numel() as i64)
             .sum();
-        let mut lora_all = 0;
-        let mut lora_trainable = 0;
+        let mut adapter_all = 0;
+        let mut adapter_trainable = 0;
         for linear in self.base.linears() {
             if let Some(layer) = lora_of(linear) {
                 for (name, w) in &layer.adapters {
                     let n = (w.a.numel() + w.b.numel()) as i64;
-                    lora_all += n;
+                    adapter_all += n;
                     if *name == self.active {
-                        lora_trainable += n;
+                        adapter_trainable += n;
                     }
                 }
             }
         }
         for (name, p) in &self.prefixes {
-            lora_all += p.numel();
+            adapter_all += p.numel();
             if *name == self.active {
-                lora_trainable += p.numel();
+                adapter_trainable += p.numel();
             }
         }
         (
-            base_trainable + lora_trainable,
-            base_all + lora_all + head * self.configs.len() as i64,
+            base_trainable + adapter_trainable,
+            base_all + adapter_all + head * self.configs.len() as i64,
         )
     }
 

@@ -15,7 +15,8 @@ pub(crate) fn min_value(kind: Kind) -> f64 {
 
 /// An additive mask `[batch, 1, q_len, prefix + k_len]` (materialised, not broadcast): 0 where attention is allowed, the
 /// dtype's minimum where not. `attention_mask` is `[batch, k_len]` of 0/1; the prefix is always
-/// visible; `causal` hides later real tokens.
+/// visible; `causal` hides later real tokens. The mask is made in the compute dtype when one is
+/// set (the dtype queries and keys will have), else in `kind`, so no layer has to convert it.
 pub(crate) fn additive_mask(
     attention_mask: &Tensor,
     prefix_len: i64,
@@ -26,6 +27,7 @@ pub(crate) fn additive_mask(
         .size2()
         .expect("attention mask is [batch, seq]");
     let device = attention_mask.device();
+    let kind = crate::precision::compute_dtype().unwrap_or(kind);
     let keys = if prefix_len > 0 {
         Tensor::cat(
             &[
