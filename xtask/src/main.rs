@@ -67,11 +67,17 @@ fn run() -> Result<()> {
         }
         "test" => {
             let env = TorchEnv::bootstrap(&root)?;
-            let mut cmd = env.cargo(&root, &["test", "--workspace", "--all-targets"]);
+            // --no-fail-fast: one run reports every failing test binary, not only the first.
+            let mut cmd = env.cargo(
+                &root,
+                &["test", "--workspace", "--all-targets", "--no-fail-fast"],
+            );
             cmd.args(&rest);
-            exec(cmd)?;
-            // Doc tests are built separately (they are not part of --all-targets).
-            exec(env.cargo(&root, &["test", "--workspace", "--doc"]))
+            let targets = exec(cmd);
+            // Doc tests are built separately (they are not part of --all-targets); they run even
+            // when a test above failed, and the task fails if either did.
+            let docs = exec(env.cargo(&root, &["test", "--workspace", "--doc", "--no-fail-fast"]));
+            targets.and(docs)
         }
         "lint" => {
             let env = TorchEnv::bootstrap(&root)?;
