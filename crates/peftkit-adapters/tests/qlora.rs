@@ -193,6 +193,62 @@ fn gradient_checkpointing_gives_the_same_gradients_with_lora_and_qlora() {
 }
 
 #[test]
+fn gradients_through_the_4bit_base_equal_those_through_its_dequantized_weights() {
+    // The 4-bit product does not keep its dequantized weight for backward (it dequantizes again,
+    // as bitsandbytes' MatMul4Bit): the gradients must still be those of a dense model holding
+    // the dequantized weights, with LoRA on every linear so that gradients cross every base
+    // product. Compute dtypes fp32 and bf16 (bitsandbytes' recommended one).
+    for (dir, arch, targets) in [
+        (
+            "trainer-bert",
+            "bert",
+            vec!["query", "key", "value", "dense"],
+        ),
+        ("trainer-gpt2", "gpt2", vec!["c_attn", "c_proj", "c_fc"]),
+    ] {
+        let g = inputs(arch);
+        for compute in [None, Some(Kind::BFloat16)] {
+            let bnb = BnbConfig {
+                bnb_4bit_compute_dtype: compute.map(|_| "bfloat16".to_string()),
+                ..nf4_dq()
+            };
+            let cfg = LoraConfig {
+                init_lora_weights: peftkit_adapters::InitLoraWeights::Bool(false),
+                lora_dropout: 0.0,
+                ..LoraConfig::new(&targets, 4, 8.0)
+            };
+            let quantized = PeftModel::new_quantized(load(dir), cfg, bnb.clone()).unwrap();
+            let tmp = tempfile::tempdir().unwrap();
+            quantized.save_pretrained(tmp.path(), None, None).unwrap();
+            // The same adapter over a dense base holding the dequantized weights.
+            std::fs::remove_file(tmp.path().join(QUANT_CONFIG_FILE)).unwrap();
+            let mut base = load(dir);
+            quantize_model(&mut base, &bnb).unwrap();
+            for l in base.linears_mut() {
+                l.unpack();
+            }
+            let dense = PeftModel::from_pretrained(base, tmp.path()).unwrap();
+            assert!(dense.quantization().is_none());
+            // bf16: products in bf16 on both sides (the dense model through the global compute
+            // dtype), so only the storage differs.
+            let (expected, got) = peftkit_models::with_compute_dtype(compute, || {
+                (grads(&dense, &g), grads(&quantized, &g))
+            });
+            let tol = if compute.is_some() { 1e-3 } else { 1e-5 };
+            assert_eq!(expected.len(), got.len());
+            for ((n, a), (_, b)) in expected.iter().zip(&got) {
+                let scale = a.abs().max().double_value(&[]).max(1e-6);
+                let d = diff(a, b) / scale;
+                assert!(
+                    d <= tol,
+                    "{dir} {compute:?}: {n} gradient differs by {d} (relative)"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn bad_quantization_configs_name_the_file() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join(QUANT_CONFIG_FILE);

@@ -34,6 +34,7 @@ mod config;
 mod device;
 pub mod gpt2;
 mod linear;
+mod ops;
 mod precision;
 mod prefix;
 pub mod roberta;
@@ -46,6 +47,7 @@ pub use classifier::{
 pub use config::{Activation, BertConfig, ClassifierConfig, Gpt2Config, ModelConfig, ProblemType};
 pub use device::parse_device;
 pub use linear::{Linear, LinearHook, PackedWeight, WeightLayout};
+pub use ops::recomputed_linear;
 pub use precision::{compute_dtype, with_compute_dtype};
 pub use prefix::PrefixProvider;
 pub use train_model::TrainModel;

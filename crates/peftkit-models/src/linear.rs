@@ -36,6 +36,9 @@ pub trait PackedWeight: std::fmt::Debug + Send {
     fn numel(&self) -> i64;
     /// Bytes of storage.
     fn storage_bytes(&self) -> i64;
+    /// Another handle on the same storage (tensors shallow-cloned): the backward pass of a
+    /// product unpacks the weight again through it instead of keeping the unpacked copy.
+    fn share(&self) -> Box<dyn PackedWeight>;
     /// Lets an owner downcast the storage.
     fn as_any(&self) -> &dyn std::any::Any;
 }
@@ -207,10 +210,15 @@ impl Linear {
             // input's dtype (unless a global compute dtype is set: then it stays in that).
             let global = crate::precision::compute_dtype();
             let kind = global.or(p.compute_dtype()).unwrap_or(x.kind());
-            let w = p.unpack(kind);
-            let y = x
-                .to_kind(kind)
-                .linear(&w, self.bias.as_ref().map(|b| b.to_kind(kind)).as_ref());
+            // The unpacked weight is not saved for backward: the input gradient unpacks it again
+            // (as bitsandbytes' MatMul4Bit), so only the layer in use holds a full copy.
+            let shared = p.share();
+            let mut y =
+                crate::ops::recomputed_linear(&x.to_kind(kind), move || shared.unpack(kind))
+                    .unwrap_or_else(|e| panic!("{}: {e}", self.path));
+            if let Some(b) = &self.bias {
+                y += b.to_kind(kind);
+            }
             return if global.is_some() {
                 y
             } else {

@@ -239,27 +239,36 @@ impl Quantized4bit {
 
     /// Moves the state to `device`.
     pub fn to_device(&self, device: Device) -> Self {
+        self.map(|t| t.to_device(device))
+    }
+
+    /// Another handle on the same tensors (nothing copied).
+    pub fn shallow_clone(&self) -> Self {
+        self.map(Tensor::shallow_clone)
+    }
+
+    fn map(&self, f: impl Fn(&Tensor) -> Tensor) -> Self {
         let absmax = match &self.absmax {
-            Absmax::Plain(a) => Absmax::Plain(a.to_device(device)),
+            Absmax::Plain(a) => Absmax::Plain(f(a)),
             Absmax::Nested {
                 codes,
                 absmax,
                 offset,
                 code,
             } => Absmax::Nested {
-                codes: codes.to_device(device),
-                absmax: absmax.to_device(device),
+                codes: f(codes),
+                absmax: f(absmax),
                 offset: *offset,
-                code: code.to_device(device),
+                code: f(code),
             },
         };
         Self {
-            packed: self.packed.to_device(device),
+            packed: f(&self.packed),
             absmax,
             shape: self.shape.clone(),
             blocksize: self.blocksize,
             quant_type: self.quant_type,
-            pairs: self.pairs.to_device(device),
+            pairs: f(&self.pairs),
         }
     }
 }

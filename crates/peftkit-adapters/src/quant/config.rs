@@ -202,6 +202,13 @@ impl PackedWeight for Packed4bit {
         self.weight.storage_bytes()
     }
 
+    fn share(&self) -> Box<dyn PackedWeight> {
+        Box::new(Packed4bit {
+            weight: self.weight.shallow_clone(),
+            compute_dtype: self.compute_dtype,
+        })
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }

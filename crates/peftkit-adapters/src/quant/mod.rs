@@ -6,7 +6,9 @@
 //!   `quantize_4bit`.
 //! - [`BnbConfig`]: transformers' `BitsAndBytesConfig` fields; [`quantize_model`] stores every
 //!   linear of a classifier (but the head and `llm_int8_skip_modules`) as [`Packed4bit`], which
-//!   the layer dequantizes for each product (no full-precision copy is kept between steps).
+//!   the layer dequantizes for each product (no full-precision copy is kept between steps, nor
+//!   from a product's forward to its backward: the input gradient dequantizes again, as
+//!   bitsandbytes' `MatMul4Bit`, through [`peftkit_models::recomputed_linear`]).
 
 mod blockwise;
 mod config;
