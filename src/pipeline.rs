@@ -432,6 +432,9 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
             "TrainOutput(global_step={}, train_loss={:.4}, train_runtime={:.1}s, train_samples_per_second={:.1}, epoch={:.2})",
             out.global_step, out.train_loss, out.train_runtime, out.train_samples_per_second, out.epoch
         );
+        if let Some(m) = &out.memory {
+            eprintln!("{}", crate::report::memory_line(m));
+        }
         let trained = evaluate(
             tuned.model(),
             &eval_data,

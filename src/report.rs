@@ -279,6 +279,14 @@ impl Report {
                     _ => String::new(),
                 }
             );
+            if let Some(m) = &t.memory {
+                s += &format!(
+                    "
+{}
+",
+                    memory_line(m)
+                );
+            }
         }
         if !self.final_results.is_empty() {
             s += &results(
@@ -346,4 +354,20 @@ impl Report {
         write_atomically(&dir.join("report.md"), self.markdown().as_bytes())?;
         write_atomically(&dir.join("curves.svg"), self.curves().as_bytes())
     }
+}
+
+/// One sentence on training memory, e.g. for `report.md`.
+pub fn memory_line(m: &peftkit_train::TrainMemory) -> String {
+    let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
+    let what = match m.source {
+        peftkit_models::MemorySource::CudaAllocated => "CUDA memory held by tensors",
+        peftkit_models::MemorySource::ProcessResident => "resident memory of the process",
+    };
+    format!(
+        "Peak {what} during training: {:.0} MiB ({:.0} MiB at the start, +{:.0} MiB; {:.0} MiB at the end).",
+        mib(m.peak_bytes),
+        mib(m.start_bytes),
+        mib(m.peaked_delta()),
+        mib(m.end_bytes)
+    )
 }

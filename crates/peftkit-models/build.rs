@@ -1,11 +1,12 @@
-//! Compiles `csrc/recomputed_linear.cpp` (the one autograd node peftkit needs that tch cannot
-//! express) against the libtorch that torch-sys links.
+//! Compiles `csrc/` against the libtorch that torch-sys links: `recomputed_linear.cpp` (the one
+//! autograd node peftkit needs that tch cannot express) and `device_memory.cpp` (the CUDA
+//! allocator's statistics, which tch does not expose).
 
 use std::path::PathBuf;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-changed=csrc/recomputed_linear.cpp");
+    println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     // torch-sys (links = "tch") exports its library directory to direct dependents; the headers
     // sit beside it (a libtorch zip and a PyTorch wheel have the same layout).
@@ -27,5 +28,7 @@ fn main() {
         .flag("-D_GLIBCXX_USE_CXX11_ABI=1")
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/recomputed_linear.cpp")
+        .file("csrc/device_memory.cpp")
+        .file("csrc/error.cpp")
         .compile("peftkit_ops");
 }

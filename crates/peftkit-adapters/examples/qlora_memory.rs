@@ -7,25 +7,17 @@
 //!     <config.json> <lora|qlora> [--gc] [--batch 8] [--seq 256] [--device cpu]
 //! ```
 //!
-//! On CPU it prints the peak resident memory of the step (the kernel's high-water mark, reset
-//! after the model is built and one warm-up step has run), which is what the step itself needs on
-//! top of the model. Run with `MALLOC_MMAP_THRESHOLD_=65536` so freed tensors go back to the
-//! system at once and the figure is the live peak, not the allocator's retention.
+//! It prints the peak memory of the step ([`peftkit_models::memory_usage`], reset after the model
+//! is built and one warm-up step has run): on CUDA the bytes held by tensors, on the CPU the
+//! process's resident memory (run with `MALLOC_MMAP_THRESHOLD_=65536` so freed tensors go back to
+//! the system at once and the figure is the live peak, not the allocator's retention).
 
 use peftkit_adapters::quant::{BnbConfig, QuantType};
 use peftkit_adapters::{LoraConfig, PeftModel};
-use peftkit_models::{parse_device, ModelConfig, SequenceClassifier, TrainModel};
+use peftkit_models::{
+    memory_usage, parse_device, reset_peak_memory, ModelConfig, SequenceClassifier, TrainModel,
+};
 use tch::{Kind, Tensor};
-
-fn rss_kib(field: &str) -> i64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1)
-}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -86,21 +78,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     };
     step()?;
-    let model_kib = rss_kib("VmRSS:");
-    // Reset the high-water mark to the current RSS (Linux `clear_refs` 5).
-    std::fs::write("/proc/self/clear_refs", "5")?;
+    // The peak of the measured step alone: reset to what is in use now.
+    reset_peak_memory(device)?;
+    let before = memory_usage(device)?;
     let t = std::time::Instant::now();
     step()?;
+    if let tch::Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
     let secs = t.elapsed().as_secs_f64();
-    let peak_kib = rss_kib("VmHWM:");
+    let after = memory_usage(device)?;
     let (trainable, all) = model.parameter_counts();
+    let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
     println!(
-        "{mode}{} batch {batch}x{seq}: resident after build {:.0} MiB, step peak {:.0} MiB \
+        "{mode}{} batch {batch}x{seq}: {:?} before the step {:.0} MiB, step peak {:.0} MiB \
          (+{:.0} MiB), step {secs:.2} s; trainable {trainable} of {all}",
         if gc { " + gradient checkpointing" } else { "" },
-        model_kib as f64 / 1024.0,
-        peak_kib as f64 / 1024.0,
-        (peak_kib - model_kib) as f64 / 1024.0,
+        after.source,
+        mib(before.current_bytes),
+        mib(after.peak_bytes),
+        mib(after.peak_bytes - before.current_bytes),
     );
     Ok(())
 }

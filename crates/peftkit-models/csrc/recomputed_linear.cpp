@@ -6,7 +6,8 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 
-#include <cstring>
+#include "error.h"
+
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -77,13 +78,6 @@ struct RecomputedLinearBackward : public torch::autograd::Node {
   void release_variables() override { source.reset(); }
 };
 
-char* copy_message(const char* what) {
-  size_t n = std::strlen(what);
-  char* s = static_cast<char*>(std::malloc(n + 1));
-  if (s != nullptr) std::memcpy(s, what, n + 1);
-  return s;
-}
-
 }  // namespace
 
 extern "C" {
@@ -100,7 +94,7 @@ at::Tensor* pk_recomputed_linear(at::Tensor* x, pk_weight_fn weight, pk_drop_fn 
     source = std::make_shared<WeightSource>(weight, drop, ctx);
   } catch (const std::exception& e) {
     drop(ctx);
-    *error = copy_message(e.what());
+    *error = peftkit::copy_message(e.what());
     return nullptr;
   }
   try {
@@ -124,11 +118,9 @@ at::Tensor* pk_recomputed_linear(at::Tensor* x, pk_weight_fn weight, pk_drop_fn 
     }
     return new at::Tensor(std::move(y));
   } catch (const std::exception& e) {
-    *error = copy_message(e.what());
+    *error = peftkit::copy_message(e.what());
     return nullptr;
   }
 }
-
-void pk_free_error(char* error) { std::free(error); }
 
 }  // extern "C"

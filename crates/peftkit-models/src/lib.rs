@@ -32,8 +32,10 @@ mod checkpoint;
 mod classifier;
 mod config;
 mod device;
+mod ffi;
 pub mod gpt2;
 mod linear;
+mod memory;
 mod ops;
 mod precision;
 mod prefix;
@@ -47,6 +49,7 @@ pub use classifier::{
 pub use config::{Activation, BertConfig, ClassifierConfig, Gpt2Config, ModelConfig, ProblemType};
 pub use device::parse_device;
 pub use linear::{Linear, LinearHook, PackedWeight, WeightLayout};
+pub use memory::{memory_usage, reset_peak_memory, MemorySource, MemoryUsage};
 pub use ops::recomputed_linear;
 pub use precision::{compute_dtype, with_compute_dtype};
 pub use prefix::PrefixProvider;
@@ -130,6 +133,9 @@ pub enum ModelError {
     /// CUDA was asked for but is not available.
     #[error("device `{0}` requested but CUDA is not available to this build of libtorch (no GPU, or a CPU-only torch)")]
     NoCuda(String),
+    /// Memory statistics could not be read.
+    #[error("memory statistics: {0}")]
+    Memory(String),
     /// An error from libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -1,25 +1,15 @@
 //! Autograd operations tch cannot express in Rust, implemented as small C++ nodes
 //! (`csrc/`, compiled by this crate's build script against the same libtorch).
 
+use crate::ffi::{pk_recomputed_linear, take_error};
 use crate::{ModelError, Result};
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 use tch::Tensor;
 use torch_sys::C_tensor;
 
 type WeightFn = Mutex<Box<dyn FnMut() -> Tensor + Send>>;
-
-extern "C" {
-    fn pk_recomputed_linear(
-        x: *mut C_tensor,
-        weight: extern "C" fn(*mut c_void) -> *mut C_tensor,
-        drop: extern "C" fn(*mut c_void),
-        ctx: *mut c_void,
-        error: *mut *mut c_char,
-    ) -> *mut C_tensor;
-    fn pk_free_error(error: *mut c_char);
-}
 
 extern "C" fn call_weight(ctx: *mut c_void) -> *mut C_tensor {
     // SAFETY: `ctx` is the `Box<WeightFn>` leaked by `recomputed_linear`, alive until `drop_weight`.
@@ -79,17 +69,7 @@ pub fn recomputed_linear(
         )
     };
     if y.is_null() {
-        let message = if error.is_null() {
-            "unknown error".to_string()
-        } else {
-            // SAFETY: a NUL-terminated string allocated by the C++ side, freed right after.
-            let m = unsafe { CStr::from_ptr(error) }
-                .to_string_lossy()
-                .into_owned();
-            unsafe { pk_free_error(error) };
-            m
-        };
-        return Err(ModelError::Torch(tch::TchError::Torch(message)));
+        return Err(ModelError::Torch(tch::TchError::Torch(take_error(error))));
     }
     // SAFETY: a heap-allocated `at::Tensor` whose ownership the C++ side passes to us.
     Ok(unsafe { Tensor::from_ptr(y) })

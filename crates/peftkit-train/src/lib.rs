@@ -25,7 +25,8 @@ pub use args::{lr_factor, Optim, Precision, Scheduler, Strategy, TrainingArgs};
 pub use data::{for_each_batch, Dataset, DeviceBatch};
 pub use optim::{decays, FlatOptimizer, OptimConfig};
 pub use trainer::{
-    evaluate, evaluate_in, trainable_summary, EvalOutput, TrainModel, TrainOutput, Trainer,
+    evaluate, evaluate_in, trainable_summary, EvalOutput, TrainMemory, TrainModel, TrainOutput,
+    Trainer,
 };
 
 /// Errors of the trainer.

@@ -57,6 +57,34 @@ pub struct TrainOutput {
     pub stopped_early: bool,
     /// Every logged record (training loss every `logging_steps`, every evaluation).
     pub log_history: Vec<serde_json::Value>,
+    /// Memory on the model's device during training (HF Trainer's `train_mem_*` metrics);
+    /// `None` where the device has no statistics.
+    #[serde(default)]
+    pub memory: Option<TrainMemory>,
+}
+
+/// Memory on the training device: when training started, its peak during training (evaluations
+/// included), and when it ended. On CUDA the bytes held by tensors (`torch.cuda.memory_allocated`);
+/// on the CPU the process's resident memory. [`Trainer::train`] resets the device's peak when it
+/// starts (on the CPU: the process's high-water mark).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainMemory {
+    /// What is counted.
+    pub source: peftkit_models::MemorySource,
+    /// Bytes in use when training started (the model, optimizer state not yet allocated).
+    pub start_bytes: i64,
+    /// Peak bytes during training.
+    pub peak_bytes: i64,
+    /// Bytes in use when training ended.
+    pub end_bytes: i64,
+}
+
+impl TrainMemory {
+    /// What training needed at its peak above what was in use before (`train_mem_*_peaked_delta`
+    /// in HF Trainer, measured from the start here).
+    pub fn peaked_delta(&self) -> i64 {
+        self.peak_bytes - self.start_bytes
+    }
 }
 
 /// The result of an evaluation.
@@ -209,6 +237,9 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
         }
         let args = self.args.clone();
         let device = self.model.device();
+        let memory_start = peftkit_models::reset_peak_memory(device)
+            .and_then(|()| peftkit_models::memory_usage(device))
+            .ok();
         let mut opt =
             FlatOptimizer::new(self.model.trainable_parameters(), OptimConfig::from(&args))?;
         eprintln!(
@@ -419,6 +450,15 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
             best_metric: state.best_metric,
             stopped_early: state.stopped_early,
             log_history: state.log_history.clone(),
+            memory: memory_start.and_then(|start| {
+                let end = peftkit_models::memory_usage(device).ok()?;
+                Some(TrainMemory {
+                    source: end.source,
+                    start_bytes: start.current_bytes,
+                    peak_bytes: end.peak_bytes,
+                    end_bytes: end.current_bytes,
+                })
+            }),
         };
         Ok(out)
     }
