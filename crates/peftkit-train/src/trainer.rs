@@ -66,7 +66,8 @@ pub struct TrainOutput {
 /// Memory on the training device: when training started, its peak during training (evaluations
 /// included), and when it ended. On CUDA the bytes held by tensors (`torch.cuda.memory_allocated`);
 /// on the CPU the process's resident memory. [`Trainer::train`] resets the device's peak when it
-/// starts (on the CPU: the process's high-water mark).
+/// starts (on the CPU: the process's high-water mark), so trainers running at the same time in
+/// one process see each other's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TrainMemory {
     /// What is counted.
@@ -455,7 +456,13 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                 Some(TrainMemory {
                     source: end.source,
                     start_bytes: start.current_bytes,
-                    peak_bytes: end.peak_bytes,
+                    // The peak is the device's (on the CPU the process's): another reset during
+                    // training (a second trainer in this process) could leave it below what was
+                    // seen at the start.
+                    peak_bytes: end
+                        .peak_bytes
+                        .max(start.current_bytes)
+                        .max(end.current_bytes),
                     end_bytes: end.current_bytes,
                 })
             }),

@@ -75,7 +75,8 @@ fn two_adamw_steps_equal_hf_trainer() {
         // Memory metrics, as HF Trainer's: on the CPU the process's resident memory.
         let m = out.memory.expect("memory statistics on the CPU");
         assert_eq!(m.source, peftkit_models::MemorySource::ProcessResident);
-        assert!(m.start_bytes > 0 && m.peak_bytes >= m.start_bytes.max(m.end_bytes));
+        assert!(m.start_bytes > 0 && m.end_bytes > 0, "{m:?}");
+        assert!(m.peak_bytes >= m.start_bytes.max(m.end_bytes), "{m:?}");
         let json = serde_json::to_value(&out).unwrap();
         assert_eq!(json["memory"]["peak_bytes"].as_i64(), Some(m.peak_bytes));
         let expected: HashMap<String, Tensor> = read_safetensors(&dir.join("expected.safetensors"))
