@@ -1,19 +1,19 @@
 //! Compiles `csrc/` against the libtorch that torch-sys links: `recomputed_linear.cpp` (the one
 //! autograd node peftkit needs that tch cannot express) and `device_memory.cpp` (the CUDA
-//! allocator's statistics, which tch does not expose).
+//! allocator's statistics, which tch does not expose); and links `libtorch_cuda` into the
+//! crate's benches and examples.
 
-use std::path::PathBuf;
+include!("../../build-support/link_torch_cuda.rs");
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=../../build-support/link_torch_cuda.rs");
+    // Benches and examples may run on a GPU machine: link libtorch_cuda (tch-rs #980).
+    let lib_dir = link_torch_cuda(&["-benches", "-examples"])
+        .expect("torch-sys did not export DEP_TCH_LIBTORCH_LIB (the libtorch lib directory)");
     println!("cargo:rerun-if-changed=csrc");
-    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    // torch-sys (links = "tch") exports its library directory to direct dependents; the headers
-    // sit beside it (a libtorch zip and a PyTorch wheel have the same layout).
-    let lib_dir = PathBuf::from(
-        std::env::var_os("DEP_TCH_LIBTORCH_LIB")
-            .expect("torch-sys did not export DEP_TCH_LIBTORCH_LIB (the libtorch lib directory)"),
-    );
+    // The headers sit beside the lib directory (a libtorch zip and a PyTorch wheel have the same
+    // layout).
     let root = lib_dir
         .parent()
         .expect("libtorch lib directory has a parent");
