@@ -12,35 +12,57 @@
 //! process's resident memory (run with `MALLOC_MMAP_THRESHOLD_=65536` so freed tensors go back to
 //! the system at once and the figure is the live peak, not the allocator's retention).
 
+use clap::{Parser, ValueEnum};
 use peftkit_adapters::quant::{BnbConfig, QuantType};
 use peftkit_adapters::{LoraConfig, PeftModel};
 use peftkit_models::{
     memory_usage, parse_device, reset_peak_memory, ModelConfig, SequenceClassifier, TrainModel,
 };
+use std::path::PathBuf;
 use tch::{Kind, Tensor};
 
+/// Peak memory of one LoRA or QLoRA training step.
+#[derive(Parser)]
+struct Args {
+    /// The model's `config.json` (random-initialised from it).
+    config: PathBuf,
+    /// The base's storage.
+    mode: Mode,
+    /// Gradient checkpointing.
+    #[arg(long)]
+    gc: bool,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 8)]
+    batch: i64,
+    /// Tokens per row.
+    #[arg(long, default_value_t = 256)]
+    seq: i64,
+    /// cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    /// fp32 base + LoRA.
+    Lora,
+    /// NF4 + double-quantized base + LoRA.
+    Qlora,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage =
-        "usage: qlora_memory <config.json> <lora|qlora> [--gc] [--batch N] [--seq N] [--device D]";
-    let (config, mode) = match (args.first(), args.get(1)) {
-        (Some(c), Some(m)) => (c.clone(), m.clone()),
-        _ => return Err(usage.into()),
-    };
-    let value = |flag: &str, default: &str| -> String {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-            .unwrap_or_else(|| default.to_string())
-    };
-    let gc = args.iter().any(|a| a == "--gc");
-    let batch: i64 = value("--batch", "8").parse()?;
-    let seq: i64 = value("--seq", "256").parse()?;
-    let device = parse_device(&value("--device", "cpu"))?;
+    let Args {
+        config,
+        mode,
+        gc,
+        batch,
+        seq,
+        device,
+    } = Args::parse();
+    let device = parse_device(&device)?;
 
     tch::manual_seed(0);
-    let mut cfg = ModelConfig::from_file(config.as_ref())?;
+    let mut cfg = ModelConfig::from_file(&config)?;
     cfg.set_labels(&["neg".to_string(), "pos".to_string()]);
     let vocab = cfg.raw()["vocab_size"].as_i64().unwrap_or(30_000);
     let base = SequenceClassifier::from_config(cfg, device);
@@ -50,9 +72,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         16,
         32.0,
     );
-    let model = match mode.as_str() {
-        "lora" => PeftModel::new(base, lora)?,
-        "qlora" => PeftModel::new_quantized(
+    let model = match mode {
+        Mode::Lora => PeftModel::new(base, lora)?,
+        Mode::Qlora => PeftModel::new_quantized(
             base,
             lora,
             BnbConfig {
@@ -61,7 +83,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ..BnbConfig::default()
             },
         )?,
-        other => return Err(format!("unknown mode `{other}`; {usage}").into()),
     };
     if gc {
         model.enable_gradient_checkpointing();
@@ -91,8 +112,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (trainable, all) = model.parameter_counts();
     let mib = |b: i64| b as f64 / (1024.0 * 1024.0);
     println!(
-        "{mode}{} batch {batch}x{seq}: {:?} before the step {:.0} MiB, step peak {:.0} MiB \
+        "{}{} batch {batch}x{seq}: {:?} before the step {:.0} MiB, step peak {:.0} MiB \
          (+{:.0} MiB), step {secs:.2} s; trainable {trainable} of {all}",
+        match mode {
+            Mode::Lora => "lora",
+            Mode::Qlora => "qlora",
+        },
         if gc { " + gradient checkpointing" } else { "" },
         after.source,
         mib(before.current_bytes),

@@ -35,15 +35,12 @@ fn gradient_checkpointing_gives_the_same_gradients() {
             assert!(checkpointed.enable_gradient_checkpointing());
             let expected = grads(&plain, &g);
             let got = grads(&checkpointed, &g);
-            assert_eq!(expected.len(), got.len());
-            for ((n, a), (_, b)) in expected.iter().zip(&got) {
-                assert!(a.defined() && b.defined(), "{dir}: {n} got no gradient");
-                let d = diff(a, b);
-                assert!(
-                    d <= 1e-5,
-                    "{dir} projection={projection}: {n} gradient differs by {d}"
-                );
-            }
+            assert_grads_close(
+                &expected,
+                &got,
+                |_| 1e-5,
+                &format!("{dir} projection={projection}"),
+            );
         }
     }
 }

@@ -77,9 +77,7 @@ pub fn memory_usage(device: Device) -> Result<MemoryUsage> {
                 reserved_bytes: None,
             })
         }
-        other => Err(ModelError::Memory(format!(
-            "no memory statistics for device {other:?}"
-        ))),
+        other => Err(no_statistics(other)),
     }
 }
 
@@ -93,10 +91,12 @@ pub fn reset_peak_memory(device: Device) -> Result<()> {
                 "/proc/self/clear_refs: {e} (cannot reset the peak)"
             ))
         }),
-        other => Err(ModelError::Memory(format!(
-            "no memory statistics for device {other:?}"
-        ))),
+        other => Err(no_statistics(other)),
     }
+}
+
+fn no_statistics(device: Device) -> ModelError {
+    ModelError::Memory(format!("no memory statistics for device {device:?}"))
 }
 
 fn cuda_call(index: usize, f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<()> {

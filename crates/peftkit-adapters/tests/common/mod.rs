@@ -3,10 +3,7 @@
 
 #![allow(dead_code)]
 
-use peftkit_adapters::PeftModel;
-use peftkit_models::{
-    read_safetensors, ForwardOptions, LoadOptions, SequenceClassifier, TrainModel,
-};
+use peftkit_models::{read_safetensors, LoadOptions, SequenceClassifier, TrainModel};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -46,26 +43,10 @@ pub fn diff(a: &Tensor, b: &Tensor) -> f64 {
         .double_value(&[])
 }
 
-/// Eval-mode logits of the golden batch.
-pub fn logits(m: &PeftModel, g: &HashMap<String, Tensor>) -> Tensor {
-    m.forward(
-        &g["input_ids"],
-        &g["attention_mask"],
-        &ForwardOptions::eval(),
-    )
-    .unwrap()
-    .logits
-}
-
-/// Eval-mode logits of a plain classifier on the golden batch.
-pub fn plain_logits(m: &SequenceClassifier, g: &HashMap<String, Tensor>) -> Tensor {
-    m.forward(
-        &g["input_ids"],
-        &g["attention_mask"],
-        &ForwardOptions::eval(),
-    )
-    .unwrap()
-    .logits
+/// Eval-mode logits of the golden batch (a `PeftModel` or a plain classifier).
+pub fn logits(m: &impl TrainModel, g: &HashMap<String, Tensor>) -> Tensor {
+    m.logits(&g["input_ids"], &g["attention_mask"], false)
+        .unwrap()
 }
 
 /// A copy of a fixture adapter directory with its `adapter_config.json` edited.
@@ -94,4 +75,25 @@ pub fn grads(model: &impl TrainModel, g: &HashMap<String, Tensor>) -> Vec<(Strin
         .into_iter()
         .map(|(n, t)| (n, t.grad().copy()))
         .collect()
+}
+
+/// Asserts that two gradient lists (as [`grads`] returns them) name the same tensors and that each
+/// pair differs by at most `tol(expected)`.
+pub fn assert_grads_close(
+    expected: &[(String, Tensor)],
+    got: &[(String, Tensor)],
+    tol: impl Fn(&Tensor) -> f64,
+    what: &str,
+) {
+    assert_eq!(expected.len(), got.len(), "{what}: gradient count");
+    for ((n, a), (m, b)) in expected.iter().zip(got) {
+        assert_eq!(n, m, "{what}");
+        assert!(a.defined() && b.defined(), "{what}: {n} got no gradient");
+        let d = diff(a, b);
+        let t = tol(a);
+        assert!(
+            d <= t,
+            "{what}: {n} gradient differs by {d} (tolerance {t})"
+        );
+    }
 }
