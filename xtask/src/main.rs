@@ -128,7 +128,12 @@ fn run() -> Result<()> {
                 &root,
                 &["run", "--release", "--quiet", "-p", "peftkit", "--"],
             );
-            cmd.args(&rest);
+            // `cargo xtask run -- list` and `cargo xtask run list` mean the same.
+            let args = match rest.first().map(String::as_str) {
+                Some("--") => &rest[1..],
+                _ => &rest[..],
+            };
+            cmd.args(args);
             exec(cmd)
         }
         "fixtures" => fixtures(&root, &rest),
