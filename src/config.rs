@@ -46,6 +46,29 @@ pub struct ModelSection {
     /// `cpu`, `cuda`, `cuda:N` or `auto` (the CLI's `--device` wins).
     #[serde(default = "d_device")]
     pub device: String,
+    /// Where the weights come from: the checkpoint (`pretrained`, the default), or `random`
+    /// initialisation from the model's `config.json` alone (transformers' `from_config`), for
+    /// measuring speed and memory where the weights cannot be had.
+    #[serde(default, skip_serializing_if = "ModelInit::is_pretrained")]
+    pub init: ModelInit,
+}
+
+/// `[model] init`: pretrained weights, or a random initialisation of the same shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelInit {
+    /// The checkpoint's weights (`from_pretrained`).
+    #[default]
+    Pretrained,
+    /// transformers' `_init_weights` from `config.json` (seeded with `train.seed`); accuracies
+    /// are meaningless, step time and memory are those of the real model.
+    Random,
+}
+
+impl ModelInit {
+    fn is_pretrained(&self) -> bool {
+        *self == ModelInit::Pretrained
+    }
 }
 
 fn d_dtype() -> String {
@@ -640,6 +663,27 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("batch sizes must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn model_init_is_pretrained_unless_set_and_round_trips() {
+        let cfg = ExperimentConfig::parse(MINIMAL, Path::new("a.toml"), &[]).unwrap();
+        assert_eq!(cfg.model.init, ModelInit::Pretrained);
+        assert!(!cfg.to_toml().contains("init"), "{}", cfg.to_toml());
+        let cfg =
+            ExperimentConfig::parse(MINIMAL, Path::new("a.toml"), &["model.init=random".into()])
+                .unwrap();
+        assert_eq!(cfg.model.init, ModelInit::Random);
+        let again = ExperimentConfig::parse(&cfg.to_toml(), Path::new("a.toml"), &[]).unwrap();
+        assert_eq!(again.model.init, ModelInit::Random);
+        let err =
+            ExperimentConfig::parse(MINIMAL, Path::new("a.toml"), &["model.init=zeros".into()])
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("unknown variant `zeros`") && err.contains("`random`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! The studies' flow: evaluate the foundation model with its untrained head, fine-tune, save,
 //! reload from disk, evaluate again, and report beside the published figures.
 
-use crate::config::{ExperimentConfig, Method};
+use crate::config::{ExperimentConfig, Method, ModelInit};
 use crate::report::{ComparisonRow, Report, SplitResult};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use peftkit_adapters::PeftModel;
 use peftkit_data::{load_splits, LabelStats, Split};
 use peftkit_models::{
-    parse_device, write_dir_atomically, LoadOptions, SequenceClassifier, TrainModel,
+    parse_device, write_dir_atomically, LoadOptions, ModelConfig, SequenceClassifier, TrainModel,
 };
 use peftkit_tokenize::{TextTokenizer, Truncation};
 use peftkit_train::{evaluate, Dataset, EvalOutput, Trainer};
@@ -32,6 +32,48 @@ pub struct RunOptions {
 
 /// Tokenizer files copied next to a saved model so that the directory is self-contained.
 pub use peftkit_data::TOKENIZER_FILES;
+
+/// The run directory's subdirectory holding the base model of a `model.init = "random"` run.
+pub const RANDOM_INIT_DIR: &str = "random-init";
+
+/// Writes a randomly initialised checkpoint of `model_id`'s architecture to `dir` (atomically):
+/// its `config.json` with `labels`, transformers' `_init_weights` drawn from torch's generator
+/// (seed it first, as `set_seed` before `from_config`), and its tokenizer files. No weights of
+/// `model_id` are needed — only its config and tokenizer.
+pub fn write_random_init(
+    model_id: &str,
+    revision: Option<&str>,
+    labels: &[String],
+    dir: &Path,
+) -> Result<()> {
+    let src = peftkit_data::resolve_model(model_id, revision, false)?;
+    let config_path = src.join("config.json");
+    let mut config = ModelConfig::from_file(&config_path)?;
+    config.set_labels(labels);
+    let model = SequenceClassifier::from_config(config, Device::Cpu);
+    write_dir_atomically(dir, |tmp| -> Result<()> {
+        model.write_checkpoint_files(tmp)?;
+        copy_tokenizer_files(&src, tmp)
+    })
+    .with_context(|| {
+        format!(
+            "writing a random initialisation of `{model_id}` to {}",
+            dir.display()
+        )
+    })
+}
+
+/// Copies the tokenizer files present in `from` into `to` (a saved model is self-contained).
+fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
+    for f in TOKENIZER_FILES {
+        if from.join(f).is_file() {
+            std::fs::copy(from.join(f), to.join(f)).with_context(|| {
+                format!("copying {} to {}", from.join(f).display(), to.display())
+            })?;
+        }
+    }
+    Ok(())
+}
 
 /// Loads a model argument (hub id or directory, with weights) and its tokenizer.
 pub fn load_model_and_tokenizer(
@@ -371,16 +413,49 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
     // Written now so a run without model weights still leaves the label statistics.
     report.write(&run_dir)?;
 
-    let model_id = cfg.model_id()?;
+    let configured_id = cfg.model_id()?;
     // Like HF's `set_seed(seed)` before `from_pretrained`: a newly initialised head is the same
     // on every run.
     tch::manual_seed(cfg.train.seed as i64);
+    let (model_id, revision) = match cfg.model.init {
+        ModelInit::Pretrained => (configured_id, cfg.model.revision.clone()),
+        ModelInit::Random => {
+            // The random base is a checkpoint of its own in the run directory, so the reload
+            // below, a resumed run and the saved adapter's `base_model_name_or_path` all name
+            // the very weights that were trained on.
+            let dir = run_dir.join(RANDOM_INIT_DIR);
+            if resume.is_none() || !dir.join("model.safetensors").is_file() {
+                write_random_init(
+                    &configured_id,
+                    cfg.model.revision.as_deref(),
+                    &label_names,
+                    &dir,
+                )?;
+            }
+            report.notes.push(format!(
+                "Random-initialised weights (`model.init = \"random\"`, seed {}) of `{configured_id}`'s architecture, saved in `{}`: the accuracies are meaningless; step time, samples/s and memory are the real model's.",
+                cfg.train.seed,
+                dir.display()
+            ));
+            (dir.to_string_lossy().into_owned(), None)
+        }
+    };
     let (model, tokenizer, model_dir) = load_model_and_tokenizer(
         &model_id,
-        cfg.model.revision.as_deref(),
+        revision.as_deref(),
         Some(label_names.clone()),
         device,
-    )?;
+    )
+    .map_err(|e| {
+        match e.downcast_ref::<peftkit_data::DataError>() {
+            Some(peftkit_data::DataError::ModelFilesMissing { missing, .. })
+                if missing.iter().any(|m| m.starts_with("model.safetensors")) =>
+            {
+                anyhow!("{e:#}; to measure speed and memory without the weights, add `--set model.init=random`")
+            }
+            _ => e,
+        }
+    })?;
     report.model_dir = model_dir.display().to_string();
     let t0 = Instant::now();
     let eval_data = encode(&eval_split, &tokenizer, &cfg.data)?;
@@ -449,13 +524,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
                 let saved = run_dir.join("model");
                 write_dir_atomically(&saved, |tmp| -> Result<()> {
                     model.write_checkpoint_files(tmp)?;
-                    for f in TOKENIZER_FILES {
-                        if model_dir.join(f).is_file() {
-                            std::fs::copy(model_dir.join(f), tmp.join(f))
-                                .with_context(|| format!("copying {f}"))?;
-                        }
-                    }
-                    Ok(())
+                    copy_tokenizer_files(&model_dir, tmp)
                 })?;
                 saved
             }
@@ -467,11 +536,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
                     .map(|(i, n)| (i.to_string(), n.clone()))
                     .collect();
                 write_dir_atomically(&saved, |tmp| -> Result<()> {
-                    model.write_adapter_files(
-                        tmp,
-                        Some(&model_id),
-                        cfg.model.revision.as_deref(),
-                    )?;
+                    model.write_adapter_files(tmp, Some(&model_id), revision.as_deref())?;
                     std::fs::write(
                         tmp.join(ADAPTER_LABELS_FILE),
                         serde_json::to_string_pretty(&labels)?,
@@ -484,12 +549,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
         let was_peft = matches!(tuned, Tuned::Peft(_));
         drop(tuned);
         let (reloaded, reloaded_tok) = if was_peft {
-            load_tuned(
-                &model_id,
-                cfg.model.revision.as_deref(),
-                Some(&saved),
-                device,
-            )
+            load_tuned(&model_id, revision.as_deref(), Some(&saved), device)
         } else {
             load_tuned(&saved.to_string_lossy(), None, None, device)
         }

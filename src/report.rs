@@ -96,6 +96,10 @@ pub struct Report {
     pub model: String,
     /// Where the model was loaded from.
     pub model_dir: String,
+    /// The weights were randomly initialised (`model.init = "random"`): accuracies and losses
+    /// mean nothing and are not compared with the published ones.
+    #[serde(default)]
+    pub random_init: bool,
     /// Dataset (and config).
     pub dataset: String,
     /// Method.
@@ -136,6 +140,7 @@ impl Report {
             description: cfg.description.clone(),
             model: cfg.model.id.clone(),
             model_dir: String::new(),
+            random_init: cfg.model.init == crate::config::ModelInit::Random,
             dataset: match &cfg.data.config {
                 Some(c) => format!("{} ({c})", cfg.data.dataset),
                 None => cfg.data.dataset.clone(),
@@ -204,11 +209,18 @@ impl Report {
         })
     }
 
-    /// Fills the comparison with the published figures.
+    /// Fills the comparison with the published figures (with random weights only those that do
+    /// not depend on the weights: parameter counts, label statistics, steps, run time).
     pub fn compare(&mut self, reference: &ReferenceSection) {
+        let depends_on_weights = |metric: &str| {
+            ["accuracy", "loss", "f1"]
+                .iter()
+                .any(|m| metric.contains(m))
+        };
         self.comparison = reference
             .metrics
             .iter()
+            .filter(|(metric, _)| !(self.random_init && depends_on_weights(metric)))
             .map(|(metric, &published)| ComparisonRow {
                 metric: metric.clone(),
                 ours: self.ours(metric),
@@ -223,6 +235,9 @@ impl Report {
             "- model: `{}` ({})\n- dataset: `{}`\n- method: {}\n- device: {}\n- trainable parameters: {} of {}\n- run time: {:.1} s\n",
             self.model, self.model_dir, self.dataset, self.method, self.device, self.trainable_params, self.all_params, self.total_runtime
         );
+        if self.random_init {
+            s += "- weights: **random initialisation** (`model.init = \"random\"`): accuracies and losses are meaningless and not compared; speed and memory are the real model's\n";
+        }
         if !self.comparison.is_empty() {
             s += &format!(
                 "\n## Ours beside the published figures\n\nSource: {}\n\n",

@@ -424,6 +424,7 @@ fn gpt2_experiments_fail_clearly_without_weights_but_keep_the_label_statistics()
         err.contains("model `gpt2`: model.safetensors (the weights) not found in the hub cache"),
         "{err}"
     );
+    assert!(err.contains("add `--set model.init=random`"), "{err}");
     let report = json(&run.join("report.json"));
     let pct = |i: usize, c: usize| report["label_stats"][i]["classes"][c][2].as_f64().unwrap();
     assert_eq!(
@@ -445,6 +446,82 @@ fn gpt2_experiments_fail_clearly_without_weights_but_keep_the_label_statistics()
         ]);
         assert!(err.contains("(the weights) not found"), "{name}: {err}");
     }
+}
+
+#[test]
+fn random_init_runs_a_gpt2_experiment_of_the_real_shape_without_weights() {
+    // Only the hub cache's gpt2 config.json and tokenizer are needed (no weights anywhere here).
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    run_ok(&[
+        "reproduce",
+        "sst2-lora",
+        "--output",
+        run.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--set",
+        "model.init=random",
+        "--set",
+        "data.train_subset=16",
+        "--set",
+        "data.eval_subset=16",
+        "--set",
+        "data.max_length=32",
+        "--set",
+        "train.per_device_train_batch_size=8",
+        "--set",
+        "train.max_steps=2",
+    ]);
+    let base = run.join("random-init");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(base.join(f).is_file(), "random-init/{f} missing");
+    }
+    // GPT-2's real shape: Study A's published counts for LoRA r 8 on c_attn + both c_proj with
+    // the score head ("812,544 of 125,253,888": peft counts the wrapped head twice).
+    let report = json(&run.join("report.json"));
+    assert_eq!(report["trainable_params"], 812_544);
+    assert_eq!(report["all_params"], 125_253_888);
+    assert_eq!(report["reloaded_matches"], true);
+    assert_eq!(report["train"]["global_step"], 2);
+    let notes = report["notes"].to_string();
+    assert!(notes.contains("Random-initialised weights"), "{notes}");
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(md.contains("weights: **random initialisation**"), "{md}");
+    // Only figures that do not depend on the weights are set beside the published ones.
+    assert_eq!(report["random_init"], true);
+    let compared: Vec<&str> = report["comparison"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["metric"].as_str().unwrap())
+        .collect();
+    assert_eq!(compared, ["eval_samples_per_second"]);
+    // The adapter names the weights it was trained on; the resolved config records the init.
+    let adapter = json(&run.join("adapter/adapter_config.json"));
+    assert!(
+        adapter["base_model_name_or_path"]
+            .as_str()
+            .unwrap()
+            .ends_with("random-init"),
+        "{adapter}"
+    );
+    let cfg = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(cfg.contains("init = \"random\""), "{cfg}");
+    // The base has transformers' initialisation: N(0, 0.02) weights, unit LayerNorm scales.
+    let w: std::collections::HashMap<String, tch::Tensor> =
+        peftkit_models::read_safetensors(&base.join("model.safetensors"))
+            .unwrap()
+            .into_iter()
+            .collect();
+    let std = w["transformer.h.0.attn.c_attn.weight"]
+        .std(true)
+        .double_value(&[]);
+    assert!((std - 0.02).abs() < 1e-3, "c_attn std {std}");
+    let ln = &w["transformer.h.0.ln_1.weight"];
+    assert!(ln.eq(1.0).all().int64_value(&[]) == 1, "ln_1 not ones");
+    assert_eq!(w["score.weight"].size(), vec![2, 768]);
 }
 
 #[test]
