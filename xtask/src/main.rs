@@ -5,7 +5,7 @@
 //! real work:
 //!
 //! 1. `LIBTORCH` set: used as is.
-//! 2. an importable `torch==2.11.0` in `PEFTKIT_PYTHON` or `python3`: used with `LIBTORCH_USE_PYTORCH=1`.
+//! 2. an importable `torch==2.11.0` in `PEFTKIT_PYTHON` or `python3`: used with `LIBTORCH_USE_PYTORCH` set (to its library directory).
 //! 3. otherwise a virtual environment in the per-user cache (`$XDG_CACHE_HOME/peftkit` or
 //!    `~/.cache/peftkit`) is created once with `pip install torch==2.11.0`, and reused by every clone.
 //!
@@ -417,7 +417,14 @@ impl TorchEnv {
     fn vars(&self, root: &Path) -> Vec<(String, OsString)> {
         let mut vars = Vec::new();
         if self.python.is_some() {
-            vars.push(("LIBTORCH_USE_PYTORCH".into(), "1".into()));
+            // torch-sys only checks that the variable is set, but cargo reruns its build script
+            // when the value changes: the library directory as value makes a torch that moved
+            // (another cache, a reinstall) rebuild torch-sys instead of linking against a
+            // directory that is gone.
+            vars.push((
+                "LIBTORCH_USE_PYTORCH".into(),
+                self.lib_dir.clone().into_os_string(),
+            ));
             if let Some(venv) = &self.venv {
                 vars.push(("VIRTUAL_ENV".into(), venv.clone().into()));
                 let mut path = OsString::from(venv.join("bin"));
