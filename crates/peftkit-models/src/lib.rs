@@ -49,7 +49,9 @@ pub use classifier::{
 pub use config::{Activation, BertConfig, ClassifierConfig, Gpt2Config, ModelConfig, ProblemType};
 pub use device::parse_device;
 pub use linear::{Linear, LinearHook, PackedWeight, WeightLayout};
-pub use memory::{memory_usage, reset_peak_memory, MemorySource, MemoryUsage};
+pub use memory::{
+    memory_usage, release_free_host_memory, reset_peak_memory, MemorySource, MemoryUsage,
+};
 pub use ops::recomputed_linear;
 pub use precision::{compute_dtype, with_compute_dtype};
 pub use prefix::PrefixProvider;
