@@ -3,7 +3,7 @@
 
 use crate::config::{ExperimentConfig, Method, ModelInit};
 use crate::report::{ComparisonRow, Report, SplitResult};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use peftkit_adapters::PeftModel;
 use peftkit_data::{load_splits, LabelStats, Split};
 use peftkit_models::{
@@ -47,8 +47,7 @@ pub fn write_random_init(
     dir: &Path,
 ) -> Result<()> {
     let src = peftkit_data::resolve_model(model_id, revision, false)?;
-    let config_path = src.join("config.json");
-    let mut config = ModelConfig::from_file(&config_path)?;
+    let mut config = ModelConfig::from_file(&src.join("config.json"))?;
     config.set_labels(labels);
     let model = SequenceClassifier::from_config(config, Device::Cpu);
     write_dir_atomically(dir, |tmp| -> Result<()> {
@@ -433,7 +432,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
                 )?;
             }
             report.notes.push(format!(
-                "Random-initialised weights (`model.init = \"random\"`, seed {}) of `{configured_id}`'s architecture, saved in `{}`: the accuracies are meaningless; step time, samples/s and memory are the real model's.",
+                "Random-initialised weights (`model.init = \"random\"`, seed {}) of `{configured_id}`'s architecture, saved in `{}`.",
                 cfg.train.seed,
                 dir.display()
             ));
@@ -446,15 +445,16 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
         Some(label_names.clone()),
         device,
     )
-    .map_err(|e| {
-        match e.downcast_ref::<peftkit_data::DataError>() {
-            Some(peftkit_data::DataError::ModelFilesMissing { missing, .. })
-                if missing.iter().any(|m| m.starts_with("model.safetensors")) =>
-            {
-                anyhow!("{e:#}; to measure speed and memory without the weights, add `--set model.init=random`")
+    .map_err(|mut e| {
+        // The typed error keeps its kind; its hint gains the way around missing weights.
+        if let Some(peftkit_data::DataError::ModelFilesMissing { missing, hint, .. }) =
+            e.downcast_mut::<peftkit_data::DataError>()
+        {
+            if missing.iter().any(|m| m.starts_with("model.safetensors")) {
+                hint.push_str("; to measure speed and memory without the weights, add `--set model.init=random`");
             }
-            _ => e,
         }
+        e
     })?;
     report.model_dir = model_dir.display().to_string();
     let t0 = Instant::now();
