@@ -181,9 +181,8 @@ impl DataSection {
     }
 }
 
-/// The fine-tuning method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// The fine-tuning method, as `[adapter] kind` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     /// No training: label statistics and the untrained head's accuracy.
     Baseline,
@@ -191,171 +190,163 @@ pub enum Method {
     Full,
     /// Only the classification head trained (base frozen).
     Head,
-    /// LoRA adapters on a frozen base, with the head trained (peft's LoRA).
-    Lora,
-    /// LoRA on a 4-bit quantized base (bitsandbytes' `load_in_4bit` + peft's LoRA).
-    Qlora,
-    /// Prefix tuning: trainable per-layer key/value prefixes, the head trained (peft's
-    /// `PrefixTuningConfig`).
-    Prefix,
+    /// A peft adapter on a frozen base (any method of [`peftkit_adapters::METHODS`]; `qlora`:
+    /// LoRA on a 4-bit base), with the head trained.
+    Adapter,
 }
 
-/// `[adapter]`: the method, and its options with peft's names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The kinds that are not adapters.
+const PLAIN_KINDS: &[(&str, Method)] = &[
+    ("baseline", Method::Baseline),
+    ("full", Method::Full),
+    ("head", Method::Head),
+];
+
+/// peftkit's short aliases of transformers' `BitsAndBytesConfig` fields in a `qlora` section.
+const BNB_ALIASES: &[(&str, &str)] = &[
+    ("quant_type", "bnb_4bit_quant_type"),
+    ("double_quant", "bnb_4bit_use_double_quant"),
+    ("compute_dtype", "bnb_4bit_compute_dtype"),
+    ("skip_modules", "llm_int8_skip_modules"),
+    ("blocksize", "bnb_4bit_blocksize"),
+];
+
+/// `[adapter]`: the method (`kind`) and its options with peft's names, deserialized straight
+/// into that method's peft config: `kind = "lora"` takes `LoraConfig`'s fields (`r`,
+/// `lora_alpha`, `target_modules`, `use_dora`, …), `"ia3"` `IA3Config`'s, `"prefix"`
+/// `PrefixTuningConfig`'s; `"qlora"` LoRA's and `BitsAndBytesConfig`'s; `"full"`, `"head"`
+/// and `"baseline"` none. An unknown field is an error naming it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdapterSection {
-    /// The method.
-    pub kind: Method,
-    /// LoRA rank.
-    #[serde(default)]
-    pub r: Option<i64>,
-    /// LoRA alpha.
-    #[serde(default)]
-    pub lora_alpha: Option<f64>,
-    /// LoRA dropout.
-    #[serde(default)]
-    pub lora_dropout: Option<f64>,
-    /// Modules LoRA applies to (a list of name suffixes, or one regex string).
-    #[serde(default)]
-    pub target_modules: Option<peftkit_adapters::TargetModules>,
-    /// Modules never adapted.
-    #[serde(default)]
-    pub exclude_modules: Option<peftkit_adapters::TargetModules>,
-    /// `none`, `all` or `lora_only`.
-    #[serde(default)]
-    pub bias: Option<peftkit_adapters::Bias>,
-    /// rsLoRA scaling (alpha / √r).
-    #[serde(default)]
-    pub use_rslora: Option<bool>,
-    /// `true`, `false` or `"gaussian"`.
-    #[serde(default)]
-    pub init_lora_weights: Option<peftkit_adapters::InitLoraWeights>,
-    /// Layer indexes to adapt.
-    #[serde(default)]
-    pub layers_to_transform: Option<peftkit_adapters::LayerIndexes>,
-    /// Further modules trained in full and saved with the adapter (the head always is).
-    #[serde(default)]
-    pub modules_to_save: Option<Vec<String>>,
-    /// QLoRA: quantize the base to 4 bits (implied by `kind = "qlora"`).
-    #[serde(default)]
-    pub load_in_4bit: Option<bool>,
-    /// QLoRA: `nf4` (default) or `fp4`.
-    #[serde(default, alias = "quant_type")]
-    pub bnb_4bit_quant_type: Option<peftkit_adapters::quant::QuantType>,
-    /// QLoRA: double quantization of the absmax.
-    #[serde(default, alias = "double_quant")]
-    pub bnb_4bit_use_double_quant: Option<bool>,
-    /// QLoRA: `float32`, `float16` or `bfloat16` for the 4-bit products.
-    #[serde(default, alias = "compute_dtype")]
-    pub bnb_4bit_compute_dtype: Option<String>,
-    /// QLoRA: modules left in full precision (the head always is).
-    #[serde(default, alias = "skip_modules")]
-    pub llm_int8_skip_modules: Option<Vec<String>>,
-    /// QLoRA: elements per absmax block (64).
-    #[serde(default, alias = "blocksize")]
-    pub bnb_4bit_blocksize: Option<i64>,
-    /// Prefix tuning: number of virtual tokens.
-    #[serde(default)]
-    pub num_virtual_tokens: Option<i64>,
-    /// Prefix tuning: reparameterise through an MLP.
-    #[serde(default)]
-    pub prefix_projection: Option<bool>,
-    /// Prefix tuning: the MLP's hidden size (default: the model's hidden size).
-    #[serde(default)]
-    pub encoder_hidden_size: Option<i64>,
-    /// Prefix tuning: real tokens' positions after the prefix, as peft/transformers (default
-    /// true).
-    #[serde(default)]
-    pub shift_position_ids: Option<bool>,
+    /// The `kind` as written.
+    pub kind: String,
+    /// The adapter's peft config (adapter kinds).
+    pub peft: Option<peftkit_adapters::AdapterConfig>,
+    /// The 4-bit quantization of the base (`qlora`).
+    pub quantization: Option<peftkit_adapters::quant::BnbConfig>,
 }
 
 impl AdapterSection {
-    /// LoRA's own options (`modules_to_save` is shared with prefix tuning).
-    fn has_lora_options(&self) -> bool {
-        self.r.is_some()
-            || self.lora_alpha.is_some()
-            || self.lora_dropout.is_some()
-            || self.target_modules.is_some()
-            || self.exclude_modules.is_some()
-            || self.bias.is_some()
-            || self.use_rslora.is_some()
-            || self.init_lora_weights.is_some()
-            || self.layers_to_transform.is_some()
+    /// The method.
+    pub fn method(&self) -> Method {
+        PLAIN_KINDS
+            .iter()
+            .find(|(k, _)| *k == self.kind)
+            .map_or(Method::Adapter, |(_, m)| *m)
     }
 
-    fn has_prefix_options(&self) -> bool {
-        self.num_virtual_tokens.is_some()
-            || self.prefix_projection.is_some()
-            || self.encoder_hidden_size.is_some()
-            || self.shift_position_ids.is_some()
-    }
-
-    /// The prefix-tuning config (peft's defaults for what is not set).
-    pub fn prefix_config(
-        &self,
-    ) -> std::result::Result<peftkit_adapters::PrefixTuningConfig, String> {
-        let d = peftkit_adapters::PrefixTuningConfig::default();
-        let cfg = peftkit_adapters::PrefixTuningConfig {
-            num_virtual_tokens: self.num_virtual_tokens.unwrap_or(d.num_virtual_tokens),
-            prefix_projection: self.prefix_projection.unwrap_or(false),
-            encoder_hidden_size: self.encoder_hidden_size,
-            shift_position_ids: self.shift_position_ids.unwrap_or(true),
-            modules_to_save: self.modules_to_save.clone(),
-            ..d
-        };
-        cfg.validate().map_err(|e| format!("[adapter]: {e}"))?;
-        Ok(cfg)
-    }
-
-    fn has_quant_options(&self) -> bool {
-        self.load_in_4bit.is_some()
-            || self.bnb_4bit_quant_type.is_some()
-            || self.bnb_4bit_use_double_quant.is_some()
-            || self.bnb_4bit_compute_dtype.is_some()
-            || self.llm_int8_skip_modules.is_some()
-            || self.bnb_4bit_blocksize.is_some()
-    }
-
-    /// The 4-bit quantization of a `qlora` run (bitsandbytes' names; NF4 unless set).
-    pub fn bnb_config(&self) -> std::result::Result<peftkit_adapters::quant::BnbConfig, String> {
-        if self.load_in_4bit == Some(false) {
-            return Err("[adapter]: kind `qlora` needs load_in_4bit = true (or unset)".into());
+    fn from_table(kind: String, mut table: toml::Table) -> std::result::Result<Self, String> {
+        if let Some((_, _)) = PLAIN_KINDS.iter().find(|(k, _)| *k == kind) {
+            if let Some(key) = table.keys().next() {
+                return Err(format!(
+                    "[adapter]: kind `{kind}` takes no options, but `{key}` is set (adapter options need an adapter kind, e.g. kind = \"lora\")"
+                ));
+            }
+            return Ok(Self {
+                kind,
+                peft: None,
+                quantization: None,
+            });
         }
-        let d = peftkit_adapters::quant::BnbConfig::default();
-        let cfg = peftkit_adapters::quant::BnbConfig {
-            bnb_4bit_quant_type: self.bnb_4bit_quant_type.unwrap_or(d.bnb_4bit_quant_type),
-            bnb_4bit_use_double_quant: self.bnb_4bit_use_double_quant.unwrap_or(false),
-            bnb_4bit_compute_dtype: self.bnb_4bit_compute_dtype.clone(),
-            llm_int8_skip_modules: self.llm_int8_skip_modules.clone(),
-            bnb_4bit_blocksize: self.bnb_4bit_blocksize.unwrap_or(d.bnb_4bit_blocksize),
-            ..d
+        let mut quantization = None;
+        let method = if kind == "qlora" {
+            let fields = serde_json::to_value(peftkit_adapters::quant::BnbConfig::default())
+                .expect("config serialises");
+            let is_bnb = |k: &str| fields.get(k).is_some();
+            let mut bnb = toml::Table::new();
+            for key in table.keys().cloned().collect::<Vec<_>>() {
+                let name = BNB_ALIASES
+                    .iter()
+                    .find(|(a, _)| *a == key)
+                    .map_or(key.as_str(), |(_, n)| n);
+                if is_bnb(name) {
+                    let v = table.remove(&key).expect("listed");
+                    bnb.insert(name.to_string(), v);
+                }
+            }
+            if bnb.get("load_in_4bit") == Some(&toml::Value::Boolean(false)) {
+                return Err("[adapter]: kind `qlora` needs load_in_4bit = true (or unset)".into());
+            }
+            let cfg = peftkit_adapters::quant::BnbConfig::deserialize(toml::Value::Table(bnb))
+                .map_err(|e| format!("[adapter]: {}", one_line(&e.to_string())))?;
+            cfg.validate().map_err(|e| format!("[adapter]: {e}"))?;
+            quantization = Some(cfg);
+            "lora"
+        } else {
+            kind.as_str()
         };
-        cfg.validate().map_err(|e| format!("[adapter]: {e}"))?;
-        Ok(cfg)
+        let fields = serde_json::to_value(&table).map_err(|e| format!("[adapter]: {e}"))?;
+        let peft = peftkit_adapters::AdapterConfig::from_kind(method, fields).map_err(|e| {
+            if peftkit_adapters::METHODS.iter().any(|(k, _)| *k == method) {
+                format!("[adapter]: {e}")
+            } else {
+                format!(
+                    "[adapter]: unknown kind `{kind}` (expected one of {}, {}, qlora)",
+                    PLAIN_KINDS
+                        .iter()
+                        .map(|(k, _)| *k)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    peftkit_adapters::METHODS
+                        .iter()
+                        .map(|(k, _)| *k)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        })?;
+        Ok(Self {
+            kind,
+            peft: Some(peft),
+            quantization,
+        })
     }
 
-    /// The LoRA config (peft's defaults for what is not set).
-    pub fn lora_config(&self) -> std::result::Result<peftkit_adapters::LoraConfig, String> {
-        let d = peftkit_adapters::LoraConfig::default();
-        let cfg = peftkit_adapters::LoraConfig {
-            r: self.r.unwrap_or(d.r),
-            lora_alpha: self.lora_alpha.unwrap_or(d.lora_alpha),
-            lora_dropout: self.lora_dropout.unwrap_or(d.lora_dropout),
-            target_modules: Some(
-                self.target_modules
-                    .clone()
-                    .ok_or("adapter.target_modules is required for LoRA")?,
-            ),
-            exclude_modules: self.exclude_modules.clone(),
-            bias: self.bias.unwrap_or_default(),
-            use_rslora: self.use_rslora.unwrap_or(false),
-            init_lora_weights: self.init_lora_weights.clone().unwrap_or_default(),
-            layers_to_transform: self.layers_to_transform.clone(),
-            modules_to_save: self.modules_to_save.clone(),
-            ..d
+    fn to_table(&self) -> toml::Table {
+        let mut t = toml::Table::new();
+        t.insert("kind".into(), toml::Value::String(self.kind.clone()));
+        let mut add = |v: serde_json::Value| {
+            if let serde_json::Value::Object(m) = v {
+                for (k, v) in m {
+                    if v.is_null() {
+                        continue;
+                    }
+                    if let Ok(v) = toml::Value::try_from(v) {
+                        t.insert(k, v);
+                    }
+                }
+            }
         };
-        cfg.validate().map_err(|e| format!("[adapter]: {e}"))?;
-        Ok(cfg)
+        if let Some(p) = &self.peft {
+            add(p.to_fields());
+        }
+        if let Some(q) = &self.quantization {
+            add(serde_json::to_value(q).expect("config serialises"));
+        }
+        t
+    }
+}
+
+impl<'de> Deserialize<'de> for AdapterSection {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut table = toml::Table::deserialize(d)?;
+        let kind = match table.remove("kind") {
+            Some(toml::Value::String(s)) => s,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "[adapter] kind must be a string, got {other}"
+                )))
+            }
+            None => return Err(D::Error::missing_field("kind")),
+        };
+        Self::from_table(kind, table).map_err(D::Error::custom)
+    }
+}
+
+impl Serialize for AdapterSection {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_table().serialize(s)
     }
 }
 
@@ -476,41 +467,6 @@ impl ExperimentConfig {
                 "model.dtype `{}` is not supported: parameters are float32 (use train.precision for mixed precision)",
                 self.model.dtype
             ));
-        }
-        match self.adapter.kind {
-            Method::Lora => {
-                self.adapter.lora_config()?;
-            }
-            Method::Qlora => {
-                self.adapter.lora_config()?;
-                self.adapter.bnb_config()?;
-            }
-            Method::Prefix => {
-                self.adapter.prefix_config()?;
-                if self.adapter.has_lora_options() {
-                    return Err("[adapter] has LoRA options but kind is `prefix`".into());
-                }
-            }
-            kind if self.adapter.has_lora_options() || self.adapter.modules_to_save.is_some() => {
-                return Err(
-                    format!("[adapter] has LoRA options but kind is `{kind:?}`").to_lowercase()
-                );
-            }
-            _ => {}
-        }
-        if self.adapter.kind != Method::Prefix && self.adapter.has_prefix_options() {
-            return Err(format!(
-                "[adapter] has prefix-tuning options but kind is `{:?}` (use kind = \"prefix\")",
-                self.adapter.kind
-            )
-            .to_lowercase());
-        }
-        if self.adapter.kind != Method::Qlora && self.adapter.has_quant_options() {
-            return Err(format!(
-                "[adapter] has 4-bit quantization options but kind is `{:?}` (use kind = \"qlora\")",
-                self.adapter.kind
-            )
-            .to_lowercase());
         }
         if self.data.max_length < 2 {
             return Err("data.max_length must be at least 2".into());
@@ -691,6 +647,73 @@ mod tests {
         let cfg = ExperimentConfig::parse(MINIMAL, Path::new("a.toml"), &[]).unwrap();
         let again = ExperimentConfig::parse(&cfg.to_toml(), Path::new("a.toml"), &[]).unwrap();
         assert_eq!(cfg, again);
+    }
+
+    #[test]
+    fn adapter_sections_are_the_methods_peft_configs() {
+        let with = |adapter: &str| {
+            let text = MINIMAL.replace("[adapter]\nkind = \"full\"\n", adapter);
+            ExperimentConfig::parse(&text, Path::new("a.toml"), &[])
+        };
+        let lora = with(
+            "[adapter]\nkind = \"lora\"\nr = 4\ntarget_modules = [\"c_attn\"]\nuse_rslora = true\n",
+        )
+        .unwrap();
+        let peftkit_adapters::AdapterConfig::Lora(c) = lora.adapter.peft.clone().unwrap() else {
+            panic!("not LoRA")
+        };
+        assert!(c.r == 4 && c.use_rslora && c.lora_alpha == 8.0);
+        let again = ExperimentConfig::parse(&lora.to_toml(), Path::new("a.toml"), &[]).unwrap();
+        assert_eq!(again, lora);
+        let q = with("[adapter]\nkind = \"qlora\"\ntarget_modules = [\"c_attn\"]\nquant_type = \"fp4\"\nbnb_4bit_use_double_quant = true\n").unwrap();
+        let bnb = q.adapter.quantization.clone().unwrap();
+        assert_eq!(
+            bnb.bnb_4bit_quant_type,
+            peftkit_adapters::quant::QuantType::Fp4
+        );
+        assert!(bnb.bnb_4bit_use_double_quant);
+        assert_eq!(
+            ExperimentConfig::parse(&q.to_toml(), Path::new("a.toml"), &[]).unwrap(),
+            q
+        );
+        let ia3 = with("[adapter]\nkind = \"ia3\"\ntarget_modules = [\"c_attn\", \"mlp.c_proj\"]\nfeedforward_modules = [\"mlp.c_proj\"]\n").unwrap();
+        assert_eq!(ia3.adapter.peft.as_ref().unwrap().peft_type(), "IA3");
+        // Errors: an option of another method, an unknown kind, a method's own check, options on
+        // a plain kind, and `--set` into the section.
+        let err = with("[adapter]\nkind = \"ia3\"\ntarget_modules = [\"c_attn\"]\nr = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `r`") && err.contains("IA3"),
+            "{err}"
+        );
+        let err = with("[adapter]\nkind = \"loha\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown kind `loha`") && err.contains("ia3"),
+            "{err}"
+        );
+        let err = with("[adapter]\nkind = \"lora\"\nr = 0\ntarget_modules = [\"c_attn\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("r must be positive"), "{err}");
+        let err = with("[adapter]\nkind = \"full\"\nr = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("takes no options") && err.contains("`r`"),
+            "{err}"
+        );
+        let err = ExperimentConfig::parse(
+            &lora.to_toml(),
+            Path::new("a.toml"),
+            &["adapter.lora_alpah=3".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `lora_alpah`"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
 
     #[test]

@@ -234,58 +234,61 @@ fn prepare(model: SequenceClassifier, cfg: &ExperimentConfig) -> Result<Tuned> {
         .iter()
         .map(|h| format!("{h}."))
         .collect();
-    let method = cfg.adapter.kind;
-    if method == Method::Qlora {
-        let lora = cfg.adapter.lora_config().map_err(anyhow::Error::msg)?;
-        let bnb = cfg.adapter.bnb_config().map_err(anyhow::Error::msg)?;
-        let m = PeftModel::new_quantized(model, lora, bnb.clone())?;
-        eprintln!(
-            "QLoRA: base in 4-bit {}{}, LoRA on {} modules",
-            bnb.bnb_4bit_quant_type.name(),
-            if bnb.bnb_4bit_use_double_quant {
-                " + double quantization"
-            } else {
-                ""
-            },
-            m.adapted_modules().len()
-        );
-        return Ok(Tuned::Peft(m));
-    }
-    if method == Method::Prefix {
-        let prefix = cfg.adapter.prefix_config().map_err(anyhow::Error::msg)?;
-        let m = PeftModel::new(model, prefix)?;
-        if let Some(c) = m.config().as_prefix_tuning() {
-            eprintln!(
-                "prefix tuning: {} virtual tokens × {} layers{}",
-                c.num_virtual_tokens,
-                c.num_layers.unwrap_or(0),
-                if c.prefix_projection {
-                    format!(
-                        ", through an MLP (hidden {})",
-                        c.encoder_hidden_size.unwrap_or(0)
-                    )
-                } else {
-                    String::new()
-                }
-            );
-        }
-        return Ok(Tuned::Peft(m));
-    }
-    if method == Method::Lora {
-        let lora = cfg.adapter.lora_config().map_err(anyhow::Error::msg)?;
-        let m = PeftModel::new(model, lora)?;
-        eprintln!("LoRA on {} modules", m.adapted_modules().len());
+    let method = cfg.adapter.method();
+    if let Some(peft) = &cfg.adapter.peft {
+        let m = match &cfg.adapter.quantization {
+            Some(bnb) => {
+                let m = PeftModel::new_quantized(model, peft.clone(), bnb.clone())?;
+                eprintln!(
+                    "QLoRA: base in 4-bit {}{}",
+                    bnb.bnb_4bit_quant_type.name(),
+                    if bnb.bnb_4bit_use_double_quant {
+                        " + double quantization"
+                    } else {
+                        ""
+                    }
+                );
+                m
+            }
+            None => PeftModel::new(model, peft.clone())?,
+        };
+        eprintln!("{}", describe_adapter(&m));
         return Ok(Tuned::Peft(m));
     }
     for (name, t) in model.var_store().variables() {
         let trainable = match method {
             Method::Full => true,
             Method::Head => heads.iter().any(|h| name.starts_with(h.as_str())),
-            Method::Baseline | Method::Lora | Method::Qlora | Method::Prefix => false,
+            Method::Baseline | Method::Adapter => false,
         };
         let _ = t.set_requires_grad(trainable);
     }
     Ok(Tuned::Plain(model))
+}
+
+/// One line about an adapter: its method and where it applies.
+fn describe_adapter(m: &PeftModel) -> String {
+    let cfg = m.config();
+    match cfg.as_prefix_tuning() {
+        Some(c) => format!(
+            "prefix tuning: {} virtual tokens × {} layers{}",
+            c.num_virtual_tokens,
+            c.num_layers.unwrap_or(0),
+            if c.prefix_projection {
+                format!(
+                    ", through an MLP (hidden {})",
+                    c.encoder_hidden_size.unwrap_or(0)
+                )
+            } else {
+                String::new()
+            }
+        ),
+        None => format!(
+            "{} on {} modules",
+            cfg.peft_type(),
+            m.adapted_modules().len()
+        ),
+    }
 }
 
 fn split_result(name: &str, rows: usize, out: &EvalOutput) -> SplitResult {
@@ -362,7 +365,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
 
     // Data first: label statistics need no model.
     let spec = cfg.data.spec();
-    let method = cfg.adapter.kind;
+    let method = cfg.adapter.method();
     let train_split = if method == Method::Baseline {
         None
     } else {

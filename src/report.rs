@@ -145,7 +145,7 @@ impl Report {
                 Some(c) => format!("{} ({c})", cfg.data.dataset),
                 None => cfg.data.dataset.clone(),
             },
-            method: format!("{:?}", cfg.adapter.kind).to_lowercase(),
+            method: cfg.adapter.kind.clone(),
             device: format!("{device:?}"),
             trainable_params: 0,
             all_params: 0,

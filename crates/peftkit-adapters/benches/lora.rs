@@ -3,22 +3,22 @@
 //! weight is frozen), and the time to merge. CPU, and CUDA when available.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use peftkit_adapters::{LoraLayer, LoraWeights};
+use peftkit_adapters::{AdapterLayer, LoraLayer};
 use tch::{nn, Device, Kind, Tensor};
 
 mod common;
 use common::{c_attn, sync};
 
-fn lora(r: i64, device: Device) -> LoraLayer {
+fn lora(r: i64, device: Device) -> AdapterLayer {
     let opts = (Kind::Float, device);
-    LoraLayer::new(
+    AdapterLayer::single(
         "default",
-        LoraWeights {
+        Box::new(LoraLayer {
             a: (Tensor::randn([r, 768], opts) * 0.02).set_requires_grad(true),
             b: (Tensor::randn([2304, r], opts) * 0.02).set_requires_grad(true),
             scale: 2.0,
             dropout: 0.0,
-        },
+        }),
     )
 }
 
@@ -65,14 +65,13 @@ fn bench(c: &mut Criterion) {
                 })
             });
             g.bench_function(format!("lora_r{r}/merge_unmerge"), |b| {
-                let mut hook = base.take_hook().unwrap();
                 b.iter(|| {
-                    let layer = hook.as_any_mut().downcast_mut::<LoraLayer>().unwrap();
-                    layer.merge_into(&mut base, "default");
-                    layer.unmerge_from(&mut base);
+                    base.with_hook(|layer: &mut AdapterLayer, base| {
+                        layer.merge(base, "default");
+                        layer.unmerge(base);
+                    });
                     sync(device);
                 });
-                base.set_hook(hook);
             });
             base.take_hook();
         }

@@ -11,7 +11,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use peftkit_adapters::quant::{quantize_4bit, BnbConfig, Packed4bit, QuantType};
-use peftkit_adapters::{LoraConfig, LoraLayer, LoraWeights, PeftModel};
+use peftkit_adapters::{AdapterLayer, LoraConfig, LoraLayer, PeftModel};
 use peftkit_models::PackedWeight;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -94,14 +94,14 @@ fn linear_bench(c: &mut Criterion, device: Device, dev: &str) {
             .unwrap();
         }
         let opts = (Kind::Float, device);
-        base.set_hook(Box::new(LoraLayer::new(
+        base.set_hook(Box::new(AdapterLayer::single(
             "default",
-            LoraWeights {
+            Box::new(LoraLayer {
                 a: (Tensor::randn([16, 768], opts) * 0.02).set_requires_grad(true),
                 b: (Tensor::randn([2304, 16], opts) * 0.02).set_requires_grad(true),
                 scale: 2.0,
                 dropout: 0.0,
-            },
+            }),
         )));
         let name = if quantized {
             "qlora_nf4_r16"

@@ -1,17 +1,17 @@
-//! Adapters for peftkit's classifiers (LoRA, QLoRA, prefix tuning), layered like peft's tuners
-//! (config / layer / injection), with peft's file format both ways.
+//! Adapters for peftkit's classifiers, laid out like peft's tuners: each method a folder with its
+//! config (peft's field names and defaults), its layer, and its injection into a
+//! [`peftkit_models::SequenceClassifier`] through the models' two seams (every linear; every
+//! attention layer's prefix); peft's file format both ways.
 //!
-//! - [`LoraConfig`] has peft's field names and defaults; [`PeftModel::new`] injects LoRA at the
-//!   models' linear seam by module path (peft's matching rules: name suffixes, a full-match
-//!   regex, `layers_to_transform`), freezes the base and trains the LoRA factors and the
-//!   classification head (`modules_to_save`).
+//! - Methods: LoRA ([`LoraConfig`]; QLoRA on a 4-bit base, [`quant`]), IA³ ([`Ia3Config`]),
+//!   prefix tuning ([`PrefixTuningConfig`]). [`AdapterConfig`] lists them; each implements
+//!   [`tuner::MethodConfig`], and its adapters are [`tuner::Tuner`]s.
+//! - [`PeftModel`] hosts named adapters on one base: the active one trains (with its own copy of
+//!   the classification head, peft's `modules_to_save`), others wait; a batch may also mix them
+//!   row by row ([`PeftModel::forward_mixed`], peft's `adapter_names`).
 //! - [`PeftModel::save_pretrained`] writes `adapter_config.json` + `adapter_model.safetensors`
 //!   with peft's keys; [`PeftModel::from_pretrained`] reads adapters saved by Python peft.
-//! - Merge, unmerge, `merge_and_unload`, a disabled-adapter context, several named adapters.
-//! - QLoRA ([`quant`], [`PeftModel::new_quantized`]): LoRA on a base quantized to 4 bits with
-//!   bitsandbytes' bytes.
-//! - Prefix tuning ([`PrefixTuningConfig`], [`PrefixEncoder`]): per-layer key/value prefixes at
-//!   the models' attention seam, in peft's file format.
+//! - Merge, unmerge, `merge_and_unload`, a disabled-adapter context.
 //!
 //! ```no_run
 //! use peftkit_adapters::{LoraConfig, PeftModel};
@@ -26,18 +26,28 @@
 
 #![warn(missing_docs)]
 
-mod adapter_config;
+mod config;
+pub mod format;
+pub mod ia3;
+pub mod layer;
 pub mod lora;
+mod merge;
 mod peft_model;
 pub mod prefix;
 pub mod quant;
+pub mod routing;
 pub mod targets;
+pub mod tuner;
 
-pub use adapter_config::AdapterConfig;
+pub use config::{AdapterConfig, METHODS};
+pub use ia3::{Ia3Config, Ia3Layer};
+pub use layer::{AdapterLayer, LayerAdapter, TensorKey};
 pub use lora::config::{Bias, InitLoraWeights, LayerIndexes, LoraConfig, TargetModules};
-pub use lora::layer::{LoraLayer, LoraWeights};
-pub use peft_model::{PeftModel, DEFAULT_ADAPTER, PEFT_PREFIX};
+pub use lora::layer::LoraLayer;
+pub use peft_model::{PeftModel, DEFAULT_ADAPTER};
 pub use prefix::{PrefixEncoder, PrefixTuningConfig};
+pub use routing::BASE_ADAPTER;
+pub use tuner::{PEFT_PREFIX, PROMPT_LEARNING_PREFIX};
 
 /// Errors of this crate; each names the file or key and the problem.
 #[derive(Debug, thiserror::Error)]
@@ -102,22 +112,6 @@ pub(crate) fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
         path: path.into(),
         message: format!("invalid JSON: {e}"),
     })
-}
-
-/// Reads an `adapter_config.json` that must be of `peft_type`.
-pub(crate) fn read_adapter_json(
-    path: &std::path::Path,
-    peft_type: &str,
-) -> Result<serde_json::Value> {
-    let raw = read_json(path)?;
-    let found = raw.get("peft_type").and_then(|v| v.as_str()).unwrap_or("");
-    if found != peft_type {
-        return Err(AdapterError::Config {
-            path: path.into(),
-            message: format!("peft_type is `{found}`, expected {peft_type}"),
-        });
-    }
-    Ok(raw)
 }
 
 /// Result alias of this crate.

@@ -202,6 +202,29 @@ impl Linear {
         self.hook.as_deref_mut()
     }
 
+    /// The hook when it is a `T` (an owner's typed view of its own hook).
+    pub fn hook_as<T: 'static>(&self) -> Option<&T> {
+        self.hook()?.as_any().downcast_ref::<T>()
+    }
+
+    /// The hook when it is a `T`, mutably.
+    pub fn hook_as_mut<T: 'static>(&mut self) -> Option<&mut T> {
+        self.hook_mut()?.as_any_mut().downcast_mut::<T>()
+    }
+
+    /// Runs `f` with the hook of type `T` taken out and the layer itself (a hook that changes the
+    /// layer's weight, e.g. to merge, needs both); the hook is put back afterwards. `None` when
+    /// the layer has no hook of that type.
+    pub fn with_hook<T: 'static, R>(
+        &mut self,
+        f: impl FnOnce(&mut T, &mut Linear) -> R,
+    ) -> Option<R> {
+        let mut hook = self.hook.take()?;
+        let out = hook.as_any_mut().downcast_mut::<T>().map(|h| f(h, self));
+        self.hook = Some(hook);
+        out
+    }
+
     /// `x W^T + b` with the stored weight, ignoring any hook; in the compute dtype of
     /// [`crate::with_compute_dtype`] when one is set.
     pub fn base_forward(&self, x: &Tensor) -> Tensor {

@@ -1,10 +1,8 @@
 //! `LoraConfig` with peft's field names and defaults, read from and written to
 //! `adapter_config.json`.
 
-use crate::{AdapterError, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// `target_modules`: names matched as suffixes of module paths, or one regular expression that
 /// must match the whole path (peft's rules), or `all-linear`.
@@ -174,43 +172,6 @@ impl LoraConfig {
         }
     }
 
-    /// Reads `adapter_config.json`, rejecting settings whose effect peftkit does not implement
-    /// (so that an adapter never silently computes something else).
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let raw = crate::read_adapter_json(path, "LORA")?;
-        let bad = |message: String| AdapterError::Config {
-            path: path.into(),
-            message,
-        };
-        for (key, default_ok) in [
-            ("use_dora", serde_json::json!(false)),
-            ("lora_bias", serde_json::json!(false)),
-            ("use_qalora", serde_json::json!(false)),
-        ] {
-            if let Some(v) = raw.get(key) {
-                if !v.is_null() && *v != default_ok {
-                    return Err(bad(format!("`{key}: {v}` is not supported by peftkit")));
-                }
-            }
-        }
-        for key in [
-            "layer_replication",
-            "target_parameters",
-            "trainable_token_indices",
-            "megatron_config",
-            "alora_invocation_tokens",
-        ] {
-            if raw.get(key).is_some_and(|v| {
-                !v.is_null() && *v != serde_json::json!({}) && *v != serde_json::json!([])
-            }) {
-                return Err(bad(format!("`{key}` is set; peftkit does not support it")));
-            }
-        }
-        let cfg: LoraConfig = serde_json::from_value(raw).map_err(|e| bad(e.to_string()))?;
-        cfg.validate().map_err(bad)?;
-        Ok(cfg)
-    }
-
     /// Checks values.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.r <= 0 {
@@ -257,18 +218,5 @@ impl LoraConfig {
             alpha / r as f64
         };
         (r, scale)
-    }
-
-    /// `adapter_config.json` as peft writes it.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).expect("config serialises");
-        v["inference_mode"] = serde_json::json!(true);
-        v["peft_type"] = serde_json::json!("LORA");
-        // Integers where peft has integers.
-        if self.lora_alpha.fract() == 0.0 {
-            v["lora_alpha"] = serde_json::json!(self.lora_alpha as i64);
-        }
-        v["lora_bias"] = serde_json::json!(false);
-        v
     }
 }

@@ -12,12 +12,14 @@
 
 mod blockwise;
 mod config;
+mod stash;
 
 pub use blockwise::{
     dequantize_blockwise, dynamic_map, quantize_4bit, quantize_blockwise, Absmax, Quantized4bit,
     BLOCK_SIZES, NESTED_BLOCKSIZE,
 };
 pub use config::{quantize_model, BnbConfig, Packed4bit, QuantSummary, QUANT_CONFIG_FILE};
+pub use stash::QuantStash;
 
 /// The 4-bit data type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

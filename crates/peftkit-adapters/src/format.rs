@@ -1,0 +1,197 @@
+//! peft's adapter file format (`adapter_config.json` + `adapter_model.safetensors`), both ways:
+//! saved keys without the adapter name, the head as `modules_to_save`, the biases that `bias`
+//! trains (`….base_layer.bias` on adapted layers, as peft names them), and the 4-bit
+//! quantization a QLoRA adapter was trained on (`quantization_config.json`).
+
+use crate::layer::AdapterLayer;
+use crate::peft_model::heads::Heads;
+use crate::quant::{quantize_model, BnbConfig, QUANT_CONFIG_FILE};
+use crate::tuner::{LoadMismatch, PEFT_PREFIX, PROMPT_LEARNING_PREFIX};
+use crate::{AdapterConfig, AdapterError, Bias, PeftModel, Result, DEFAULT_ADAPTER};
+use peftkit_models::{
+    read_safetensors, save_safetensors, write_dir_atomically, SequenceClassifier,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::Tensor;
+
+/// The weights file of an adapter directory.
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+/// The config file of an adapter directory.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+
+/// peft's saved key of base variable `var` (a bias): `….base_layer.bias` when its linear carries
+/// an adapter layer (peft wraps the original module as `base_layer`).
+fn saved_var_key(base: &SequenceClassifier, var: &str, prefix: &str) -> String {
+    if let Some(path) = var.strip_suffix(".bias") {
+        if base
+            .linears()
+            .iter()
+            .any(|l| l.path() == path && l.hook_as::<AdapterLayer>().is_some())
+        {
+            return format!("{prefix}{path}.base_layer.bias");
+        }
+    }
+    format!("{prefix}{var}")
+}
+
+impl PeftModel {
+    /// The active adapter's tensors under peft's saved names.
+    pub fn adapter_state_dict(&self) -> Vec<(String, Tensor)> {
+        let tuner = &self.tuners[&self.active];
+        let prefix = tuner.saved_prefix();
+        let mut out = tuner.state_dict(&self.base);
+        out.extend(Heads::state_dict(&self.base, &self.active, prefix));
+        let vars = self.base.var_store().variables();
+        for n in self.bias_names() {
+            out.push((saved_var_key(&self.base, &n, prefix), vars[&n].detach()));
+        }
+        if tuner.bias() == Bias::All {
+            out.extend(Heads::bias_duplicates(&self.base, &self.active, prefix));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Saves the active adapter in peft's format: `adapter_config.json` and
+    /// `adapter_model.safetensors`, written atomically.
+    pub fn save_pretrained(
+        &self,
+        dir: &Path,
+        base_model_name_or_path: Option<&str>,
+        revision: Option<&str>,
+    ) -> Result<()> {
+        write_dir_atomically(dir, |tmp| {
+            self.write_adapter_files(tmp, base_model_name_or_path, revision)
+        })
+    }
+
+    /// Writes the adapter files into an existing directory (use [`write_dir_atomically`] to add
+    /// more files to the same atomic save).
+    pub fn write_adapter_files(
+        &self,
+        dir: &Path,
+        base_model_name_or_path: Option<&str>,
+        revision: Option<&str>,
+    ) -> Result<()> {
+        let mut cfg = self.config().clone();
+        if base_model_name_or_path.is_some() {
+            cfg.set_base_model(base_model_name_or_path, revision);
+        }
+        let json = serde_json::to_string_pretty(&cfg.to_json()).expect("config serialises");
+        save_safetensors(&dir.join(ADAPTER_WEIGHTS), &self.adapter_state_dict())?;
+        if let Some(q) = &self.quantization {
+            q.write(dir)?;
+        }
+        std::fs::write(dir.join(ADAPTER_CONFIG), &json).map_err(|e| AdapterError::io(dir, e))
+    }
+
+    /// The number of labels of a saved sequence-classification adapter, read from its head.
+    pub fn saved_num_labels(dir: &Path) -> Result<Option<usize>> {
+        let tensors = read_safetensors(&dir.join(ADAPTER_WEIGHTS))?;
+        Ok(tensors
+            .iter()
+            .find(|(k, _)| {
+                [PEFT_PREFIX, PROMPT_LEARNING_PREFIX].iter().any(|p| {
+                    k == &format!("{p}score.weight")
+                        || k == &format!("{p}classifier.out_proj.weight")
+                        || k == &format!("{p}classifier.weight")
+                })
+            })
+            .map(|(_, t)| t.size()[0] as usize))
+    }
+
+    /// Loads a peft adapter directory onto `base` (peft's `PeftModel.from_pretrained`). When the
+    /// directory records a quantization (`quantization_config.json`, written for QLoRA
+    /// adapters), the base is quantized the same way first, unless it already is.
+    pub fn from_pretrained(mut base: SequenceClassifier, dir: &Path) -> Result<Self> {
+        let config = AdapterConfig::from_file(&dir.join(ADAPTER_CONFIG))?;
+        let quant_file = dir.join(QUANT_CONFIG_FILE);
+        let quantization = if quant_file.is_file() {
+            let q = BnbConfig::from_file(&quant_file)?;
+            if base.linears().iter().all(|l| l.packed().is_none()) {
+                quantize_model(&mut base, &q)?;
+            }
+            Some(Box::new(q))
+        } else {
+            None
+        };
+        let mut model = Self::new(base, config)?;
+        model.quantization = quantization;
+        model.load_weights(dir, DEFAULT_ADAPTER)?;
+        Ok(model)
+    }
+
+    /// Loads another adapter directory as `name` (peft's `load_adapter`); it does not become
+    /// active.
+    pub fn load_adapter(&mut self, dir: &Path, name: &str) -> Result<()> {
+        let config = AdapterConfig::from_file(&dir.join(ADAPTER_CONFIG))?;
+        self.add_adapter(name, config)?;
+        let previous = self.active.clone();
+        self.set_adapter(name)?;
+        let loaded = self.load_weights(dir, name);
+        self.set_adapter(&previous)?;
+        if loaded.is_err() {
+            let _ = self.delete_adapter(name);
+        }
+        loaded
+    }
+
+    /// Copies `adapter_model.safetensors` into adapter `name` (which must be active): every
+    /// tensor of the adapter and its head must be present with the right shapes, and nothing
+    /// else (but the duplicates of head biases peft writes with `bias = "all"`).
+    fn load_weights(&mut self, dir: &Path, name: &str) -> Result<()> {
+        let file = dir.join(ADAPTER_WEIGHTS);
+        if !file.is_file() {
+            let msg = if dir.join("adapter_model.bin").is_file() {
+                "only adapter_model.bin here: peftkit loads safetensors only"
+            } else {
+                "no adapter_model.safetensors"
+            };
+            return Err(AdapterError::io(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, msg),
+            ));
+        }
+        let mut tensors: BTreeMap<String, Tensor> = read_safetensors(&file)?.into_iter().collect();
+        let at = |m: LoadMismatch| AdapterError::Mismatch {
+            path: file.clone(),
+            key: m.key,
+            message: m.message,
+        };
+        let tuner = self.tuners.get_mut(name).expect("adapter exists");
+        let prefix = tuner.saved_prefix();
+        tuner
+            .load_state_dict(&mut self.base, &mut tensors)
+            .map_err(at)?;
+        Heads::load(&mut self.base, name, prefix, &mut tensors).map_err(at)?;
+        let vars = self.base.var_store().variables();
+        for n in self.bias_names() {
+            let key = saved_var_key(&self.base, &n, prefix);
+            let t = tensors.remove(&key).ok_or_else(|| {
+                at(LoadMismatch::missing(
+                    &key,
+                    "the adapter's `bias` setting trains this bias, so its file must hold it",
+                ))
+            })?;
+            let mut v = vars[&n].shallow_clone();
+            if t.size() != v.size() {
+                return Err(at(LoadMismatch::shape(&key, &t.size(), &v.size())));
+            }
+            tch::no_grad(|| v.copy_(&t));
+        }
+        if self.tuners[name].bias() == Bias::All {
+            for (key, _) in Heads::bias_duplicates(&self.base, name, prefix) {
+                tensors.remove(&key);
+            }
+        }
+        if let Some((key, _)) = tensors.into_iter().next() {
+            return Err(AdapterError::Mismatch {
+                path: file,
+                key,
+                message: "unexpected: the base model has no such module, or the adapter's config does not target it".into(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,80 @@
+//! Injecting IA³ into a classifier (peft's `IA3Model`).
+
+use super::config::Ia3Config;
+use super::layer::Ia3Layer;
+use crate::layer::LayerAdapter;
+use crate::lora::config::Bias;
+use crate::lora::config::TargetModules;
+use crate::lora::seq_cls_modules;
+use crate::targets::matches;
+use crate::tuner::{inject_layers, LayerTuner, MethodConfig, Targets, Tuner};
+use crate::{AdapterError, Result};
+use peftkit_models::SequenceClassifier;
+
+/// peft's `_check_target_module_feedforward`: a regex must match the whole path; a list entry
+/// matches a path that ends with it (a plain suffix, without the `.` boundary of target
+/// matching: `output.dense` also matches `attention.output.dense`).
+fn is_feedforward(ff: &TargetModules, path: &str) -> bool {
+    match ff {
+        TargetModules::List(names) => names.iter().any(|n| path.ends_with(n.as_str())),
+        regex => matches(regex, path),
+    }
+}
+
+impl MethodConfig for Ia3Config {
+    const PEFT_TYPE: &'static str = "IA3";
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        Ia3Config::validate(self)
+    }
+
+    fn inject(mut self, base: &mut SequenceClassifier, name: &str) -> Result<Box<dyn Tuner>> {
+        self.validate().map_err(AdapterError::Invalid)?;
+        let targets = self.target_modules.clone().ok_or_else(|| {
+            AdapterError::Invalid(
+                "target_modules is not set (peftkit has no per-model default list)".into(),
+            )
+        })?;
+        let feedforward = self.feedforward_modules.clone().ok_or_else(|| {
+            AdapterError::Invalid(
+                "feedforward_modules is not set (peftkit has no per-model default list)".into(),
+            )
+        })?;
+        let extra = self.modules_to_save.clone().unwrap_or_default();
+        let init = self.init_ia3_weights;
+        let found = inject_layers(
+            base,
+            name,
+            Targets {
+                targets: &targets,
+                exclude: self.exclude_modules.as_ref(),
+                layers: self.layers_to_transform.as_ref(),
+                layers_pattern: self.layers_pattern.as_ref(),
+            },
+            &extra,
+            |linear| {
+                let ff = is_feedforward(&feedforward, linear.path());
+                Ok(Box::new(Ia3Layer::new(linear, ff, init)) as Box<dyn LayerAdapter>)
+            },
+        )?;
+        if found.conv1d && !self.fan_in_fan_out {
+            tracing::warn!("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+            self.fan_in_fan_out = true;
+        }
+        self.modules_to_save.get_or_insert_with(seq_cls_modules);
+        tracing::info!(
+            adapter = name,
+            modules = found.modules.len(),
+            "IA3 injected"
+        );
+        Ok(Box::new(LayerTuner::new(name, self.into(), Bias::None)))
+    }
+
+    fn base_model_mut(&mut self) -> (&mut Option<String>, &mut Option<String>) {
+        (&mut self.base_model_name_or_path, &mut self.revision)
+    }
+
+    fn modules_to_save(&self) -> Option<&[String]> {
+        self.modules_to_save.as_deref()
+    }
+}

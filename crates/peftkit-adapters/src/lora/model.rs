@@ -1,0 +1,123 @@
+//! Injecting LoRA into a classifier (peft's `LoraModel`): a [`LoraLayer`] in every target
+//! linear, initialised as peft's `reset_lora_parameters`.
+
+use super::config::{InitLoraWeights, LoraConfig};
+use super::layer::LoraLayer;
+use crate::layer::LayerAdapter;
+use crate::tuner::{inject_layers, LayerTuner, MethodConfig, Targets, Tuner};
+use crate::{AdapterError, Result};
+use peftkit_models::{Linear, SequenceClassifier};
+use tch::{Kind, Tensor};
+
+/// What peft records as `modules_to_save` for sequence classification.
+pub(crate) fn seq_cls_modules() -> Vec<String> {
+    vec!["classifier".into(), "score".into()]
+}
+
+impl LoraConfig {
+    /// The layer for `linear`, initialised as `init_lora_weights` says.
+    fn new_layer(&self, linear: &Linear) -> LoraLayer {
+        let (r, scale) = self.rank_and_scale(linear.path());
+        let (fan_in, fan_out) = (linear.in_features(), linear.out_features());
+        let opts = (Kind::Float, linear.weight().device());
+        let (a, b) = match &self.init_lora_weights {
+            InitLoraWeights::Bool(true) => {
+                // kaiming_uniform_(a=√5) on [r, in]: bound 1/√in; B zero.
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                (
+                    Tensor::empty([r, fan_in], opts).uniform_(-bound, bound),
+                    Tensor::zeros([fan_out, r], opts),
+                )
+            }
+            InitLoraWeights::Bool(false) => {
+                let (ba, bb) = (1.0 / (fan_in as f64).sqrt(), 1.0 / (r as f64).sqrt());
+                (
+                    Tensor::empty([r, fan_in], opts).uniform_(-ba, ba),
+                    Tensor::empty([fan_out, r], opts).uniform_(-bb, bb),
+                )
+            }
+            InitLoraWeights::Named(_) => (
+                Tensor::randn([r, fan_in], opts) / r as f64,
+                Tensor::zeros([fan_out, r], opts),
+            ),
+        };
+        LoraLayer {
+            a,
+            b,
+            scale,
+            dropout: self.lora_dropout,
+        }
+    }
+}
+
+impl MethodConfig for LoraConfig {
+    const PEFT_TYPE: &'static str = "LORA";
+    const UNSUPPORTED: &'static [&'static str] = &[
+        "use_dora",
+        "lora_bias",
+        "use_qalora",
+        "layer_replication",
+        "target_parameters",
+        "trainable_token_indices",
+        "megatron_config",
+        "alora_invocation_tokens",
+    ];
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        LoraConfig::validate(self)
+    }
+
+    fn inject(mut self, base: &mut SequenceClassifier, name: &str) -> Result<Box<dyn Tuner>> {
+        self.validate().map_err(AdapterError::Invalid)?;
+        let targets = self.target_modules.clone().ok_or_else(|| {
+            AdapterError::Invalid(
+                "target_modules is not set (peftkit has no per-model default list)".into(),
+            )
+        })?;
+        let extra = self.modules_to_save.clone().unwrap_or_default();
+        let found = inject_layers(
+            base,
+            name,
+            Targets {
+                targets: &targets,
+                exclude: self.exclude_modules.as_ref(),
+                layers: self.layers_to_transform.as_ref(),
+                layers_pattern: self.layers_pattern.as_ref(),
+            },
+            &extra,
+            |linear| Ok(Box::new(self.new_layer(linear)) as Box<dyn LayerAdapter>),
+        )?;
+        if found.conv1d && !self.fan_in_fan_out {
+            tracing::warn!("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+            self.fan_in_fan_out = true;
+        }
+        self.modules_to_save.get_or_insert_with(seq_cls_modules);
+        tracing::info!(
+            adapter = name,
+            modules = found.modules.len(),
+            "LoRA injected"
+        );
+        let bias = self.bias;
+        Ok(Box::new(LayerTuner::new(name, self.into(), bias)))
+    }
+
+    fn base_model_mut(&mut self) -> (&mut Option<String>, &mut Option<String>) {
+        (&mut self.base_model_name_or_path, &mut self.revision)
+    }
+
+    fn modules_to_save(&self) -> Option<&[String]> {
+        self.modules_to_save.as_deref()
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("config serialises");
+        v["inference_mode"] = serde_json::json!(true);
+        v["peft_type"] = serde_json::json!(Self::PEFT_TYPE);
+        // Integers where peft has integers.
+        if self.lora_alpha.fract() == 0.0 {
+            v["lora_alpha"] = serde_json::json!(self.lora_alpha as i64);
+        }
+        v["lora_bias"] = serde_json::json!(false);
+        v
+    }
+}

@@ -1,0 +1,463 @@
+//! [`PeftModel`]: a [`SequenceClassifier`] with named adapters of any method, like peft's
+//! `PeftModelForSequenceClassification`. It is a thin host: the registry of adapters (each a
+//! [`Tuner`]), the `modules_to_save` heads ([`heads`]), the forward pass and training
+//! interface; the methods do the rest. The peft file format is in [`crate::format`], merging in
+//! [`crate::merge`].
+
+pub(crate) mod heads;
+
+use crate::quant::{quantize_model, BnbConfig};
+use crate::routing::{with_routing, Routing, BASE_ADAPTER};
+use crate::tuner::{PrefixSource, Tuner, PEFT_PREFIX};
+use crate::{AdapterConfig, AdapterError, Bias, LoraConfig, Result};
+use heads::Heads;
+use peftkit_models::{
+    ClassifierOutput, ForwardOptions, ModelError, PrefixProvider, SequenceClassifier, TrainModel,
+};
+use std::collections::BTreeMap;
+use tch::{Device, Tensor};
+
+/// The adapter name peft uses when none is given.
+pub const DEFAULT_ADAPTER: &str = "default";
+
+/// A classifier with adapters. The base is frozen; the active adapter's own tensors, its copy of
+/// the classification head (peft's `modules_to_save`) and, for LoRA, the biases chosen by
+/// `bias` are trained.
+pub struct PeftModel {
+    pub(crate) base: SequenceClassifier,
+    pub(crate) tuners: BTreeMap<String, Box<dyn Tuner>>,
+    pub(crate) active: String,
+    /// Inside [`PeftModel::with_adapter_disabled`].
+    disabled: bool,
+    /// How the base was quantized (QLoRA), recorded with the adapter.
+    pub(crate) quantization: Option<Box<BnbConfig>>,
+}
+
+impl std::fmt::Debug for PeftModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeftModel")
+            .field("architecture", &self.base.architecture())
+            .field("adapters", &self.tuners.keys().collect::<Vec<_>>())
+            .field("active", &self.active)
+            .field(
+                "quantization",
+                &self.quantization.as_ref().map(|q| q.bnb_4bit_quant_type),
+            )
+            .finish()
+    }
+}
+
+impl PeftModel {
+    /// Wraps `base` with a new adapter (peft's `get_peft_model`): freezes the base, creates the
+    /// adapter (LoRA layers in the target modules, a prefix encoder, …) and its trainable copy
+    /// of the head.
+    pub fn new(base: SequenceClassifier, config: impl Into<AdapterConfig>) -> Result<Self> {
+        Self::with_adapter_name(base, config, DEFAULT_ADAPTER)
+    }
+
+    /// Like [`PeftModel::new`] with an adapter name.
+    pub fn with_adapter_name(
+        base: SequenceClassifier,
+        config: impl Into<AdapterConfig>,
+        name: &str,
+    ) -> Result<Self> {
+        for (_, t) in base.var_store().variables() {
+            let _ = t.set_requires_grad(false);
+        }
+        let mut model = Self {
+            base,
+            tuners: BTreeMap::new(),
+            active: name.to_string(),
+            disabled: false,
+            quantization: None,
+        };
+        model.add_adapter(name, config)?;
+        model.activate(name);
+        Ok(model)
+    }
+
+    /// QLoRA: quantizes the base to 4 bits as `quantization` says (transformers'
+    /// `load_in_4bit`: every linear but the head and `llm_int8_skip_modules`), then wraps it with
+    /// the adapter. The config is saved beside the adapter so a reload quantizes the same way.
+    ///
+    /// ```no_run
+    /// use peftkit_adapters::quant::{BnbConfig, QuantType};
+    /// use peftkit_adapters::{LoraConfig, PeftModel};
+    /// use peftkit_models::{LoadOptions, SequenceClassifier};
+    ///
+    /// let (base, _) = SequenceClassifier::load("roberta-base".as_ref(), &LoadOptions::new(tch::Device::Cpu))?;
+    /// let bnb = BnbConfig { bnb_4bit_quant_type: QuantType::Nf4, bnb_4bit_use_double_quant: true, ..BnbConfig::default() };
+    /// let model = PeftModel::new_quantized(base, LoraConfig::new(&["query", "key", "value"], 32, 32.0), bnb)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new_quantized(
+        mut base: SequenceClassifier,
+        config: impl Into<AdapterConfig>,
+        quantization: BnbConfig,
+    ) -> Result<Self> {
+        quantize_model(&mut base, &quantization)?;
+        let mut model = Self::new(base, config)?;
+        model.quantization = Some(Box::new(quantization));
+        Ok(model)
+    }
+
+    /// How the base was quantized, when it was (QLoRA).
+    pub fn quantization(&self) -> Option<&BnbConfig> {
+        self.quantization.as_deref()
+    }
+
+    /// Adds another adapter; its head starts as a copy of the original head. The active adapter
+    /// does not change.
+    pub fn add_adapter(&mut self, name: &str, config: impl Into<AdapterConfig>) -> Result<()> {
+        if self.tuners.contains_key(name) || name == BASE_ADAPTER {
+            return Err(AdapterError::Invalid(format!(
+                "an adapter named `{name}` exists already (or the name is reserved)"
+            )));
+        }
+        let mut tuner = config.into().inject(&mut self.base, name)?;
+        let extra = tuner
+            .config()
+            .modules_to_save()
+            .unwrap_or_default()
+            .to_vec();
+        Heads::add(&mut self.base, name, &extra);
+        tuner.set_trainable(&mut self.base, false);
+        Heads::set_trainable(&mut self.base, name, false);
+        self.tuners.insert(name.to_string(), tuner);
+        Ok(())
+    }
+
+    /// Removes adapter `name` (peft's `delete_adapter`); the active adapter cannot be removed
+    /// while others exist unless another is made active first.
+    pub fn delete_adapter(&mut self, name: &str) -> Result<()> {
+        if !self.tuners.contains_key(name) {
+            return Err(self.no_adapter(name));
+        }
+        if name == self.active {
+            return Err(AdapterError::Invalid(format!(
+                "`{name}` is the active adapter: set another one active before deleting it"
+            )));
+        }
+        if self.is_merged() {
+            return Err(AdapterError::Invalid(
+                "unmerge before deleting adapters".into(),
+            ));
+        }
+        let mut tuner = self.tuners.remove(name).expect("checked");
+        tuner.remove(&mut self.base);
+        Heads::remove(&mut self.base, name);
+        Ok(())
+    }
+
+    fn no_adapter(&self, name: &str) -> AdapterError {
+        AdapterError::Invalid(format!(
+            "no adapter `{name}` (there are: {})",
+            self.adapters().join(", ")
+        ))
+    }
+
+    /// Makes `name` the active adapter (its tensors and its head).
+    pub fn set_adapter(&mut self, name: &str) -> Result<()> {
+        if !self.tuners.contains_key(name) {
+            return Err(self.no_adapter(name));
+        }
+        if name == self.active {
+            return Ok(());
+        }
+        if self.is_merged() {
+            return Err(AdapterError::Invalid(
+                "unmerge before switching adapters".into(),
+            ));
+        }
+        self.activate(name);
+        Ok(())
+    }
+
+    /// Points every layer and head at `name` and makes only its tensors (and its chosen biases)
+    /// trainable.
+    fn activate(&mut self, name: &str) {
+        self.active = name.to_string();
+        for (n, tuner) in self.tuners.iter_mut() {
+            tuner.set_trainable(&mut self.base, n == name);
+            Heads::set_trainable(&mut self.base, n, n == name);
+        }
+        for linear in self.base.linears_mut() {
+            if let Some(layer) = linear.hook_as_mut::<crate::layer::AdapterLayer>() {
+                layer.set_active(Some(name));
+            }
+        }
+        Heads::set_active(&mut self.base, name);
+        let biases = self.bias_names();
+        for (n, t) in self.base.var_store().variables() {
+            let _ = t.set_requires_grad(biases.contains(&n));
+        }
+    }
+
+    /// The active adapter's name.
+    pub fn active_adapter(&self) -> &str {
+        &self.active
+    }
+
+    /// The active adapter's config.
+    pub fn config(&self) -> &AdapterConfig {
+        self.tuners[&self.active].config()
+    }
+
+    /// The active adapter's LoRA config, when it is a LoRA adapter.
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.config().as_lora()
+    }
+
+    /// The active adapter's prefix, when it is a prompt-learning adapter (and adapters are not
+    /// disabled).
+    pub fn active_prefix(&self) -> Option<&dyn PrefixSource> {
+        if self.disabled {
+            return None;
+        }
+        self.tuners[&self.active].prefix()
+    }
+
+    /// The adapters' names.
+    pub fn adapters(&self) -> Vec<String> {
+        self.tuners.keys().cloned().collect()
+    }
+
+    /// The paths of the modules the active adapter applies to.
+    pub fn adapted_modules(&self) -> Vec<String> {
+        self.tuners[&self.active].adapted_modules(&self.base)
+    }
+
+    /// The base model (with the adapters in its linears).
+    pub fn base(&self) -> &SequenceClassifier {
+        &self.base
+    }
+
+    /// The base variables (biases) the active adapter trains and saves (LoRA's `bias`): the
+    /// head's own are in its copy.
+    pub(crate) fn bias_names(&self) -> Vec<String> {
+        let vars = self.base.var_store().variables();
+        let heads: Vec<String> = self
+            .base
+            .architecture()
+            .head_modules()
+            .iter()
+            .map(|h| format!("{h}."))
+            .collect();
+        let mut names: Vec<String> = match self.tuners[&self.active].bias() {
+            Bias::None => vec![],
+            Bias::All => vars
+                .keys()
+                .filter(|k| k.ends_with(".bias"))
+                .cloned()
+                .collect(),
+            Bias::LoraOnly => self
+                .adapted_modules()
+                .into_iter()
+                .map(|p| format!("{p}.bias"))
+                .filter(|n| vars.contains_key(n))
+                .collect(),
+        };
+        names.retain(|n| !heads.iter().any(|h| n.starts_with(h.as_str())));
+        names.sort();
+        names
+    }
+
+    /// Runs `f` with every adapter disabled (peft's `disable_adapter()` context): the base
+    /// model's own computation, with the original head. A merged adapter is unmerged first.
+    pub fn with_adapter_disabled<T>(&mut self, f: impl FnOnce(&Self) -> T) -> T {
+        self.unmerge_adapter();
+        self.set_disabled(true);
+        let out = f(self);
+        self.set_disabled(false);
+        out
+    }
+
+    fn set_disabled(&mut self, disabled: bool) {
+        for linear in self.base.linears_mut() {
+            if let Some(layer) = linear.hook_as_mut::<crate::layer::AdapterLayer>() {
+                layer.set_disabled(disabled);
+            }
+        }
+        Heads::set_disabled(&mut self.base, disabled);
+        self.disabled = disabled;
+    }
+
+    /// A forward pass of the classifier with the active adapter (a prompt-learning adapter
+    /// supplies its prefix; `opts`' own prefix is then ignored).
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        opts: &ForwardOptions,
+    ) -> peftkit_models::Result<ClassifierOutput> {
+        let computed = self.active_prefix().map(|p| p.compute());
+        let opts = ForwardOptions {
+            train: opts.train,
+            prefix: match &computed {
+                Some(p) => Some(p.as_ref() as &dyn PrefixProvider),
+                None => opts.prefix,
+            },
+        };
+        self.base.forward(input_ids, attention_mask, &opts)
+    }
+
+    /// An evaluation forward pass in which row `i` uses adapter `adapter_names[i]`
+    /// ([`BASE_ADAPTER`], `"__base__"`: none), in one batch (peft's `adapter_names=`). Rows
+    /// give the same results as a batch of that adapter alone. As in peft, it is for inference
+    /// only, needs unmerged adapters, and prompt-learning adapters (prefix tuning) cannot take
+    /// part.
+    ///
+    /// ```no_run
+    /// # fn f(model: &peftkit_adapters::PeftModel, ids: &tch::Tensor, mask: &tch::Tensor) -> peftkit_adapters::Result<()> {
+    /// let out = model.forward_mixed(ids, mask, &["sst2", "__base__", "emotion"])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn forward_mixed(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        adapter_names: &[&str],
+    ) -> Result<ClassifierOutput> {
+        let rows = input_ids.size().first().copied().unwrap_or(0);
+        if adapter_names.len() as i64 != rows {
+            return Err(AdapterError::Invalid(format!(
+                "adapter_names has {} entries but the batch {rows} rows",
+                adapter_names.len()
+            )));
+        }
+        if self.is_merged() {
+            return Err(AdapterError::Invalid(
+                "cannot pass `adapter_names` while an adapter is merged (unmerge first)".into(),
+            ));
+        }
+        for name in adapter_names {
+            if *name == BASE_ADAPTER {
+                continue;
+            }
+            let tuner = self
+                .tuners
+                .get(*name)
+                .ok_or_else(|| self.no_adapter(name))?;
+            if tuner.prefix().is_some() {
+                return Err(AdapterError::Invalid(format!(
+                    "adapter `{name}` is {}: a prompt-learning adapter cannot be mixed with others in one batch (as in peft); run its rows separately",
+                    tuner.config().peft_type()
+                )));
+            }
+        }
+        let routing = Routing::new(adapter_names, self.base.device());
+        let out = with_routing(routing, || {
+            tch::no_grad(|| {
+                self.base
+                    .forward(input_ids, attention_mask, &ForwardOptions::eval())
+            })
+        })?;
+        Ok(out)
+    }
+
+    /// Trainable and total parameter counts as peft's `get_nb_trainable_parameters` gives them
+    /// (the head counts once more per adapter: peft keeps the original beside each copy).
+    pub fn parameter_counts(&self) -> (i64, i64) {
+        let (base_trainable, base_all) = self.base.parameter_counts();
+        let mut adapter_all = Heads::numel(&self.base);
+        let mut trainable = base_trainable;
+        for (name, tuner) in &self.tuners {
+            let n = tuner.numel(&self.base);
+            adapter_all += n;
+            if *name == self.active {
+                trainable += n + Heads::parameters(&self.base, name)
+                    .iter()
+                    .map(|(_, t)| t.numel() as i64)
+                    .sum::<i64>();
+            }
+        }
+        (trainable, base_all + adapter_all)
+    }
+
+    /// peft's `print_trainable_parameters` line.
+    pub fn trainable_summary(&self) -> String {
+        let (t, a) = self.parameter_counts();
+        format!(
+            "trainable params: {t} || all params: {a} || trainable%: {:.4}",
+            100.0 * t as f64 / a.max(1) as f64
+        )
+    }
+}
+
+impl TrainModel for PeftModel {
+    fn logits(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> std::result::Result<Tensor, ModelError> {
+        let opts = ForwardOptions {
+            train,
+            prefix: None,
+        };
+        Ok(self.forward(input_ids, attention_mask, &opts)?.logits)
+    }
+
+    fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
+        self.base.loss(logits, labels)
+    }
+
+    fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = self.tuners[&self.active].parameters(&self.base);
+        out.extend(
+            Heads::parameters(&self.base, &self.active)
+                .into_iter()
+                .map(|(n, t)| (format!("{PEFT_PREFIX}{n}"), t)),
+        );
+        out.extend(
+            self.base
+                .trainable_parameters()
+                .into_iter()
+                .map(|(n, t)| (format!("{PEFT_PREFIX}{n}"), t)),
+        );
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn parameter_count(&self) -> i64 {
+        self.parameter_counts().1
+    }
+
+    fn device(&self) -> Device {
+        self.base.device()
+    }
+
+    fn loss_backward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        labels: &Tensor,
+        factor: &Tensor,
+    ) -> std::result::Result<Tensor, ModelError> {
+        let Some(source) = self.active_prefix() else {
+            return self
+                .base
+                .loss_backward(input_ids, attention_mask, labels, factor);
+        };
+        // Checkpointing backpropagates each recomputed layer on its own, so the source
+        // recomputes the prefix per layer there; otherwise it is computed once for the pass.
+        let computed;
+        let prefix: &dyn PrefixProvider = if self.base.gradient_checkpointing() {
+            source
+        } else {
+            computed = source.compute();
+            computed.as_ref()
+        };
+        self.base.loss_backward_with(
+            input_ids,
+            attention_mask,
+            labels,
+            &ForwardOptions::train().with_prefix(prefix),
+            factor,
+        )
+    }
+
+    fn enable_gradient_checkpointing(&self) -> bool {
+        self.base.enable_gradient_checkpointing()
+    }
+}
