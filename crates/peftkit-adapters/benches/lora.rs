@@ -13,12 +13,12 @@ fn lora(r: i64, device: Device) -> AdapterLayer {
     let opts = (Kind::Float, device);
     AdapterLayer::single(
         "default",
-        Box::new(LoraLayer {
-            a: (Tensor::randn([r, 768], opts) * 0.02).set_requires_grad(true),
-            b: (Tensor::randn([2304, r], opts) * 0.02).set_requires_grad(true),
-            scale: 2.0,
-            dropout: 0.0,
-        }),
+        Box::new(LoraLayer::new(
+            (Tensor::randn([r, 768], opts) * 0.02).set_requires_grad(true),
+            (Tensor::randn([2304, r], opts) * 0.02).set_requires_grad(true),
+            2.0,
+            0.0,
+        )),
     )
 }
 

@@ -96,12 +96,12 @@ fn linear_bench(c: &mut Criterion, device: Device, dev: &str) {
         let opts = (Kind::Float, device);
         base.set_hook(Box::new(AdapterLayer::single(
             "default",
-            Box::new(LoraLayer {
-                a: (Tensor::randn([16, 768], opts) * 0.02).set_requires_grad(true),
-                b: (Tensor::randn([2304, 16], opts) * 0.02).set_requires_grad(true),
-                scale: 2.0,
-                dropout: 0.0,
-            }),
+            Box::new(LoraLayer::new(
+                (Tensor::randn([16, 768], opts) * 0.02).set_requires_grad(true),
+                (Tensor::randn([2304, 16], opts) * 0.02).set_requires_grad(true),
+                2.0,
+                0.0,
+            )),
         )));
         let name = if quantized {
             "qlora_nf4_r16"

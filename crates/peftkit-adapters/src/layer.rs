@@ -18,12 +18,28 @@ pub struct TensorKey {
     pub module: &'static str,
     /// `weight`, or `None` for a bare parameter.
     pub param: Option<&'static str>,
+    /// Whether peft's saved key keeps the parameter name (DoRA's magnitude is saved as
+    /// `lora_magnitude_vector`, held as `lora_magnitude_vector.default.weight`).
+    pub saved_with_param: bool,
 }
 
 impl TensorKey {
-    /// `module.param`.
+    /// `module.param`, saved as such.
     pub const fn new(module: &'static str, param: Option<&'static str>) -> Self {
-        Self { module, param }
+        Self {
+            module,
+            param,
+            saved_with_param: true,
+        }
+    }
+
+    /// `module.param` in the model, saved as `module` alone.
+    pub const fn saved_bare(module: &'static str, param: &'static str) -> Self {
+        Self {
+            module,
+            param: Some(param),
+            saved_with_param: false,
+        }
     }
 
     /// The in-model name under adapter `name` (`lora_A.default.weight`, `ia3_l.default`).
@@ -34,11 +50,11 @@ impl TensorKey {
         }
     }
 
-    /// The saved key suffix (`lora_A.weight`, `ia3_l`).
+    /// The saved key suffix (`lora_A.weight`, `ia3_l`, `lora_magnitude_vector`).
     pub fn saved(&self) -> String {
         match self.param {
-            Some(p) => format!("{}.{p}", self.module),
-            None => self.module.to_string(),
+            Some(p) if self.saved_with_param => format!("{}.{p}", self.module),
+            _ => self.module.to_string(),
         }
     }
 }
@@ -81,7 +97,8 @@ impl AdapterLayer {
     /// ```
     /// use peftkit_adapters::{AdapterLayer, LoraLayer};
     /// use tch::{Kind, Tensor};
-    /// let lora = LoraLayer { a: Tensor::randn([4, 16], (Kind::Float, tch::Device::Cpu)), b: Tensor::zeros([8, 4], (Kind::Float, tch::Device::Cpu)), scale: 2.0, dropout: 0.0 };
+    /// let opts = (Kind::Float, tch::Device::Cpu);
+    /// let lora = LoraLayer::new(Tensor::randn([4, 16], opts), Tensor::zeros([8, 4], opts), 2.0, 0.0);
     /// let hook = AdapterLayer::single("default", Box::new(lora));
     /// assert_eq!(hook.names().collect::<Vec<_>>(), ["default"]);
     /// ```

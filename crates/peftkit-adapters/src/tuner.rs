@@ -178,6 +178,18 @@ pub struct Injected {
     pub conv1d: bool,
 }
 
+impl Injected {
+    /// peft saves `target_modules = "all-linear"` as the set of module paths it matched: the
+    /// same here (sorted).
+    pub fn resolve_all_linear(&self, targets: &mut Option<TargetModules>) {
+        if matches!(targets, Some(TargetModules::Regex(r)) if r == "all-linear") {
+            let mut names = self.modules.clone();
+            names.sort();
+            *targets = Some(TargetModules::List(names));
+        }
+    }
+}
+
 /// Adds adapter `name` to every linear that `targets` selects (never the head or other
 /// `modules_to_save`), making each layer with `make(linear)`. No match is an error listing the
 /// model's linear modules; a layer that already carries adapter `name` is an error.

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 use peftkit_adapters::quant::{quantize_model, BnbConfig, QuantType};
-use peftkit_adapters::{InitLoraWeights, LoraConfig, PeftModel, PrefixTuningConfig};
+use peftkit_adapters::{Ia3Config, InitLoraWeights, LoraConfig, PeftModel, PrefixTuningConfig};
 use peftkit_models::{SequenceClassifier, TrainModel};
 use peftkit_tokenize::Padding;
 use peftkit_train::{Dataset, Strategy, Trainer, TrainingArgs};
@@ -109,6 +109,81 @@ pub const QLORA: AdapterKind = AdapterKind {
     merges: true,
     marker: "lora_",
     invalid: (no_targets, "matched no module"),
+};
+
+/// DoRA: LoRA with random A and B and the magnitude vector.
+fn build_dora(arch: &str, base: SequenceClassifier) -> peftkit_adapters::Result<PeftModel> {
+    let cfg = LoraConfig {
+        init_lora_weights: InitLoraWeights::Bool(false),
+        lora_dropout: 0.1,
+        use_dora: true,
+        ..LoraConfig::new(&lora_targets(arch), 4, 8.0)
+    };
+    PeftModel::new(base, cfg)
+}
+
+pub const DORA: AdapterKind = AdapterKind {
+    name: "dora",
+    build: build_dora,
+    reference_base: base,
+    merges: true,
+    marker: "lora_magnitude_vector",
+    invalid: (no_targets, "matched no module"),
+};
+
+/// QDoRA: DoRA on the NF4 + double-quantized base.
+fn build_qdora(arch: &str, base: SequenceClassifier) -> peftkit_adapters::Result<PeftModel> {
+    let cfg = LoraConfig {
+        init_lora_weights: InitLoraWeights::Bool(false),
+        lora_dropout: 0.1,
+        use_dora: true,
+        ..LoraConfig::new(&lora_targets(arch), 4, 8.0)
+    };
+    PeftModel::new_quantized(base, cfg, bnb())
+}
+
+pub const QDORA: AdapterKind = AdapterKind {
+    name: "qdora",
+    build: build_qdora,
+    reference_base: quantized_base,
+    merges: true,
+    marker: "lora_magnitude_vector",
+    invalid: (no_targets, "matched no module"),
+};
+
+fn ia3_targets(arch: &str) -> (Vec<&'static str>, Vec<&'static str>) {
+    match arch {
+        "gpt2" => (vec!["c_attn", "mlp.c_proj"], vec!["mlp.c_proj"]),
+        _ => (vec!["key", "value", "output.dense"], vec!["output.dense"]),
+    }
+}
+
+/// IA³ with random vectors (as after training), attention outputs and feed-forward inputs
+/// scaled.
+fn build_ia3(arch: &str, base: SequenceClassifier) -> peftkit_adapters::Result<PeftModel> {
+    let (t, ff) = ia3_targets(arch);
+    let model = PeftModel::new(base, Ia3Config::new(&t, &ff))?;
+    // Uniform in [0.5, 4): far from 0, so that unmerging (a division) is exact to fp32
+    // rounding whatever values tests sharing torch's generator draw.
+    for (name, mut t) in model.trainable_parameters() {
+        if name.contains("ia3_l") {
+            tch::no_grad(|| t.copy_(&(t.rand_like() * 3.5 + 0.5)));
+        }
+    }
+    Ok(model)
+}
+
+fn ia3_not_subset(base: SequenceClassifier) -> peftkit_adapters::Result<PeftModel> {
+    PeftModel::new(base, Ia3Config::new(&["key"], &["output.dense"]))
+}
+
+pub const IA3: AdapterKind = AdapterKind {
+    name: "ia3",
+    build: build_ia3,
+    reference_base: base,
+    merges: true,
+    marker: "ia3_l",
+    invalid: (ia3_not_subset, "should be a subset of `target_modules`"),
 };
 
 /// Prefix tuning, 4 virtual tokens, the prefix itself trained.
@@ -234,7 +309,9 @@ pub fn disable_restores_base_logits(kind: &AdapterKind, arch: &str) {
     let mut model = wrap(kind, arch);
     assert!(
         diff(&logits(&model, &g), &plain) > 1e-4,
-        "the adapter changes nothing: the test would prove nothing"
+        "{} {arch}: the adapter changes nothing ({}): the test would prove nothing",
+        kind.name,
+        diff(&logits(&model, &g), &plain)
     );
     if kind.merges {
         model.merge_adapter(); // disabling must also undo a merge
@@ -426,3 +503,12 @@ adapter_suite!(prefix_bert, PREFIX, "bert");
 adapter_suite!(prefix_projection_gpt2, PREFIX_PROJECTION, "gpt2");
 adapter_suite!(prefix_projection_roberta, PREFIX_PROJECTION, "roberta");
 adapter_suite!(prefix_projection_bert, PREFIX_PROJECTION, "bert");
+adapter_suite!(dora_gpt2, DORA, "gpt2");
+adapter_suite!(dora_roberta, DORA, "roberta");
+adapter_suite!(dora_bert, DORA, "bert");
+adapter_suite!(qdora_gpt2, QDORA, "gpt2");
+adapter_suite!(qdora_roberta, QDORA, "roberta");
+adapter_suite!(qdora_bert, QDORA, "bert");
+adapter_suite!(ia3_gpt2, IA3, "gpt2");
+adapter_suite!(ia3_roberta, IA3, "roberta");
+adapter_suite!(ia3_bert, IA3, "bert");

@@ -1,6 +1,6 @@
 //! `IA3Config` with peft's field names and defaults.
 
-use crate::lora::config::{LayerIndexes, TargetModules};
+use crate::lora::config::TargetModules;
 use serde::{Deserialize, Serialize};
 
 fn d_peft_type() -> String {
@@ -46,12 +46,6 @@ pub struct Ia3Config {
     /// `true`: the vectors start at one (the adapter starts as a no-op); `false`: N(0, 1).
     #[serde(default = "d_true")]
     pub init_ia3_weights: bool,
-    /// Only adapt layers with these indexes.
-    #[serde(default)]
-    pub layers_to_transform: Option<LayerIndexes>,
-    /// The name of the layer list used with `layers_to_transform`.
-    #[serde(default)]
-    pub layers_pattern: Option<TargetModules>,
     /// The base model's hub id or path.
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,

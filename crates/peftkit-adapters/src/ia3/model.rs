@@ -48,8 +48,8 @@ impl MethodConfig for Ia3Config {
             Targets {
                 targets: &targets,
                 exclude: self.exclude_modules.as_ref(),
-                layers: self.layers_to_transform.as_ref(),
-                layers_pattern: self.layers_pattern.as_ref(),
+                layers: None,
+                layers_pattern: None,
             },
             &extra,
             |linear| {
@@ -57,6 +57,7 @@ impl MethodConfig for Ia3Config {
                 Ok(Box::new(Ia3Layer::new(linear, ff, init)) as Box<dyn LayerAdapter>)
             },
         )?;
+        found.resolve_all_linear(&mut self.target_modules);
         if found.conv1d && !self.fan_in_fan_out {
             tracing::warn!("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
             self.fan_in_fan_out = true;

@@ -145,7 +145,7 @@ pub struct LoraConfig {
     /// The base model's revision.
     #[serde(default)]
     pub revision: Option<String>,
-    /// DoRA (not supported: an error when true).
+    /// DoRA: weight-decomposed LoRA (a learned magnitude per output).
     #[serde(default)]
     pub use_dora: bool,
     /// peft writes it; true in saved adapters.
@@ -182,9 +182,6 @@ impl LoraConfig {
                 "lora_dropout {} is outside [0, 1)",
                 self.lora_dropout
             ));
-        }
-        if self.use_dora {
-            return Err("use_dora is not supported by peftkit".into());
         }
         if let InitLoraWeights::Named(n) = &self.init_lora_weights {
             if n != "gaussian" {

@@ -1,5 +1,7 @@
 //! The LoRA layer: `base(x) + scale · B(A(dropout(x)))`, a low-rank path beside a base
-//! [`Linear`] (peft's `lora.Linear`), with merge and unmerge.
+//! [`Linear`] (peft's `lora.Linear`), with merge and unmerge; and DoRA (Liu et al. 2024,
+//! "DoRA: Weight-Decomposed Low-Rank Adaptation", peft's `use_dora`), which rescales each output
+//! row of `W + scale · B A` to a learned magnitude `m`.
 
 use crate::layer::{LayerAdapter, TensorKey};
 use peftkit_models::{Linear, WeightLayout};
@@ -7,6 +9,7 @@ use tch::Tensor;
 
 const LORA_A: TensorKey = TensorKey::new("lora_A", Some("weight"));
 const LORA_B: TensorKey = TensorKey::new("lora_B", Some("weight"));
+const MAGNITUDE: TensorKey = TensorKey::saved_bare("lora_magnitude_vector", "weight");
 
 /// One LoRA adapter at one layer.
 #[derive(Debug)]
@@ -19,9 +22,43 @@ pub struct LoraLayer {
     pub scale: f64,
     /// Dropout on the input of A.
     pub dropout: f64,
+    /// DoRA's magnitude `m` (`lora_magnitude_vector`, `[out]`), when `use_dora`.
+    pub magnitude: Option<Tensor>,
+    /// DoRA: the row norms of `W + ΔW` at merge time, for an exact unmerge.
+    merged_norm: Option<Tensor>,
 }
 
 impl LoraLayer {
+    /// A plain LoRA layer.
+    pub fn new(a: Tensor, b: Tensor, scale: f64, dropout: f64) -> Self {
+        Self {
+            a,
+            b,
+            scale,
+            dropout,
+            magnitude: None,
+            merged_norm: None,
+        }
+    }
+
+    /// Makes it a DoRA layer on `base`: the magnitude starts as the row norms of
+    /// `W + scale · B A` (peft's `DoraLinearLayer.update_layer`), so the layer starts where plain
+    /// LoRA would.
+    pub fn with_dora(mut self, base: &Linear) -> Self {
+        let m = tch::no_grad(|| self.weight_norm(&base.weight_out_in(tch::Kind::Float)));
+        self.magnitude = Some(m);
+        self
+    }
+
+    /// `‖W + scale · B A‖` over the input dimension, for `W` as `[out, in]` (detached: DoRA
+    /// does not backpropagate through the norm).
+    fn weight_norm(&self, w: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let lora = self.b.matmul(&self.a).to_kind(w.kind()) * self.scale;
+            (w + lora).norm_scalaropt_dim(2, [1], false)
+        })
+    }
+
     /// The dense update `scale · B A` in the base weight's layout.
     pub fn delta(&self, layout: WeightLayout) -> Tensor {
         let d = self.b.matmul(&self.a) * self.scale;
@@ -56,32 +93,104 @@ impl LoraLayer {
     }
 }
 
+impl LoraLayer {
+    /// DoRA's forward (peft's `DoraLinearLayer.forward`): with `s = m / ‖W + scale·BA‖` per
+    /// output, `y + (s − 1) · (x_d Wᵀ) + s · scale · B A x_d`, where `x_d` is the dropped-out input
+    /// and `y` the base output (so without dropout, `s · (x (W + scale·BA)ᵀ) + b`).
+    fn dora_forward(
+        &self,
+        base: &Linear,
+        m: &Tensor,
+        x: &Tensor,
+        y: Tensor,
+        train: bool,
+    ) -> Tensor {
+        let xd = self.input(x, train);
+        let kind = xd.kind();
+        let w = base.weight_out_in(kind);
+        let scale = (m.to_kind(kind) / self.weight_norm(&w)).view([1, -1]);
+        let dropped = train && self.dropout > 0.0;
+        let base_part = if dropped {
+            xd.linear::<Tensor>(&w, None)
+        } else {
+            match base.bias() {
+                Some(b) => &y - b.to_kind(y.kind()),
+                None => y.shallow_clone(),
+            }
+        };
+        let lora = xd
+            .linear::<Tensor>(&self.a.to_kind(kind), None)
+            .linear::<Tensor>(&self.b.to_kind(kind), None)
+            * self.scale;
+        let k = y.kind();
+        y + ((&scale - 1.0) * base_part + &scale * lora).to_kind(k)
+    }
+
+    /// DoRA's merge factor `m / ‖W + ΔW‖`, shaped for the stored weight.
+    fn dora_factor(&self, m: &Tensor, norm: &Tensor, layout: WeightLayout) -> Tensor {
+        let f = m / norm;
+        match layout {
+            WeightLayout::OutIn => f.view([-1, 1]),
+            WeightLayout::InOut => f.view([1, -1]),
+        }
+    }
+}
+
 impl LayerAdapter for LoraLayer {
     fn forward(&self, base: &Linear, x: &Tensor, base_out: Option<Tensor>, train: bool) -> Tensor {
         let y = base_out.unwrap_or_else(|| base.base_forward(x));
-        self.add_to(y, &self.input(x, train))
+        match &self.magnitude {
+            Some(m) => self.dora_forward(base, m, x, y, train),
+            None => self.add_to(y, &self.input(x, train)),
+        }
     }
 
     fn tensors(&self) -> Vec<(TensorKey, &Tensor)> {
-        vec![(LORA_A, &self.a), (LORA_B, &self.b)]
+        let mut v = vec![(LORA_A, &self.a), (LORA_B, &self.b)];
+        if let Some(m) = &self.magnitude {
+            v.push((MAGNITUDE, m));
+        }
+        v
     }
 
     fn tensors_mut(&mut self) -> Vec<(TensorKey, &mut Tensor)> {
-        vec![(LORA_A, &mut self.a), (LORA_B, &mut self.b)]
+        let mut v = vec![(LORA_A, &mut self.a), (LORA_B, &mut self.b)];
+        if let Some(m) = &mut self.magnitude {
+            v.push((MAGNITUDE, m));
+        }
+        v
     }
 
     fn merge(&mut self, base: &mut Linear) {
         let mut weight = base.weight().shallow_clone();
+        let layout = base.layout();
         tch::no_grad(|| {
-            let d = self.delta(base.layout()).to_kind(weight.kind());
-            let _ = weight.g_add_(&d);
+            let d = self.delta(layout).to_kind(weight.kind());
+            match &self.magnitude {
+                None => {
+                    let _ = weight.g_add_(&d);
+                }
+                Some(m) => {
+                    // The norm of the unmerged weight, kept for unmerging (peft's cache).
+                    let norm = self.weight_norm(&base.weight_out_in(weight.kind()));
+                    let f = self.dora_factor(&m.to_kind(weight.kind()), &norm, layout);
+                    let _ = weight.g_add_(&d);
+                    let _ = weight.g_mul_(&f);
+                    self.merged_norm = Some(norm);
+                }
+            }
         });
     }
 
     fn unmerge(&mut self, base: &mut Linear) {
         let mut weight = base.weight().shallow_clone();
+        let layout = base.layout();
         tch::no_grad(|| {
-            let d = self.delta(base.layout()).to_kind(weight.kind());
+            let d = self.delta(layout).to_kind(weight.kind());
+            if let (Some(m), Some(norm)) = (&self.magnitude, self.merged_norm.take()) {
+                let f = self.dora_factor(&m.to_kind(weight.kind()), &norm, layout);
+                let _ = weight.g_div_(&f);
+            }
             let _ = weight.g_sub_(&d);
         });
     }

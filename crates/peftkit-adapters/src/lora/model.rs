@@ -41,11 +41,11 @@ impl LoraConfig {
                 Tensor::zeros([fan_out, r], opts),
             ),
         };
-        LoraLayer {
-            a,
-            b,
-            scale,
-            dropout: self.lora_dropout,
+        let layer = LoraLayer::new(a, b, scale, self.lora_dropout);
+        if self.use_dora {
+            layer.with_dora(linear)
+        } else {
+            layer
         }
     }
 }
@@ -53,7 +53,6 @@ impl LoraConfig {
 impl MethodConfig for LoraConfig {
     const PEFT_TYPE: &'static str = "LORA";
     const UNSUPPORTED: &'static [&'static str] = &[
-        "use_dora",
         "lora_bias",
         "use_qalora",
         "layer_replication",
@@ -87,6 +86,7 @@ impl MethodConfig for LoraConfig {
             &extra,
             |linear| Ok(Box::new(self.new_layer(linear)) as Box<dyn LayerAdapter>),
         )?;
+        found.resolve_all_linear(&mut self.target_modules);
         if found.conv1d && !self.fan_in_fan_out {
             tracing::warn!("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
             self.fan_in_fan_out = true;
@@ -95,6 +95,7 @@ impl MethodConfig for LoraConfig {
         tracing::info!(
             adapter = name,
             modules = found.modules.len(),
+            dora = self.use_dora,
             "LoRA injected"
         );
         let bias = self.bias;
@@ -116,6 +117,11 @@ impl MethodConfig for LoraConfig {
         // Integers where peft has integers.
         if self.lora_alpha.fract() == 0.0 {
             v["lora_alpha"] = serde_json::json!(self.lora_alpha as i64);
+        }
+        for (k, a) in &self.alpha_pattern {
+            if a.fract() == 0.0 {
+                v["alpha_pattern"][k] = serde_json::json!(*a as i64);
+            }
         }
         v["lora_bias"] = serde_json::json!(false);
         v
