@@ -97,12 +97,18 @@ enum Command {
         /// Hub id or checkpoint directory.
         #[arg(long)]
         model: String,
-        /// A peft adapter directory to load on top of the model.
-        #[arg(long)]
-        adapter: Option<PathBuf>,
+        /// A peft adapter directory to load on top of the model; `NAME=DIR` (repeatable) loads
+        /// several adapters on the one base, and `--text-adapter` chooses per text.
+        #[arg(long = "adapter")]
+        adapters: Vec<String>,
         /// A text to classify (repeatable).
         #[arg(long = "text", required = true)]
         texts: Vec<String>,
+        /// The adapter (a NAME of `--adapter NAME=DIR`, or `__base__` for none) for each `--text`
+        /// in order (repeatable; once: for every text). Default: the first adapter. The texts
+        /// are classified in one mixed-adapter batch.
+        #[arg(long = "text-adapter")]
+        text_adapters: Vec<String>,
         /// Truncation length.
         #[arg(long, default_value_t = 512)]
         max_length: usize,
@@ -131,6 +137,75 @@ enum Command {
         #[arg(long, default_value = "auto")]
         device: String,
     },
+}
+
+/// `--adapter` values as `(NAME, DIR)` when given as `NAME=DIR` (all or none of them).
+fn named_adapters(values: &[String]) -> Result<Vec<(String, PathBuf)>> {
+    let named: Vec<(String, PathBuf)> = values
+        .iter()
+        .filter_map(|v| {
+            let (n, d) = v.split_once('=')?;
+            Some((n.to_string(), PathBuf::from(d)))
+        })
+        .collect();
+    if !named.is_empty() && named.len() != values.len() {
+        bail!("--adapter: give every adapter as NAME=DIR when several are loaded");
+    }
+    if named.is_empty() && values.len() > 1 {
+        bail!(
+            "--adapter given {} times: name them, --adapter NAME=DIR",
+            values.len()
+        );
+    }
+    if let Some((n, _)) = named.iter().find(|(n, _)| n.is_empty()) {
+        bail!("--adapter {n}=…: empty adapter name");
+    }
+    Ok(named)
+}
+
+/// Prints one prediction: `label  probability  text` or, with `json`, one JSON object.
+fn print_prediction(
+    text: &str,
+    names: &[String],
+    logits: &tch::Tensor,
+    json: bool,
+    adapter: Option<&str>,
+) -> Result<()> {
+    let probs: Vec<f64> = Vec::try_from(
+        &logits
+            .softmax(-1, tch::Kind::Double)
+            .view([-1])
+            .to_device(tch::Device::Cpu),
+    )?;
+    let logits: Vec<f64> = Vec::try_from(
+        &logits
+            .to_kind(tch::Kind::Double)
+            .view([-1])
+            .to_device(tch::Device::Cpu),
+    )?;
+    let id = probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap_or(0);
+    let label = names
+        .get(id)
+        .cloned()
+        .unwrap_or_else(|| format!("LABEL_{id}"));
+    if json {
+        let mut v = serde_json::json!({"text": text, "label": label, "label_id": id, "probabilities": probs, "logits": logits});
+        if let Some(a) = adapter {
+            v["adapter"] = serde_json::json!(a);
+        }
+        println!("{v}");
+    } else {
+        match adapter {
+            Some(a) => println!("{:<10} {:.4}  [{a}] {text}", label, probs[id]),
+            None => println!("{:<10} {:.4}  {text}", label, probs[id]),
+        }
+    }
+    Ok(())
 }
 
 fn main() {
@@ -276,55 +351,77 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Predict {
             model,
-            adapter,
+            adapters,
             texts,
+            text_adapters,
             max_length,
             device,
             json,
         } => {
             let device = peftkit_models::parse_device(&device)?;
-            let (m, tok) = load_tuned(&model, None, adapter.as_deref(), device)?;
-            let tok = tok.with_truncation(peftkit_tokenize::Truncation::MaxLength(
-                max_length.min(m.classifier().max_length() as usize),
-            ));
-            let names = m.label_names();
-            let ids = tok.encode_batch(&texts).context("tokenizing")?;
-            for (text, row) in texts.iter().zip(&ids) {
-                let batch = peftkit_tokenize::collate(
-                    &[row],
-                    &[0],
-                    peftkit_tokenize::Padding::Longest,
-                    tok.pad_id(),
-                );
-                let b = peftkit_train::DeviceBatch::new(&batch, device);
-                let logits =
-                    tch::no_grad(|| m.model().logits(&b.input_ids, &b.attention_mask, false))?;
-                let probs: Vec<f64> = Vec::try_from(
-                    &logits
-                        .softmax(-1, tch::Kind::Double)
-                        .view([-1])
-                        .to_device(tch::Device::Cpu),
-                )?;
-                let logits: Vec<f64> = Vec::try_from(
-                    &logits
-                        .to_kind(tch::Kind::Double)
-                        .view([-1])
-                        .to_device(tch::Device::Cpu),
-                )?;
-                let id = probs
-                    .iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map(|(i, _)| i)
-                    .unwrap_or(0);
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::json!({"text": text, "label": names[id], "label_id": id, "probabilities": probs, "logits": logits})
-                    );
-                } else {
-                    println!("{:<10} {:.4}  {text}", names[id], probs[id]);
+            let named = named_adapters(&adapters)?;
+            if named.is_empty() {
+                if !text_adapters.is_empty() {
+                    bail!("--text-adapter needs adapters given as --adapter NAME=DIR");
                 }
+                let adapter = adapters.first().map(PathBuf::from);
+                let (m, tok) = load_tuned(&model, None, adapter.as_deref(), device)?;
+                let tok = tok.with_truncation(peftkit_tokenize::Truncation::MaxLength(
+                    max_length.min(m.classifier().max_length() as usize),
+                ));
+                let names = m.label_names();
+                let ids = tok.encode_batch(&texts).context("tokenizing")?;
+                for (text, row) in texts.iter().zip(&ids) {
+                    let batch = peftkit_tokenize::collate(
+                        &[row],
+                        &[0],
+                        peftkit_tokenize::Padding::Longest,
+                        tok.pad_id(),
+                    );
+                    let b = peftkit_train::DeviceBatch::new(&batch, device);
+                    let logits =
+                        tch::no_grad(|| m.model().logits(&b.input_ids, &b.attention_mask, false))?;
+                    print_prediction(text, &names, &logits, json, None)?;
+                }
+                return Ok(());
+            }
+            let (m, tok, labels) = peftkit::pipeline::load_adapters(&model, &named, device)?;
+            let choice: Vec<String> = match text_adapters.len() {
+                0 => vec![named[0].0.clone(); texts.len()],
+                1 => vec![text_adapters[0].clone(); texts.len()],
+                n if n == texts.len() => text_adapters,
+                n => bail!(
+                    "{n} --text-adapter values for {} texts (give one per text, or one for all)",
+                    texts.len()
+                ),
+            };
+            for c in &choice {
+                if c != peftkit_adapters::BASE_ADAPTER && !labels.contains_key(c) {
+                    bail!(
+                        "--text-adapter {c}: no such adapter (given: {}; or {})",
+                        labels.keys().cloned().collect::<Vec<_>>().join(", "),
+                        peftkit_adapters::BASE_ADAPTER
+                    );
+                }
+            }
+            let tok = tok.with_truncation(peftkit_tokenize::Truncation::MaxLength(
+                max_length.min(m.base().max_length() as usize),
+            ));
+            let ids = tok.encode_batch(&texts).context("tokenizing")?;
+            let batch = peftkit_tokenize::collate(
+                &ids,
+                &vec![0; ids.len()],
+                peftkit_tokenize::Padding::Longest,
+                tok.pad_id(),
+            );
+            let b = peftkit_train::DeviceBatch::new(&batch, device);
+            let route: Vec<&str> = choice.iter().map(String::as_str).collect();
+            let logits = m
+                .forward_mixed(&b.input_ids, &b.attention_mask, &route)?
+                .logits;
+            for (i, text) in texts.iter().enumerate() {
+                let names = labels.get(&choice[i]).unwrap_or(&labels[&named[0].0]);
+                print_prediction(text, names, &logits.get(i as i64), json, Some(&choice[i]))?;
             }
             Ok(())
         }

@@ -11,6 +11,7 @@ use peftkit_models::{
 };
 use peftkit_tokenize::{TextTokenizer, Truncation};
 use peftkit_train::{evaluate, Dataset, EvalOutput, Trainer};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use tch::Device;
@@ -190,8 +191,18 @@ pub fn load_tuned_model(
         let (m, tok, _) = load_base(model_id, revision, None, device, true, need_tokenizer)?;
         return Ok((Tuned::Plain(m), tok));
     };
+    let labels = adapter_labels(adapter)?;
+    // The adapter carries the trained head: no "newly initialized" warning for it.
+    let (base, tok, _) = load_base(model_id, revision, labels, device, false, need_tokenizer)?;
+    let model = PeftModel::from_pretrained(base, adapter)
+        .with_context(|| format!("loading the adapter {}", adapter.display()))?;
+    Ok((Tuned::Peft(model), tok))
+}
+
+/// The label names saved beside an adapter (`id2label.json`), or `LABEL_i` for its head's size.
+fn adapter_labels(adapter: &Path) -> Result<Option<Vec<String>>> {
     let labels_file = adapter.join(ADAPTER_LABELS_FILE);
-    let labels: Option<Vec<String>> = if labels_file.is_file() {
+    Ok(if labels_file.is_file() {
         let text = std::fs::read_to_string(&labels_file)
             .with_context(|| format!("reading {}", labels_file.display()))?;
         let map: std::collections::BTreeMap<usize, String> = serde_json::from_str(&text)
@@ -200,12 +211,43 @@ pub fn load_tuned_model(
     } else {
         PeftModel::saved_num_labels(adapter)?
             .map(|n| (0..n).map(|i| format!("LABEL_{i}")).collect())
-    };
-    // The adapter carries the trained head: no "newly initialized" warning for it.
-    let (base, tok, _) = load_base(model_id, revision, labels, device, false, need_tokenizer)?;
-    let model = PeftModel::from_pretrained(base, adapter)
-        .with_context(|| format!("loading the adapter {}", adapter.display()))?;
-    Ok((Tuned::Peft(model), tok))
+    })
+}
+
+/// Several named adapters on one base (`--adapter NAME=DIR`, repeated), and each adapter's label
+/// names. The first is active. They must share the label count (one head shape per base).
+pub fn load_adapters(
+    model_id: &str,
+    adapters: &[(String, PathBuf)],
+    device: Device,
+) -> Result<(PeftModel, TextTokenizer, BTreeMap<String, Vec<String>>)> {
+    let (first, dir) = adapters.first().context("no adapter given")?;
+    let labels = adapter_labels(dir)?;
+    let (base, tok, _) = load_base(model_id, None, labels, device, false, true)?;
+    let mut model = PeftModel::from_pretrained_as(base, dir, first)
+        .with_context(|| format!("loading the adapter {}", dir.display()))?;
+    let mut names = BTreeMap::new();
+    names.insert(first.clone(), model.base().label_names());
+    for (name, dir) in &adapters[1..] {
+        if names.contains_key(name) {
+            bail!("--adapter {name}=…: the name `{name}` is given twice");
+        }
+        let labels = adapter_labels(dir)?.unwrap_or_default();
+        if labels.len() != names[first].len() {
+            bail!(
+                "adapter {name} ({}) has {} labels but {first} has {}: adapters on one base must share the label count",
+                dir.display(),
+                labels.len(),
+                names[first].len()
+            );
+        }
+        model
+            .load_adapter(dir, name)
+            .with_context(|| format!("loading the adapter {}", dir.display()))?;
+        names.insert(name.clone(), labels);
+    }
+    let tok = tok.expect("need_tokenizer makes a missing tokenizer an error");
+    Ok((model, tok, names))
 }
 
 /// Tokenizes a split once (in parallel) into a trainer dataset.

@@ -546,6 +546,9 @@ fn list_shows_every_experiment() {
         "minilm-sst2-prefix",
         "minilm-emotion-prefix",
         "minilm-emotion-lora",
+        "minilm-sst2-dora",
+        "minilm-sst2-ia3",
+        "sst2-dora",
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(name)),
@@ -698,4 +701,112 @@ fn prefix_run_saves_a_peft_prefix_adapter_that_reloads_identically() {
     ]);
     assert!(err.contains("cannot be merged"), "{err}");
     assert!(!out.exists());
+}
+
+/// Saves an adapter made of `config` with random weights on MiniLM (2 labels), with labels.
+fn random_minilm_adapter(dir: &Path, config: peftkit_adapters::AdapterConfig) {
+    let minilm = std::env::var("PEFTKIT_MINILM_DIR").unwrap();
+    let (base, _) = peftkit_models::SequenceClassifier::load(
+        Path::new(&minilm),
+        &peftkit_models::LoadOptions::new(tch::Device::Cpu)
+            .with_labels(vec!["negative".into(), "positive".into()]),
+    )
+    .unwrap();
+    tch::manual_seed(5);
+    let model = peftkit_adapters::PeftModel::new(base, config).unwrap();
+    use peftkit_models::TrainModel;
+    for (_, mut t) in model.trainable_parameters() {
+        tch::no_grad(|| t.copy_(&(&t + t.randn_like() * 0.05)));
+    }
+    model.save_pretrained(dir, Some("minilm"), None).unwrap();
+    std::fs::write(
+        dir.join("id2label.json"),
+        r#"{"0": "negative", "1": "positive"}"#,
+    )
+    .unwrap();
+}
+
+fn predictions(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = run_ok(args);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn predict_with_several_adapters_routes_each_text() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (lora, ia3) = (tmp.path().join("lora"), tmp.path().join("ia3"));
+    random_minilm_adapter(
+        &lora,
+        peftkit_adapters::LoraConfig {
+            init_lora_weights: peftkit_adapters::InitLoraWeights::Bool(false),
+            use_dora: true,
+            ..peftkit_adapters::LoraConfig::new(&["query", "value"], 4, 8.0)
+        }
+        .into(),
+    );
+    random_minilm_adapter(
+        &ia3,
+        peftkit_adapters::Ia3Config::new(&["key", "value", "output.dense"], &["output.dense"])
+            .into(),
+    );
+    let minilm = std::env::var("PEFTKIT_MINILM_DIR").unwrap();
+    let texts = [
+        "a gorgeous, witty, seductive movie.",
+        "dull",
+        "not bad at all, really",
+    ];
+    let mut args = vec!["predict", "--model", &minilm, "--json", "--device", "cpu"];
+    let a = format!("s={}", lora.display());
+    let b = format!("e={}", ia3.display());
+    args.extend(["--adapter", &a, "--adapter", &b]);
+    for (t, which) in texts.iter().zip(["s", "e", "__base__"]) {
+        args.extend(["--text", t, "--text-adapter", which]);
+    }
+    let mixed = predictions(&args);
+    assert_eq!(mixed.len(), 3);
+    let alone = |adapter: Option<&Path>, text: &str| -> serde_json::Value {
+        let mut args = vec![
+            "predict", "--model", &minilm, "--json", "--device", "cpu", "--text", text,
+        ];
+        let dir;
+        if let Some(d) = adapter {
+            dir = d.display().to_string();
+            args.extend(["--adapter", &dir]);
+        }
+        predictions(&args).remove(0)
+    };
+    // (The `__base__` row uses MiniLM's own head, initialised afresh by each load: compared in
+    // the library's mixed-batch tests instead.)
+    for (i, adapter) in [lora.as_path(), ia3.as_path()].iter().enumerate() {
+        let want = alone(Some(adapter), texts[i]);
+        let (got, want): (Vec<f64>, Vec<f64>) = (
+            serde_json::from_value(mixed[i]["logits"].clone()).unwrap(),
+            serde_json::from_value(want["logits"].clone()).unwrap(),
+        );
+        // Padded to the batch's longest text vs alone: equal to fp32 rounding.
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-4, "text {i}: {got:?} vs {want:?}");
+        }
+        assert_eq!(mixed[i]["text"], texts[i]);
+    }
+    assert_eq!(mixed[0]["adapter"], "s");
+    assert_eq!(mixed[2]["adapter"], "__base__");
+    let err = run_err(&[
+        "predict",
+        "--model",
+        &minilm,
+        "--adapter",
+        &a,
+        "--text",
+        "x",
+        "--text-adapter",
+        "nope",
+    ]);
+    assert!(
+        err.contains("--text-adapter nope: no such adapter"),
+        "{err}"
+    );
 }

@@ -104,7 +104,16 @@ impl PeftModel {
     /// Loads a peft adapter directory onto `base` (peft's `PeftModel.from_pretrained`). When the
     /// directory records a quantization (`quantization_config.json`, written for QLoRA
     /// adapters), the base is quantized the same way first, unless it already is.
-    pub fn from_pretrained(mut base: SequenceClassifier, dir: &Path) -> Result<Self> {
+    pub fn from_pretrained(base: SequenceClassifier, dir: &Path) -> Result<Self> {
+        Self::from_pretrained_as(base, dir, DEFAULT_ADAPTER)
+    }
+
+    /// Like [`PeftModel::from_pretrained`], naming the adapter `name`.
+    pub fn from_pretrained_as(
+        mut base: SequenceClassifier,
+        dir: &Path,
+        name: &str,
+    ) -> Result<Self> {
         let config = AdapterConfig::from_file(&dir.join(ADAPTER_CONFIG))?;
         let quant_file = dir.join(QUANT_CONFIG_FILE);
         let quantization = if quant_file.is_file() {
@@ -116,9 +125,9 @@ impl PeftModel {
         } else {
             None
         };
-        let mut model = Self::new(base, config)?;
+        let mut model = Self::with_adapter_name(base, config, name)?;
         model.quantization = quantization;
-        model.load_weights(dir, DEFAULT_ADAPTER)?;
+        model.load_weights(dir, name)?;
         Ok(model)
     }
 
