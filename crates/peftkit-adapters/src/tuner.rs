@@ -11,7 +11,7 @@ use crate::layer::{AdapterLayer, LayerAdapter};
 use crate::lora::config::{Bias, LayerIndexes, TargetModules};
 use crate::targets::is_target;
 use crate::{AdapterConfig, AdapterError, Result};
-use peftkit_models::{Linear, PrefixProvider, SequenceClassifier, WeightLayout};
+use peftkit_models::{Linear, PrefixProvider, PromptProvider, SequenceClassifier, WeightLayout};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -97,6 +97,10 @@ pub trait Tuner: std::fmt::Debug + Send {
     }
     /// The prefix it supplies to attention, when it is a prompt-learning method.
     fn prefix(&self) -> Option<&dyn PrefixSource> {
+        None
+    }
+    /// The virtual tokens it puts before the input, when it is prompt tuning or P-tuning.
+    fn prompt(&self) -> Option<&dyn PromptProvider> {
         None
     }
     /// Whether it can be folded into the base weights.

@@ -167,12 +167,20 @@ fn bad_adapters_are_errors_naming_the_key() {
     let cfg_path = tmp.path().join("adapter_config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["lora_bias"] = serde_json::json!(true);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let err = PeftModel::from_pretrained(base("bert"), tmp.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`lora_bias: true` is not supported"), "{err}");
+    // A DoRA config over plain LoRA weights: the magnitude vectors are missing, by name.
+    cfg["lora_bias"] = serde_json::json!(false);
     cfg["use_dora"] = serde_json::json!(true);
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let err = PeftModel::from_pretrained(base("bert"), tmp.path())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("`use_dora: true` is not supported"), "{err}");
+    assert!(err.contains("lora_magnitude_vector` missing"), "{err}");
 }
 
 #[test]

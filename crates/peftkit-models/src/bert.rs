@@ -282,10 +282,19 @@ impl Embeddings {
         }
     }
 
-    /// Embeds `input_ids` at `position_ids` (token type 0 everywhere).
-    pub(crate) fn forward(&self, input_ids: &Tensor, position_ids: &Tensor, train: bool) -> Tensor {
-        let token_types = input_ids.zeros_like();
-        (input_ids.apply(&self.word_embeddings)
+    /// Embeds `input_ids` at `position_ids` (token type 0 everywhere), after the virtual tokens'
+    /// embeddings `prompt` (`[n, hidden]`) when given (transformers' `inputs_embeds`).
+    pub(crate) fn forward(
+        &self,
+        input_ids: &Tensor,
+        prompt: Option<&Tensor>,
+        position_ids: &Tensor,
+        train: bool,
+    ) -> Tensor {
+        let words = crate::prefix::with_prompt(input_ids.apply(&self.word_embeddings), prompt);
+        let (batch, len, _) = words.size3().expect("embeddings are [batch, seq, hidden]");
+        let token_types = Tensor::zeros([batch, len], (Kind::Int64, input_ids.device()));
+        (words
             + position_ids.apply(&self.position_embeddings)
             + token_types.apply(&self.token_type_embeddings))
         .apply(&self.layer_norm)
@@ -335,9 +344,15 @@ impl BertForSequenceClassification {
         input_ids: &Tensor,
         attention_mask: &Tensor,
         prefix: Option<&dyn PrefixProvider>,
+        prompt: Option<&Tensor>,
         train: bool,
     ) -> (Vec<Tensor>, Tensor, Tensor) {
-        let emb = self.embed(input_ids, prefix.map_or(0, |p| p.position_offset()), train);
+        let emb = self.embed(
+            input_ids,
+            prefix.map_or(0, |p| p.position_offset()),
+            prompt,
+            train,
+        );
         let states = self.encoder.forward(emb, attention_mask, prefix, train);
         let first = states.last().expect("final hidden state").select(1, 0);
         let pooled = self.pooler.dense.forward(&first, train).tanh();
@@ -355,12 +370,20 @@ impl BertForSequenceClassification {
     }
 
     /// Gradient checkpointing's pieces.
-    pub(crate) fn embed(&self, input_ids: &Tensor, offset: i64, train: bool) -> Tensor {
+    pub(crate) fn embed(
+        &self,
+        input_ids: &Tensor,
+        offset: i64,
+        prompt: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         let (_, len) = input_ids.size2().expect("input ids are [batch, seq]");
+        let len = len + prompt.map_or(0, |p| p.size()[0]);
         let positions =
             Tensor::arange_start(offset, offset + len, (Kind::Int64, input_ids.device()))
                 .unsqueeze(0);
-        self.embeddings.forward(input_ids, &positions, train)
+        self.embeddings
+            .forward(input_ids, prompt, &positions, train)
     }
 
     pub(crate) fn encoder(&self) -> &Encoder {

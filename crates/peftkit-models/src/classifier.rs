@@ -6,7 +6,7 @@ use crate::checkpoint::{load_into, save_safetensors, write_dir_atomically, LoadR
 use crate::config::{ModelConfig, ProblemType};
 use crate::gpt2::Gpt2ForSequenceClassification;
 use crate::linear::Linear;
-use crate::prefix::PrefixProvider;
+use crate::prefix::{PrefixProvider, PromptProvider};
 use crate::roberta::RobertaForSequenceClassification;
 use crate::{io_err, ModelError, Result};
 use std::path::Path;
@@ -110,6 +110,21 @@ impl LoadOptions {
     }
 }
 
+/// The attention mask with ones for `prompt`'s virtual tokens first (peft extends it so).
+fn prompted_mask(attention_mask: &Tensor, prompt: Option<&dyn PromptProvider>) -> Tensor {
+    match prompt {
+        None => attention_mask.shallow_clone(),
+        Some(p) => {
+            let batch = attention_mask.size()[0];
+            let ones = Tensor::ones(
+                [batch, p.num_tokens()],
+                (attention_mask.kind(), attention_mask.device()),
+            );
+            Tensor::cat(&[&ones, attention_mask], 1)
+        }
+    }
+}
+
 /// Options of one forward pass.
 #[derive(Clone, Copy, Default)]
 pub struct ForwardOptions<'a> {
@@ -117,6 +132,8 @@ pub struct ForwardOptions<'a> {
     pub train: bool,
     /// Per-layer prefix keys/values (prefix tuning).
     pub prefix: Option<&'a dyn PrefixProvider>,
+    /// Virtual-token embeddings before the input (prompt tuning, P-tuning).
+    pub prompt: Option<&'a dyn PromptProvider>,
 }
 
 impl<'a> ForwardOptions<'a> {
@@ -129,13 +146,19 @@ impl<'a> ForwardOptions<'a> {
     pub fn train() -> Self {
         Self {
             train: true,
-            prefix: None,
+            ..Self::default()
         }
     }
 
     /// With a prefix provider.
     pub fn with_prefix(mut self, prefix: &'a dyn PrefixProvider) -> Self {
         self.prefix = Some(prefix);
+        self
+    }
+
+    /// With virtual-token embeddings before the input.
+    pub fn with_prompt(mut self, prompt: &'a dyn PromptProvider) -> Self {
+        self.prompt = Some(prompt);
         self
     }
 }
@@ -318,7 +341,8 @@ impl SequenceClassifier {
                 attention_mask.size()
             )));
         }
-        let offset = opts.prefix.map_or(0, |p| p.position_offset());
+        let offset = opts.prefix.map_or(0, |p| p.position_offset())
+            + opts.prompt.map_or(0, |p| p.num_tokens());
         if size[1] + offset > self.max_length() {
             return Err(ModelError::Input(format!(
                 "sequence length {}{} exceeds the model's {} positions (truncate to max_length)",
@@ -337,10 +361,14 @@ impl SequenceClassifier {
                 input_ids.kind()
             )));
         }
+        let prompt = opts.prompt.map(|p| p.embeddings());
+        let mask = prompted_mask(attention_mask, opts.prompt);
+        let (ids, mask, prefix, prompt, train) =
+            (input_ids, &mask, opts.prefix, prompt.as_ref(), opts.train);
         let (hidden_states, pooled, logits) = match &self.inner {
-            Inner::Gpt2(m) => m.forward(input_ids, attention_mask, opts.prefix, opts.train),
-            Inner::Roberta(m) => m.forward(input_ids, attention_mask, opts.prefix, opts.train),
-            Inner::Bert(m) => m.forward(input_ids, attention_mask, opts.prefix, opts.train),
+            Inner::Gpt2(m) => m.forward(ids, mask, prefix, prompt, train),
+            Inner::Roberta(m) => m.forward(ids, mask, prefix, prompt, train),
+            Inner::Bert(m) => m.forward(ids, mask, prefix, prompt, train),
         };
         Ok(ClassifierOutput {
             logits,
@@ -362,11 +390,11 @@ impl SequenceClassifier {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn embed(&self, ids: &Tensor, offset: i64, train: bool) -> Tensor {
+    fn embed(&self, ids: &Tensor, offset: i64, prompt: Option<&Tensor>, train: bool) -> Tensor {
         match &self.inner {
-            Inner::Gpt2(m) => m.embed(ids, offset, train),
-            Inner::Roberta(m) => m.embed(ids, offset, train),
-            Inner::Bert(m) => m.embed(ids, offset, train),
+            Inner::Gpt2(m) => m.embed(ids, offset, prompt, train),
+            Inner::Roberta(m) => m.embed(ids, offset, prompt, train),
+            Inner::Bert(m) => m.embed(ids, offset, prompt, train),
         }
     }
 
@@ -393,9 +421,9 @@ impl SequenceClassifier {
         }
     }
 
-    fn head(&self, last: &Tensor, ids: &Tensor, train: bool) -> Tensor {
+    fn head(&self, last: &Tensor, ids: &Tensor, prompted: bool, train: bool) -> Tensor {
         match &self.inner {
-            Inner::Gpt2(m) => m.head(last, ids, train),
+            Inner::Gpt2(m) => m.head(last, ids, prompted, train),
             Inner::Roberta(m) => m.head(last, train),
             Inner::Bert(m) => m.head(last, train),
         }
@@ -462,14 +490,21 @@ impl SequenceClassifier {
         let n = self.num_layers();
         let prefix_len = opts.prefix.map_or(0, |p| p.num_tokens());
         let offset = opts.prefix.map_or(0, |p| p.position_offset());
+        // The virtual tokens' embeddings are computed once, with gradients; the embedding
+        // layer runs without in the forward pass and again with them at the end.
+        let prompt = opts.prompt.map(|p| p.embeddings());
         let mut inputs = Vec::with_capacity(n + 1);
         tch::no_grad(|| {
             seeded(0);
-            inputs.push(self.embed(input_ids, offset, train));
+            inputs.push(self.embed(input_ids, offset, prompt.as_ref(), train));
         });
         let causal = self.architecture() == Architecture::Gpt2;
-        let mask =
-            crate::attention::additive_mask(attention_mask, prefix_len, causal, inputs[0].kind());
+        let mask = crate::attention::additive_mask(
+            &prompted_mask(attention_mask, opts.prompt),
+            prefix_len,
+            causal,
+            inputs[0].kind(),
+        );
         for i in 0..n {
             let next = tch::no_grad(|| {
                 seeded(1 + i as i64);
@@ -483,7 +518,7 @@ impl SequenceClassifier {
             .detach()
             .set_requires_grad(true);
         seeded(1 + n as i64);
-        let logits = self.head(&last, input_ids, train);
+        let logits = self.head(&last, input_ids, prompt.is_some(), train);
         let loss = self.loss(&logits, labels);
         (&loss * factor).backward();
         let mut grad = last.grad();
@@ -499,7 +534,7 @@ impl SequenceClassifier {
             grad = x.grad();
         }
         seeded(0);
-        let emb = self.embed(input_ids, offset, train);
+        let emb = self.embed(input_ids, offset, prompt.as_ref(), train);
         if emb.requires_grad() {
             (emb * &grad).sum(Kind::Float).backward();
         }

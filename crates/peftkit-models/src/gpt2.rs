@@ -224,9 +224,15 @@ impl Gpt2Model {
         input_ids: &Tensor,
         attention_mask: &Tensor,
         prefix: Option<&dyn PrefixProvider>,
+        prompt: Option<&Tensor>,
         train: bool,
     ) -> Vec<Tensor> {
-        let x = self.embed(input_ids, prefix.map_or(0, |p| p.position_offset()), train);
+        let x = self.embed(
+            input_ids,
+            prefix.map_or(0, |p| p.position_offset()),
+            prompt,
+            train,
+        );
         let prefix_len = prefix.map_or(0, |p| p.num_tokens());
         let mask = additive_mask(attention_mask, prefix_len, true, x.kind());
         let mut states = vec![x];
@@ -241,13 +247,21 @@ impl Gpt2Model {
     }
 
     /// Token + position embeddings with dropout; positions start at `offset` (a prefix's
-    /// length, as transformers counts a cache).
-    pub fn embed(&self, input_ids: &Tensor, offset: i64, train: bool) -> Tensor {
-        let (_, len) = input_ids.size2().expect("input ids are [batch, seq]");
+    /// length, as transformers counts a cache). Virtual tokens' embeddings `prompt` (`[n,
+    /// hidden]`), when given, come first (transformers' `inputs_embeds`).
+    pub fn embed(
+        &self,
+        input_ids: &Tensor,
+        offset: i64,
+        prompt: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let words = crate::prefix::with_prompt(input_ids.apply(&self.wte), prompt);
+        let len = words.size()[1];
         let positions =
             Tensor::arange_start(offset, offset + len, (Kind::Int64, input_ids.device()))
                 .unsqueeze(0);
-        (input_ids.apply(&self.wte) + positions.apply(&self.wpe)).dropout(self.embd_pdrop, train)
+        (words + positions.apply(&self.wpe)).dropout(self.embd_pdrop, train)
     }
 
     /// Maximum sequence length.
@@ -322,21 +336,34 @@ impl Gpt2ForSequenceClassification {
         }
     }
 
+    /// The pooled position of each row: the last non-pad token, or with virtual tokens before
+    /// the input the last position (transformers given `inputs_embeds` cannot see padding).
+    fn pooled_index(&self, input_ids: &Tensor, prompted: bool, len: i64) -> Tensor {
+        if prompted {
+            let batch = input_ids.size()[0];
+            Tensor::full([batch], len - 1, (Kind::Int64, input_ids.device()))
+        } else {
+            self.last_token_index(input_ids)
+        }
+    }
+
     /// Hidden states and logits; `pooled` is the hidden state at the last real token.
     pub(crate) fn forward(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
         prefix: Option<&dyn PrefixProvider>,
+        prompt: Option<&Tensor>,
         train: bool,
     ) -> (Vec<Tensor>, Tensor, Tensor) {
         let states = self
             .transformer
-            .forward(input_ids, attention_mask, prefix, train);
+            .forward(input_ids, attention_mask, prefix, prompt, train);
         let last = states.last().expect("final hidden state");
         let batch = last.size()[0];
         let rows = Tensor::arange(batch, (Kind::Int64, last.device()));
-        let pooled = last.index(&[Some(rows), Some(self.last_token_index(input_ids))]);
+        let idx = self.pooled_index(input_ids, prompt.is_some(), last.size()[1]);
+        let pooled = last.index(&[Some(rows), Some(idx)]);
         let logits = self.score.forward(&pooled, train);
         (states, pooled, logits)
     }
@@ -348,8 +375,14 @@ impl Gpt2ForSequenceClassification {
     }
 
     /// Gradient checkpointing's pieces: the embeddings, the additive mask, one block, the head.
-    pub(crate) fn embed(&self, input_ids: &Tensor, offset: i64, train: bool) -> Tensor {
-        self.transformer.embed(input_ids, offset, train)
+    pub(crate) fn embed(
+        &self,
+        input_ids: &Tensor,
+        offset: i64,
+        prompt: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        self.transformer.embed(input_ids, offset, prompt, train)
     }
 
     pub(crate) fn num_layers(&self) -> usize {
@@ -367,10 +400,17 @@ impl Gpt2ForSequenceClassification {
         self.transformer.h[i].forward(x, mask, prefix, train)
     }
 
-    pub(crate) fn head(&self, last: &Tensor, input_ids: &Tensor, train: bool) -> Tensor {
+    pub(crate) fn head(
+        &self,
+        last: &Tensor,
+        input_ids: &Tensor,
+        prompted: bool,
+        train: bool,
+    ) -> Tensor {
         let last = last.apply(&self.transformer.ln_f);
         let rows = Tensor::arange(last.size()[0], (Kind::Int64, last.device()));
-        let pooled = last.index(&[Some(rows), Some(self.last_token_index(input_ids))]);
+        let idx = self.pooled_index(input_ids, prompted, last.size()[1]);
+        let pooled = last.index(&[Some(rows), Some(idx)]);
         self.score.forward(&pooled, train)
     }
 

@@ -54,7 +54,7 @@ pub use memory::{
 };
 pub use ops::recomputed_linear;
 pub use precision::{compute_dtype, with_compute_dtype};
-pub use prefix::PrefixProvider;
+pub use prefix::{PrefixProvider, PromptProvider};
 pub use train_model::TrainModel;
 
 /// Errors of this crate; each names the file, key or value and what was expected.

@@ -65,10 +65,11 @@ impl RobertaForSequenceClassification {
         input_ids: &Tensor,
         attention_mask: &Tensor,
         prefix: Option<&dyn PrefixProvider>,
+        prompt: Option<&Tensor>,
         train: bool,
     ) -> (Vec<Tensor>, Tensor, Tensor) {
         let offset = prefix.map_or(0, |p| p.position_offset());
-        let emb = self.embed(input_ids, offset, train);
+        let emb = self.embed(input_ids, offset, prompt, train);
         let states = self.encoder.forward(emb, attention_mask, prefix, train);
         let first = states.last().expect("final hidden state").select(1, 0);
         let c = &self.classifier;
@@ -81,9 +82,25 @@ impl RobertaForSequenceClassification {
     }
 
     /// Gradient checkpointing's pieces.
-    pub(crate) fn embed(&self, input_ids: &Tensor, offset: i64, train: bool) -> Tensor {
-        let positions = position_ids(input_ids, self.padding_idx, offset);
-        self.embeddings.forward(input_ids, &positions, train)
+    pub(crate) fn embed(
+        &self,
+        input_ids: &Tensor,
+        offset: i64,
+        prompt: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
+        let positions = match prompt {
+            // transformers' create_position_ids_from_inputs_embeds: it cannot see padding.
+            Some(p) => {
+                let len = input_ids.size()[1] + p.size()[0];
+                let start = self.padding_idx + 1 + offset;
+                Tensor::arange_start(start, start + len, (Kind::Int64, input_ids.device()))
+                    .unsqueeze(0)
+            }
+            None => position_ids(input_ids, self.padding_idx, offset),
+        };
+        self.embeddings
+            .forward(input_ids, prompt, &positions, train)
     }
 
     pub(crate) fn encoder(&self) -> &Encoder {

@@ -54,7 +54,7 @@ impl TrainModel for SequenceClassifier {
     fn logits(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
         let opts = ForwardOptions {
             train,
-            prefix: None,
+            ..ForwardOptions::default()
         };
         Ok(self.forward(input_ids, attention_mask, &opts)?.logits)
     }

@@ -12,7 +12,8 @@ use crate::tuner::{PrefixSource, Tuner, PEFT_PREFIX};
 use crate::{AdapterConfig, AdapterError, Bias, LoraConfig, Result};
 use heads::Heads;
 use peftkit_models::{
-    ClassifierOutput, ForwardOptions, ModelError, PrefixProvider, SequenceClassifier, TrainModel,
+    ClassifierOutput, ForwardOptions, ModelError, PrefixProvider, PromptProvider,
+    SequenceClassifier, TrainModel,
 };
 use std::collections::BTreeMap;
 use tch::{Device, Tensor};
@@ -217,6 +218,15 @@ impl PeftModel {
         self.tuners[&self.active].prefix()
     }
 
+    /// The active adapter's virtual tokens, when it is prompt tuning or P-tuning (and adapters
+    /// are not disabled).
+    pub fn active_prompt(&self) -> Option<&dyn PromptProvider> {
+        if self.disabled {
+            return None;
+        }
+        self.tuners[&self.active].prompt()
+    }
+
     /// The adapters' names.
     pub fn adapters(&self) -> Vec<String> {
         self.tuners.keys().cloned().collect()
@@ -297,6 +307,7 @@ impl PeftModel {
                 Some(p) => Some(p.as_ref() as &dyn PrefixProvider),
                 None => opts.prefix,
             },
+            prompt: self.active_prompt().or(opts.prompt),
         };
         self.base.forward(input_ids, attention_mask, &opts)
     }
@@ -338,7 +349,7 @@ impl PeftModel {
                 .tuners
                 .get(*name)
                 .ok_or_else(|| self.no_adapter(name))?;
-            if tuner.prefix().is_some() {
+            if tuner.prefix().is_some() || tuner.prompt().is_some() {
                 return Err(AdapterError::Invalid(format!(
                     "adapter `{name}` is {}: a prompt-learning adapter cannot be mixed with others in one batch (as in peft); run its rows separately",
                     tuner.config().peft_type()
@@ -393,7 +404,7 @@ impl TrainModel for PeftModel {
     ) -> std::result::Result<Tensor, ModelError> {
         let opts = ForwardOptions {
             train,
-            prefix: None,
+            ..ForwardOptions::default()
         };
         Ok(self.forward(input_ids, attention_mask, &opts)?.logits)
     }
@@ -434,27 +445,31 @@ impl TrainModel for PeftModel {
         labels: &Tensor,
         factor: &Tensor,
     ) -> std::result::Result<Tensor, ModelError> {
-        let Some(source) = self.active_prefix() else {
+        let source = self.active_prefix();
+        let prompt = self.active_prompt();
+        if source.is_none() && prompt.is_none() {
             return self
                 .base
                 .loss_backward(input_ids, attention_mask, labels, factor);
-        };
-        // Checkpointing backpropagates each recomputed layer on its own, so the source
+        }
+        // Checkpointing backpropagates each recomputed layer on its own, so a prefix source
         // recomputes the prefix per layer there; otherwise it is computed once for the pass.
         let computed;
-        let prefix: &dyn PrefixProvider = if self.base.gradient_checkpointing() {
-            source
-        } else {
-            computed = source.compute();
-            computed.as_ref()
+        let prefix: Option<&dyn PrefixProvider> = match source {
+            Some(s) if self.base.gradient_checkpointing() => Some(s),
+            Some(s) => {
+                computed = s.compute();
+                Some(computed.as_ref())
+            }
+            None => None,
         };
-        self.base.loss_backward_with(
-            input_ids,
-            attention_mask,
-            labels,
-            &ForwardOptions::train().with_prefix(prefix),
-            factor,
-        )
+        let opts = ForwardOptions {
+            train: true,
+            prefix,
+            prompt,
+        };
+        self.base
+            .loss_backward_with(input_ids, attention_mask, labels, &opts, factor)
     }
 
     fn enable_gradient_checkpointing(&self) -> bool {
