@@ -4,6 +4,7 @@
 use crate::ia3::Ia3Config;
 use crate::lora::config::LoraConfig;
 use crate::prefix::PrefixTuningConfig;
+use crate::prompt::{PromptEncoderConfig, PromptTuningConfig};
 use crate::tuner::{MethodConfig, Tuner};
 use crate::{AdapterError, Result};
 use peftkit_models::SequenceClassifier;
@@ -128,6 +129,10 @@ methods! {
     PrefixTuning(PrefixTuningConfig) = "prefix";
     /// IA³.
     Ia3(Ia3Config) = "ia3";
+    /// Prompt tuning.
+    PromptTuning(PromptTuningConfig) = "prompt";
+    /// P-tuning.
+    PTuning(PromptEncoderConfig) = "ptuning";
 }
 
 /// Deserializes `fields` into `T`, refusing fields `T` does not have, then validates.

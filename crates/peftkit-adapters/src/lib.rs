@@ -4,7 +4,8 @@
 //! attention layer's prefix); peft's file format both ways.
 //!
 //! - Methods: LoRA ([`LoraConfig`]; QLoRA on a 4-bit base, [`quant`]), IA³ ([`Ia3Config`]),
-//!   prefix tuning ([`PrefixTuningConfig`]). [`AdapterConfig`] lists them; each implements
+//!   prefix tuning ([`PrefixTuningConfig`]), prompt tuning ([`PromptTuningConfig`]) and
+//!   P-tuning ([`PromptEncoderConfig`]). [`AdapterConfig`] lists them; each implements
 //!   [`tuner::MethodConfig`], and its adapters are [`tuner::Tuner`]s.
 //! - [`PeftModel`] hosts named adapters on one base: the active one trains (with its own copy of
 //!   the classification head, peft's `modules_to_save`), others wait; a batch may also mix them
@@ -34,6 +35,7 @@ pub mod lora;
 mod merge;
 mod peft_model;
 pub mod prefix;
+pub mod prompt;
 pub mod quant;
 pub mod routing;
 pub mod targets;
@@ -46,6 +48,7 @@ pub use lora::config::{Bias, InitLoraWeights, LayerIndexes, LoraConfig, TargetMo
 pub use lora::layer::LoraLayer;
 pub use peft_model::{PeftModel, DEFAULT_ADAPTER};
 pub use prefix::{PrefixEncoder, PrefixTuningConfig};
+pub use prompt::{PromptEncoderConfig, PromptTuningConfig};
 pub use routing::BASE_ADAPTER;
 pub use tuner::{PEFT_PREFIX, PROMPT_LEARNING_PREFIX};
 

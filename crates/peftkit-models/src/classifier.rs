@@ -361,7 +361,7 @@ impl SequenceClassifier {
                 input_ids.kind()
             )));
         }
-        let prompt = opts.prompt.map(|p| p.embeddings());
+        let prompt = opts.prompt.map(|p| p.embeddings(opts.train));
         let mask = prompted_mask(attention_mask, opts.prompt);
         let (ids, mask, prefix, prompt, train) =
             (input_ids, &mask, opts.prefix, prompt.as_ref(), opts.train);
@@ -492,7 +492,7 @@ impl SequenceClassifier {
         let offset = opts.prefix.map_or(0, |p| p.position_offset());
         // The virtual tokens' embeddings are computed once, with gradients; the embedding
         // layer runs without in the forward pass and again with them at the end.
-        let prompt = opts.prompt.map(|p| p.embeddings());
+        let prompt = opts.prompt.map(|p| p.embeddings(opts.train));
         let mut inputs = Vec::with_capacity(n + 1);
         tch::no_grad(|| {
             seeded(0);

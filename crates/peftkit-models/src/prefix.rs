@@ -30,8 +30,9 @@ pub trait PrefixProvider {
 pub trait PromptProvider {
     /// Number of virtual tokens.
     fn num_tokens(&self) -> i64;
-    /// The virtual tokens' embeddings, `[num_tokens, hidden]`, the same for every row.
-    fn embeddings(&self) -> Tensor;
+    /// The virtual tokens' embeddings, `[num_tokens, hidden]`, the same for every row (`train`:
+    /// dropout inside an encoder is on).
+    fn embeddings(&self, train: bool) -> Tensor;
 }
 
 /// `cat(prompt, words)` along the sequence, the prompt (`[n, hidden]`) repeated for every row of
