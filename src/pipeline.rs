@@ -269,7 +269,11 @@ pub fn encode(
 }
 
 /// Sets up the method: which parameters train, and the adapter.
-fn prepare(model: SequenceClassifier, cfg: &ExperimentConfig) -> Result<Tuned> {
+fn prepare(
+    model: SequenceClassifier,
+    cfg: &ExperimentConfig,
+    tokenizer: &TextTokenizer,
+) -> Result<Tuned> {
     let heads: Vec<String> = model
         .architecture()
         .head_modules()
@@ -278,9 +282,19 @@ fn prepare(model: SequenceClassifier, cfg: &ExperimentConfig) -> Result<Tuned> {
         .collect();
     let method = cfg.adapter.method();
     if let Some(peft) = &cfg.adapter.peft {
+        let mut peft = peft.clone();
+        if let peftkit_adapters::AdapterConfig::PromptTuning(c) = &mut peft {
+            // peft tokenizes the init text with the tokenizer (special tokens included).
+            if let Some(text) = &c.prompt_tuning_init_text {
+                let ids = tokenizer
+                    .encode(text)
+                    .context("tokenizing prompt_tuning_init_text")?;
+                c.init_token_ids = Some(ids.into_iter().map(i64::from).collect());
+            }
+        }
         let m = match &cfg.adapter.quantization {
             Some(bnb) => {
-                let m = PeftModel::new_quantized(model, peft.clone(), bnb.clone())?;
+                let m = PeftModel::new_quantized(model, peft, bnb.clone())?;
                 eprintln!(
                     "QLoRA: base in 4-bit {}{}",
                     bnb.bnb_4bit_quant_type.name(),
@@ -292,7 +306,7 @@ fn prepare(model: SequenceClassifier, cfg: &ExperimentConfig) -> Result<Tuned> {
                 );
                 m
             }
-            None => PeftModel::new(model, peft.clone())?,
+            None => PeftModel::new(model, peft)?,
         };
         eprintln!("{}", describe_adapter(&m));
         return Ok(Tuned::Peft(m));
@@ -513,7 +527,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
         .map(|t| encode(t, &tokenizer, &cfg.data))
         .transpose()?;
     eprintln!("tokenized in {:.1} s", t0.elapsed().as_secs_f64());
-    let tuned = prepare(model, cfg)?;
+    let tuned = prepare(model, cfg, &tokenizer)?;
     let (trainable, all) = tuned.counts();
     report.trainable_params = trainable;
     report.all_params = all;

@@ -86,6 +86,82 @@ impl PeftModel {
         std::fs::write(dir.join(ADAPTER_CONFIG), &json).map_err(|e| AdapterError::io(dir, e))
     }
 
+    /// Saves the active PiSSA / OLoRA adapter converted to a plain LoRA for the *original* base
+    /// (peft's `save_pretrained(path_initial_model_for_weight_conversion=initial)`): `initial`
+    /// is the adapter as saved right after initialisation; the factors become `[A; A₀]` and
+    /// `[B, −B₀]`, so `r` and `lora_alpha` double and the update is `scale · (B A − B₀ A₀)`, the
+    /// whole change from the original weight. Unlike peft 0.21.2 (whose converted
+    /// sequence-classification adapter it cannot load itself: it drops the head), the head is
+    /// kept.
+    pub fn save_pretrained_converted(
+        &self,
+        dir: &Path,
+        initial: &Path,
+        base_model_name_or_path: Option<&str>,
+        revision: Option<&str>,
+    ) -> Result<()> {
+        let Some(lora) = self.lora_config() else {
+            return Err(AdapterError::Invalid(
+                "only a LoRA adapter can be converted to a plain LoRA".into(),
+            ));
+        };
+        if lora.use_dora {
+            return Err(AdapterError::Invalid(
+                "a DoRA adapter cannot be converted (its magnitude is not a low-rank difference)"
+                    .into(),
+            ));
+        }
+        if lora.use_rslora && !(lora.rank_pattern.is_empty() && lora.alpha_pattern.is_empty()) {
+            return Err(AdapterError::Invalid(
+                "rsLoRA with rank_pattern / alpha_pattern cannot be converted (as in peft)".into(),
+            ));
+        }
+        let file = initial.join(ADAPTER_WEIGHTS);
+        let start: BTreeMap<String, Tensor> = read_safetensors(&file)?.into_iter().collect();
+        let mut tensors = self.adapter_state_dict();
+        for (key, t) in tensors.iter_mut() {
+            let (dim, sign) = if key.ends_with(".lora_A.weight") {
+                (0, 1.0)
+            } else if key.ends_with(".lora_B.weight") {
+                (1, -1.0)
+            } else {
+                continue;
+            };
+            let t0 = start.get(key).ok_or_else(|| AdapterError::Mismatch {
+                path: file.clone(),
+                key: key.clone(),
+                message: "missing from the initial adapter: it was not saved from this adapter's initialisation".into(),
+            })?;
+            if t0.size() != t.size() {
+                return Err(AdapterError::Mismatch {
+                    path: file.clone(),
+                    key: key.clone(),
+                    message: format!(
+                        "shape {:?} in the initial adapter but {:?} now",
+                        t0.size(),
+                        t.size()
+                    ),
+                });
+            }
+            *t = Tensor::cat(&[t.shallow_clone(), t0.to_kind(t.kind()) * sign], dim);
+        }
+        let mut cfg = lora.clone();
+        cfg.r *= 2;
+        cfg.lora_alpha *= if cfg.use_rslora { 2f64.sqrt() } else { 2.0 };
+        cfg.rank_pattern.values_mut().for_each(|r| *r *= 2);
+        cfg.alpha_pattern.values_mut().for_each(|a| *a *= 2.0);
+        cfg.init_lora_weights = crate::InitLoraWeights::Bool(true);
+        let mut cfg = AdapterConfig::from(cfg);
+        if base_model_name_or_path.is_some() {
+            cfg.set_base_model(base_model_name_or_path, revision);
+        }
+        let json = serde_json::to_string_pretty(&cfg.to_json()).expect("config serialises");
+        write_dir_atomically(dir, |tmp| {
+            save_safetensors(&tmp.join(ADAPTER_WEIGHTS), &tensors)?;
+            std::fs::write(tmp.join(ADAPTER_CONFIG), &json).map_err(|e| AdapterError::io(tmp, e))
+        })
+    }
+
     /// The number of labels of a saved sequence-classification adapter, read from its head.
     pub fn saved_num_labels(dir: &Path) -> Result<Option<usize>> {
         let tensors = read_safetensors(&dir.join(ADAPTER_WEIGHTS))?;

@@ -195,14 +195,15 @@ impl Injected {
 }
 
 /// Adds adapter `name` to every linear that `targets` selects (never the head or other
-/// `modules_to_save`), making each layer with `make(linear)`. No match is an error listing the
+/// `modules_to_save`), making each layer with `make(linear)` (which may change the base weight,
+/// as PiSSA does). No match is an error listing the
 /// model's linear modules; a layer that already carries adapter `name` is an error.
 pub fn inject_layers(
     base: &mut SequenceClassifier,
     name: &str,
     targets: Targets<'_>,
     modules_to_save: &[String],
-    mut make: impl FnMut(&Linear) -> Result<Box<dyn LayerAdapter>>,
+    mut make: impl FnMut(&mut Linear) -> Result<Box<dyn LayerAdapter>>,
 ) -> Result<Injected> {
     let all_paths: Vec<String> = base
         .linears()

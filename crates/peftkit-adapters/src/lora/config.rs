@@ -39,13 +39,15 @@ pub enum Bias {
 }
 
 /// `init_lora_weights`: `true` (A Kaiming-uniform, B zero: the adapter starts as a no-op),
-/// `false` (both random: for tests), or `"gaussian"` (A normal with std 1/r, B zero).
+/// `false` (both random: for tests), `"gaussian"` (A normal with std 1/r, B zero), or a
+/// data-dependent start from the base weight: `"pissa"`, `"pissa_niter_K"`, `"olora"`
+/// ([`crate::lora::init::WeightInit`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum InitLoraWeights {
     /// `true` or `false`.
     Bool(bool),
-    /// `"gaussian"`.
+    /// `"gaussian"`, `"pissa"`, `"pissa_niter_K"`, `"olora"`.
     Named(String),
 }
 
@@ -184,9 +186,9 @@ impl LoraConfig {
             ));
         }
         if let InitLoraWeights::Named(n) = &self.init_lora_weights {
-            if n != "gaussian" {
+            if n != "gaussian" && crate::lora::init::WeightInit::parse(n).is_none() {
                 return Err(format!(
-                    "init_lora_weights `{n}` is not supported (true, false or \"gaussian\")"
+                    "init_lora_weights `{n}` is not supported (true, false, \"gaussian\", \"pissa\", \"pissa_niter_K\" or \"olora\"; LoftQ needs CUDA in peft and is not implemented)"
                 ));
             }
         }

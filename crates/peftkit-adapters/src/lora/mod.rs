@@ -2,6 +2,7 @@
 //! peft's `tuners/lora`: the config, the layer, and injection.
 
 pub mod config;
+pub mod init;
 pub mod layer;
 mod model;
 

@@ -2,6 +2,7 @@
 //! linear, initialised as peft's `reset_lora_parameters`.
 
 use super::config::{InitLoraWeights, LoraConfig};
+use super::init::WeightInit;
 use super::layer::LoraLayer;
 use crate::layer::LayerAdapter;
 use crate::tuner::{inject_layers, LayerTuner, MethodConfig, Targets, Tuner};
@@ -15,8 +16,9 @@ pub(crate) fn seq_cls_modules() -> Vec<String> {
 }
 
 impl LoraConfig {
-    /// The layer for `linear`, initialised as `init_lora_weights` says.
-    fn new_layer(&self, linear: &Linear) -> LoraLayer {
+    /// The layer for `linear`, initialised as `init_lora_weights` says (PiSSA and OLoRA also
+    /// replace the base weight by its residual).
+    fn new_layer(&self, linear: &mut Linear) -> Result<LoraLayer> {
         let (r, scale) = self.rank_and_scale(linear.path());
         let (fan_in, fan_out) = (linear.in_features(), linear.out_features());
         let opts = (Kind::Float, linear.weight().device());
@@ -36,17 +38,20 @@ impl LoraConfig {
                     Tensor::empty([fan_out, r], opts).uniform_(-bb, bb),
                 )
             }
-            InitLoraWeights::Named(_) => (
-                Tensor::randn([r, fan_in], opts) / r as f64,
-                Tensor::zeros([fan_out, r], opts),
-            ),
+            InitLoraWeights::Named(n) => match WeightInit::parse(n) {
+                Some(init) => init.apply(linear, r, scale)?,
+                None => (
+                    Tensor::randn([r, fan_in], opts) / r as f64,
+                    Tensor::zeros([fan_out, r], opts),
+                ),
+            },
         };
         let layer = LoraLayer::new(a, b, scale, self.lora_dropout);
-        if self.use_dora {
+        Ok(if self.use_dora {
             layer.with_dora(linear)
         } else {
             layer
-        }
+        })
     }
 }
 
@@ -84,7 +89,7 @@ impl MethodConfig for LoraConfig {
                 layers_pattern: self.layers_pattern.as_ref(),
             },
             &extra,
-            |linear| Ok(Box::new(self.new_layer(linear)) as Box<dyn LayerAdapter>),
+            |linear| Ok(Box::new(self.new_layer(linear)?) as Box<dyn LayerAdapter>),
         )?;
         found.resolve_all_linear(&mut self.target_modules);
         if found.conv1d && !self.fan_in_fan_out {

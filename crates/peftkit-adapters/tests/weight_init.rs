@@ -1,0 +1,127 @@
+//! PiSSA and OLoRA (peft's `init_lora_weights = "pissa" | "olora"`): the factors and residual
+//! base weights peft computes, peft's logits from its saved adapters (which recompute the
+//! residual on load, as in peft), and the conversion to a plain LoRA for the original base
+//! (peft's `path_initial_model_for_weight_conversion`).
+
+mod common;
+use common::*;
+
+use peftkit_adapters::{AdapterConfig, PeftModel};
+use peftkit_models::TrainModel;
+
+#[test]
+fn pissa_and_olora_match_peft_and_convert_to_plain_lora() {
+    for case in ["pissa-bert", "olora-bert"] {
+        let dir = fixtures().join(case);
+        let golden = read(&dir.join("golden.safetensors"));
+        let g = inputs("bert");
+        let config = AdapterConfig::from_file(&dir.join("adapter/adapter_config.json")).unwrap();
+        // Initialisation: peft's factors and residual weights.
+        let fresh = PeftModel::new(base("bert"), config).unwrap();
+        let vars = fresh.base().var_store().variables();
+        let mut checked = 0;
+        for (name, t) in fresh.trainable_parameters() {
+            let Some(rest) = name.strip_prefix("base_model.model.") else {
+                continue;
+            };
+            let key = rest.replace(".default.weight", ".weight");
+            if let Some(want) = golden.get(&format!("init.{key}")) {
+                let d = diff(&t, want);
+                assert!(d <= 1e-5, "{case}: initial {key} differs by {d}");
+                checked += 1;
+            }
+        }
+        for (key, want) in golden.iter().filter(|(k, _)| k.starts_with("base.")) {
+            let d = diff(&vars[key.strip_prefix("base.").unwrap()], want);
+            assert!(d <= 1e-5, "{case}: residual {key} differs by {d}");
+            checked += 1;
+        }
+        assert_eq!(
+            checked,
+            26 + 13,
+            "{case}: every module's factors and residual"
+        );
+        let initial = tempfile::tempdir().unwrap();
+        fresh.save_pretrained(initial.path(), None, None).unwrap();
+        // peft's trained adapter: loading recomputes the residual, then takes A and B.
+        let mut model = PeftModel::from_pretrained(base("bert"), &dir.join("adapter")).unwrap();
+        let d = diff(&logits(&model, &g), &golden["logits"]);
+        assert!(d <= 1e-5, "{case}: logits differ from peft's by {d}");
+        let disabled = model.with_adapter_disabled(|m| logits(m, &g));
+        assert!(diff(&disabled, &golden["disabled_logits"]) <= 1e-5);
+        // Converted: a plain LoRA (r 8) on the original base computes the same.
+        let out = tempfile::tempdir().unwrap();
+        let converted = out.path().join("converted");
+        model
+            .save_pretrained_converted(&converted, initial.path(), None, None)
+            .unwrap();
+        let cfg = serde_json::from_str::<serde_json::Value>(
+            &std::fs::read_to_string(converted.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (cfg["r"].clone(), cfg["lora_alpha"].clone()),
+            (8.into(), 16.into())
+        );
+        assert_eq!(cfg["init_lora_weights"], true);
+        let plain = PeftModel::from_pretrained(base("bert"), &converted).unwrap();
+        let d = diff(&logits(&plain, &g), &golden["converted_logits"]);
+        assert!(
+            d <= 1e-5,
+            "{case}: converted adapter differs from peft's by {d}"
+        );
+        // The same factors as peft's conversion (peft drops the head, peftkit keeps it).
+        let theirs = read(&dir.join("converted/adapter_model.safetensors"));
+        let ours = read(&converted.join("adapter_model.safetensors"));
+        for (k, t) in &theirs {
+            assert!(diff(&ours[k], t) <= 1e-6, "{case}: converted {k}");
+        }
+        assert_eq!(
+            ours.len(),
+            theirs.len() + 2,
+            "{case}: peft's keys plus the head"
+        );
+        model.merge_adapter();
+        assert!(diff(&logits(&model, &g), &golden["merged_logits"]) <= 1e-5);
+    }
+}
+
+#[test]
+fn pissa_niter_approximates_pissa() {
+    let cfg = |init: &str| peftkit_adapters::LoraConfig {
+        init_lora_weights: peftkit_adapters::InitLoraWeights::Named(init.into()),
+        ..peftkit_adapters::LoraConfig::new(&["query", "value"], 4, 8.0)
+    };
+    let g = inputs("bert");
+    let plain = logits(&base("bert"), &g);
+    for init in ["pissa", "pissa_niter_4", "olora"] {
+        // The adapter takes the principal part, the base the rest: the model starts unchanged.
+        let m = PeftModel::new(base("bert"), cfg(init)).unwrap();
+        let d = diff(&logits(&m, &g), &plain);
+        assert!(
+            d <= 1e-5,
+            "{init}: the initialised model differs from the base by {d}"
+        );
+    }
+    let err = PeftModel::new(base("bert"), cfg("pissa_niter_x"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("init_lora_weights `pissa_niter_x` is not supported"),
+        "{err}"
+    );
+    // Conv1D (GPT-2): the residual in the stored [in, out] layout (peft's OLoRA gets this wrong).
+    for init in ["pissa", "olora"] {
+        let m = PeftModel::new(
+            base("gpt2"),
+            peftkit_adapters::LoraConfig {
+                init_lora_weights: peftkit_adapters::InitLoraWeights::Named(init.into()),
+                ..peftkit_adapters::LoraConfig::new(&["c_attn", "c_proj"], 4, 8.0)
+            },
+        )
+        .unwrap();
+        let g = inputs("gpt2");
+        let d = diff(&logits(&m, &g), &logits(&base("gpt2"), &g));
+        assert!(d <= 1e-5, "gpt2 {init}: differs from the base by {d}");
+    }
+}
