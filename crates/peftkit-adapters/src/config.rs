@@ -1,6 +1,7 @@
 //! The configuration of one adapter, whichever method it is (peft's `PeftConfig`), and the list
 //! of methods: adding a method is one line in [`methods!`] (and its folder).
 
+use crate::adalora::AdaLoraConfig;
 use crate::ia3::Ia3Config;
 use crate::lora::config::LoraConfig;
 use crate::prefix::PrefixTuningConfig;
@@ -133,6 +134,8 @@ methods! {
     PromptTuning(PromptTuningConfig) = "prompt";
     /// P-tuning.
     PTuning(PromptEncoderConfig) = "ptuning";
+    /// AdaLoRA.
+    AdaLora(AdaLoraConfig) = "adalora";
 }
 
 /// Deserializes `fields` into `T`, refusing fields `T` does not have, then validates.

@@ -74,7 +74,7 @@ impl PeftModel {
         base_model_name_or_path: Option<&str>,
         revision: Option<&str>,
     ) -> Result<()> {
-        let mut cfg = self.config().clone();
+        let mut cfg = self.tuners[&self.active].saved_config();
         if base_model_name_or_path.is_some() {
             cfg.set_base_model(base_model_name_or_path, revision);
         }

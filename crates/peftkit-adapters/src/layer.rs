@@ -79,6 +79,11 @@ pub trait LayerAdapter: std::fmt::Debug + Send {
     fn merge(&mut self, base: &mut Linear);
     /// Takes it back out of `base`'s weight and bias.
     fn unmerge(&mut self, base: &mut Linear);
+    /// The layer as `Any`, for a method that needs its own layer type back (AdaLoRA's
+    /// allocation); `None` by default.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// The hook: named layer adapters on one base linear.

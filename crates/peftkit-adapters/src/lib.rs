@@ -3,7 +3,8 @@
 //! [`peftkit_models::SequenceClassifier`] through the models' two seams (every linear; every
 //! attention layer's prefix); peft's file format both ways.
 //!
-//! - Methods: LoRA ([`LoraConfig`]; QLoRA on a 4-bit base, [`quant`]), IA³ ([`Ia3Config`]),
+//! - Methods: LoRA ([`LoraConfig`]; DoRA with `use_dora`; PiSSA / OLoRA initialisations; QLoRA
+//!   on a 4-bit base, [`quant`]), AdaLoRA ([`AdaLoraConfig`]), IA³ ([`Ia3Config`]),
 //!   prefix tuning ([`PrefixTuningConfig`]), prompt tuning ([`PromptTuningConfig`]) and
 //!   P-tuning ([`PromptEncoderConfig`]). [`AdapterConfig`] lists them; each implements
 //!   [`tuner::MethodConfig`], and its adapters are [`tuner::Tuner`]s.
@@ -27,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+pub mod adalora;
 mod config;
 pub mod format;
 pub mod ia3;
@@ -41,6 +43,7 @@ pub mod routing;
 pub mod targets;
 pub mod tuner;
 
+pub use adalora::AdaLoraConfig;
 pub use config::{AdapterConfig, METHODS};
 pub use ia3::{Ia3Config, Ia3Layer};
 pub use layer::{AdapterLayer, LayerAdapter, TensorKey};

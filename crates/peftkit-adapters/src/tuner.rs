@@ -25,6 +25,11 @@ pub const PEFT_PREFIX: &str = "base_model.model.";
 /// those methods do not wrap the base model.
 pub const PROMPT_LEARNING_PREFIX: &str = "base_model.";
 
+/// `true`, for serde defaults.
+pub(crate) fn d_true() -> bool {
+    true
+}
+
 /// A tensor that does not fit while loading: its key and what is wrong (the caller adds the
 /// file).
 #[derive(Debug)]
@@ -109,6 +114,22 @@ pub trait Tuner: std::fmt::Debug + Send {
     }
     /// Removes it from the base (peft's `delete_adapter`).
     fn remove(&mut self, base: &mut SequenceClassifier);
+    /// Elements of frozen tensors peft counts in the total but does not train (AdaLoRA's
+    /// `ranknum`).
+    fn frozen_numel(&self, _base: &SequenceClassifier) -> i64 {
+        0
+    }
+    /// The config to save (a method whose training changes it, as AdaLoRA's `rank_pattern`).
+    fn saved_config(&self) -> AdapterConfig {
+        self.config().clone()
+    }
+    /// A term the method adds to the training loss (AdaLoRA's orthogonality regulariser).
+    fn regularization(&self, _base: &SequenceClassifier) -> Option<Tensor> {
+        None
+    }
+    /// Called after each optimizer step (0-based `step`), before the gradients are cleared
+    /// (AdaLoRA's budget allocation).
+    fn after_optimizer_step(&self, _base: &SequenceClassifier, _step: usize) {}
 }
 
 /// What every method's config provides (peft's `PeftConfig` subclasses); listed in

@@ -7,8 +7,8 @@ use common::*;
 use peftkit_adapters::prompt::Reparameterization;
 use peftkit_adapters::quant::{quantize_model, BnbConfig, QuantType};
 use peftkit_adapters::{
-    Ia3Config, InitLoraWeights, LoraConfig, PeftModel, PrefixTuningConfig, PromptEncoderConfig,
-    PromptTuningConfig,
+    AdaLoraConfig, Ia3Config, InitLoraWeights, LoraConfig, PeftModel, PrefixTuningConfig,
+    PromptEncoderConfig, PromptTuningConfig,
 };
 use peftkit_models::{SequenceClassifier, TrainModel};
 use peftkit_tokenize::Padding;
@@ -25,6 +25,8 @@ pub struct AdapterKind {
     reference_base: fn(&str) -> SequenceClassifier,
     /// `false`: merging does not apply to this kind (prefix tuning), as in peft.
     merges: bool,
+    /// Frozen elements per adapted module that peft counts in the total (AdaLoRA's `ranknum`).
+    frozen_per_module: i64,
     /// A substring of the names of the adapter's own trainable tensors.
     marker: &'static str,
     /// Builds the kind with an invalid config, and a substring of the error it must give.
@@ -78,6 +80,7 @@ pub const LORA: AdapterKind = AdapterKind {
     build: build_lora,
     reference_base: base,
     merges: true,
+    frozen_per_module: 0,
     marker: "lora_",
     invalid: (no_targets, "matched no module"),
 };
@@ -111,6 +114,7 @@ pub const QLORA: AdapterKind = AdapterKind {
     build: build_qlora,
     reference_base: quantized_base,
     merges: true,
+    frozen_per_module: 0,
     marker: "lora_",
     invalid: (no_targets, "matched no module"),
 };
@@ -131,6 +135,7 @@ pub const DORA: AdapterKind = AdapterKind {
     build: build_dora,
     reference_base: base,
     merges: true,
+    frozen_per_module: 0,
     marker: "lora_magnitude_vector",
     invalid: (no_targets, "matched no module"),
 };
@@ -151,6 +156,7 @@ pub const QDORA: AdapterKind = AdapterKind {
     build: build_qdora,
     reference_base: quantized_base,
     merges: true,
+    frozen_per_module: 0,
     marker: "lora_magnitude_vector",
     invalid: (no_targets, "matched no module"),
 };
@@ -186,8 +192,46 @@ pub const IA3: AdapterKind = AdapterKind {
     build: build_ia3,
     reference_base: base,
     merges: true,
+    frozen_per_module: 0,
     marker: "ia3_l",
     invalid: (ia3_not_subset, "should be a subset of `target_modules`"),
+};
+
+/// AdaLoRA (init_r 4 → target_r 2 over the 5 training steps of the suite), random factors
+/// scaled down (as after some training).
+fn build_adalora(arch: &str, base: SequenceClassifier) -> peftkit_adapters::Result<PeftModel> {
+    let cfg = AdaLoraConfig {
+        init_lora_weights: false,
+        tinit: 1,
+        tfinal: 1,
+        lora_dropout: 0.1,
+        ..AdaLoraConfig::new(&lora_targets(arch), 4, 2, 5)
+    };
+    let model = PeftModel::new(base, cfg)?;
+    for (name, mut t) in model.trainable_parameters() {
+        if name.contains(".lora_") {
+            tch::no_grad(|| t.copy_(&(&t * 0.3)));
+        }
+    }
+    Ok(model)
+}
+
+fn adalora_without_steps(base: SequenceClassifier) -> peftkit_adapters::Result<PeftModel> {
+    let cfg = AdaLoraConfig {
+        total_step: None,
+        ..AdaLoraConfig::new(&["query"], 4, 2, 5)
+    };
+    PeftModel::new(base, cfg)
+}
+
+pub const ADALORA: AdapterKind = AdapterKind {
+    name: "adalora",
+    build: build_adalora,
+    reference_base: base,
+    merges: true,
+    frozen_per_module: 1,
+    marker: "lora_E",
+    invalid: (adalora_without_steps, "total_step"),
 };
 
 fn build_prompt(_: &str, base: SequenceClassifier) -> peftkit_adapters::Result<PeftModel> {
@@ -203,6 +247,7 @@ pub const PROMPT: AdapterKind = AdapterKind {
     build: build_prompt,
     reference_base: base,
     merges: false,
+    frozen_per_module: 0,
     marker: "prompt_encoder",
     invalid: (no_prompt_tokens, "num_virtual_tokens must be positive"),
 };
@@ -233,6 +278,7 @@ pub const PTUNING_MLP: AdapterKind = AdapterKind {
     build: build_ptuning_mlp,
     reference_base: base,
     merges: false,
+    frozen_per_module: 0,
     marker: "prompt_encoder",
     invalid: (bad_encoder, "encoder_hidden_size must be positive"),
 };
@@ -242,6 +288,7 @@ pub const PTUNING_LSTM: AdapterKind = AdapterKind {
     build: build_ptuning_lstm,
     reference_base: base,
     merges: false,
+    frozen_per_module: 0,
     marker: "prompt_encoder",
     invalid: (bad_encoder, "encoder_hidden_size must be positive"),
 };
@@ -275,6 +322,7 @@ pub const PREFIX: AdapterKind = AdapterKind {
     build: build_prefix,
     reference_base: base,
     merges: false,
+    frozen_per_module: 0,
     marker: "prompt_encoder",
     invalid: (no_virtual_tokens, "num_virtual_tokens must be positive"),
 };
@@ -284,6 +332,7 @@ pub const PREFIX_PROJECTION: AdapterKind = AdapterKind {
     build: build_prefix_projection,
     reference_base: base,
     merges: false,
+    frozen_per_module: 0,
     marker: "prompt_encoder",
     invalid: (no_virtual_tokens, "num_virtual_tokens must be positive"),
 };
@@ -439,9 +488,10 @@ pub fn trainable_count_is_adapter_plus_head(kind: &AdapterKind, arch: &str) {
         .map(|(_, t)| t.numel() as i64)
         .sum();
     let (_, base_all) = (kind.reference_base)(arch).parameter_counts();
+    let frozen = kind.frozen_per_module * model.adapted_modules().len() as i64;
     assert_eq!(
         all,
-        base_all + (trainable - head) + head,
+        base_all + (trainable - head) + head + frozen,
         "{} {arch}: total as peft counts it",
         kind.name
     );
@@ -579,3 +629,6 @@ adapter_suite!(ptuning_mlp_bert, PTUNING_MLP, "bert");
 adapter_suite!(ptuning_lstm_gpt2, PTUNING_LSTM, "gpt2");
 adapter_suite!(ptuning_lstm_roberta, PTUNING_LSTM, "roberta");
 adapter_suite!(ptuning_lstm_bert, PTUNING_LSTM, "bert");
+adapter_suite!(adalora_gpt2, ADALORA, "gpt2");
+adapter_suite!(adalora_roberta, ADALORA, "roberta");
+adapter_suite!(adalora_bert, ADALORA, "bert");

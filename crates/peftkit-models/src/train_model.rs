@@ -30,6 +30,10 @@ pub trait TrainModel {
         plain_loss_backward(self, input_ids, attention_mask, labels, factor)
     }
 
+    /// Called by the trainer after each optimizer step (`step` counts from 0), while the step's
+    /// gradients are still there (e.g. AdaLoRA's budget allocation). Nothing by default.
+    fn after_optimizer_step(&self, _step: usize) {}
+
     /// Turns gradient checkpointing on; false when the model does not support it.
     fn enable_gradient_checkpointing(&self) -> bool {
         false

@@ -341,6 +341,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                             let _ = s.internal_amp_update_scale_(&growth, &skipped, 2.0, 0.5, 2000);
                         });
                     }
+                    self.model.after_optimizer_step(state.global_step);
                     opt.zero_grad();
                     state.global_step += 1;
                     state.batches_done_in_epoch = micro + 1;

@@ -374,7 +374,7 @@ impl PeftModel {
         let mut trainable = base_trainable;
         for (name, tuner) in &self.tuners {
             let n = tuner.numel(&self.base);
-            adapter_all += n;
+            adapter_all += n + tuner.frozen_numel(&self.base);
             if *name == self.active {
                 trainable += n + Heads::parameters(&self.base, name)
                     .iter()
@@ -409,8 +409,14 @@ impl TrainModel for PeftModel {
         Ok(self.forward(input_ids, attention_mask, &opts)?.logits)
     }
 
+    /// The classifier's loss, plus the active method's regularisation (AdaLoRA's, which peft
+    /// adds whenever labels are given).
     fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
-        self.base.loss(logits, labels)
+        let loss = self.base.loss(logits, labels);
+        match self.regularization() {
+            Some(r) => loss + r,
+            None => loss,
+        }
     }
 
     fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
@@ -445,6 +451,40 @@ impl TrainModel for PeftModel {
         labels: &Tensor,
         factor: &Tensor,
     ) -> std::result::Result<Tensor, ModelError> {
+        if let Some(reg) = self.regularization() {
+            (&reg * factor).backward();
+            let loss = self.task_loss_backward(input_ids, attention_mask, labels, factor)?;
+            return Ok(loss + reg.detach());
+        }
+        self.task_loss_backward(input_ids, attention_mask, labels, factor)
+    }
+
+    fn after_optimizer_step(&self, step: usize) {
+        self.tuners[&self.active].after_optimizer_step(&self.base, step);
+    }
+
+    fn enable_gradient_checkpointing(&self) -> bool {
+        self.base.enable_gradient_checkpointing()
+    }
+}
+
+impl PeftModel {
+    /// The active method's loss term, unless adapters are disabled.
+    fn regularization(&self) -> Option<Tensor> {
+        if self.disabled {
+            return None;
+        }
+        self.tuners[&self.active].regularization(&self.base)
+    }
+
+    /// Forward and backward of the classifier's loss with the active adapter's prefix or prompt.
+    fn task_loss_backward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        labels: &Tensor,
+        factor: &Tensor,
+    ) -> std::result::Result<Tensor, ModelError> {
         let source = self.active_prefix();
         let prompt = self.active_prompt();
         if source.is_none() && prompt.is_none() {
@@ -470,9 +510,5 @@ impl TrainModel for PeftModel {
         };
         self.base
             .loss_backward_with(input_ids, attention_mask, labels, &opts, factor)
-    }
-
-    fn enable_gradient_checkpointing(&self) -> bool {
-        self.base.enable_gradient_checkpointing()
     }
 }
