@@ -322,6 +322,16 @@ fn prepare(
     Ok(Tuned::Plain(model))
 }
 
+/// Whether the adapter's initialisation replaced base weights (PiSSA, OLoRA).
+fn changes_the_base(m: &PeftModel) -> bool {
+    m.lora_config().is_some_and(|c| match &c.init_lora_weights {
+        peftkit_adapters::InitLoraWeights::Named(n) => {
+            peftkit_adapters::lora::init::WeightInit::parse(n).is_some()
+        }
+        _ => false,
+    })
+}
+
 /// One line about an adapter: its method and where it applies.
 fn describe_adapter(m: &PeftModel) -> String {
     let cfg = m.config();
@@ -528,6 +538,16 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
         .transpose()?;
     eprintln!("tokenized in {:.1} s", t0.elapsed().as_secs_f64());
     let tuned = prepare(model, cfg, &tokenizer)?;
+    // A LoRA initialised from the base weight (PiSSA, OLoRA) changes the base: its start is kept,
+    // so the trained adapter can also be saved as a plain LoRA for the original base.
+    let initial = match &tuned {
+        Tuned::Peft(m) if changes_the_base(m) => {
+            let dir = run_dir.join("adapter-initial");
+            m.save_pretrained(&dir, Some(&model_id), revision.as_deref())?;
+            Some(dir)
+        }
+        _ => None,
+    };
     let (trainable, all) = tuned.counts();
     report.trainable_params = trainable;
     report.all_params = all;
@@ -602,6 +622,26 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
                     )?;
                     Ok(())
                 })?;
+                if let Some(initial) = &initial {
+                    let converted = run_dir.join("adapter-converted");
+                    write_dir_atomically(&converted, |tmp| -> Result<()> {
+                        model.write_converted_files(
+                            tmp,
+                            initial,
+                            Some(&model_id),
+                            revision.as_deref(),
+                        )?;
+                        std::fs::write(
+                            tmp.join(ADAPTER_LABELS_FILE),
+                            serde_json::to_string_pretty(&labels)?,
+                        )?;
+                        Ok(())
+                    })?;
+                    eprintln!(
+                        "saved {} too: a plain LoRA for the original base",
+                        converted.display()
+                    );
+                }
                 saved
             }
         };

@@ -548,6 +548,10 @@ fn list_shows_every_experiment() {
         "minilm-emotion-lora",
         "minilm-sst2-dora",
         "minilm-sst2-ia3",
+        "minilm-sst2-prompt",
+        "minilm-sst2-ptuning",
+        "minilm-sst2-adalora",
+        "minilm-sst2-pissa",
         "sst2-dora",
     ] {
         assert!(

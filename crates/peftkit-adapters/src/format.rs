@@ -100,6 +100,19 @@ impl PeftModel {
         base_model_name_or_path: Option<&str>,
         revision: Option<&str>,
     ) -> Result<()> {
+        write_dir_atomically(dir, |tmp| {
+            self.write_converted_files(tmp, initial, base_model_name_or_path, revision)
+        })
+    }
+
+    /// Writes the files of [`PeftModel::save_pretrained_converted`] into an existing directory.
+    pub fn write_converted_files(
+        &self,
+        dir: &Path,
+        initial: &Path,
+        base_model_name_or_path: Option<&str>,
+        revision: Option<&str>,
+    ) -> Result<()> {
         let Some(lora) = self.lora_config() else {
             return Err(AdapterError::Invalid(
                 "only a LoRA adapter can be converted to a plain LoRA".into(),
@@ -156,10 +169,8 @@ impl PeftModel {
             cfg.set_base_model(base_model_name_or_path, revision);
         }
         let json = serde_json::to_string_pretty(&cfg.to_json()).expect("config serialises");
-        write_dir_atomically(dir, |tmp| {
-            save_safetensors(&tmp.join(ADAPTER_WEIGHTS), &tensors)?;
-            std::fs::write(tmp.join(ADAPTER_CONFIG), &json).map_err(|e| AdapterError::io(tmp, e))
-        })
+        save_safetensors(&dir.join(ADAPTER_WEIGHTS), &tensors)?;
+        std::fs::write(dir.join(ADAPTER_CONFIG), &json).map_err(|e| AdapterError::io(dir, e))
     }
 
     /// The number of labels of a saved sequence-classification adapter, read from its head.
