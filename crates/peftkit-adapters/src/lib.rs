@@ -38,6 +38,7 @@ mod merge;
 mod peft_model;
 pub mod prefix;
 pub mod prompt;
+pub mod prompt_learning;
 pub mod quant;
 pub mod routing;
 pub mod targets;

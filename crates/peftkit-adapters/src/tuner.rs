@@ -204,15 +204,38 @@ pub struct Injected {
 }
 
 impl Injected {
-    /// peft saves `target_modules = "all-linear"` as the set of module paths it matched: the
-    /// same here (sorted).
-    pub fn resolve_all_linear(&self, targets: &mut Option<TargetModules>) {
-        if matches!(targets, Some(TargetModules::Regex(r)) if r == "all-linear") {
+    /// Records in a method's config what peft records after injecting: `"all-linear"` becomes
+    /// the (sorted) list of matched module paths, `fan_in_fan_out` is set for GPT-2's `Conv1D`
+    /// (with peft's warning), `modules_to_save` defaults to the head (`classifier`, `score`).
+    pub fn record(
+        &self,
+        target_modules: &mut Option<TargetModules>,
+        fan_in_fan_out: &mut bool,
+        modules_to_save: &mut Option<Vec<String>>,
+        method: &str,
+        adapter: &str,
+    ) {
+        if matches!(target_modules, Some(TargetModules::Regex(r)) if r == "all-linear") {
             let mut names = self.modules.clone();
             names.sort();
-            *targets = Some(TargetModules::List(names));
+            *target_modules = Some(TargetModules::List(names));
         }
+        if self.conv1d && !*fan_in_fan_out {
+            tracing::warn!("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
+            *fan_in_fan_out = true;
+        }
+        modules_to_save.get_or_insert_with(crate::lora::seq_cls_modules);
+        tracing::info!(adapter, modules = self.modules.len(), "{method} injected");
     }
+}
+
+/// `target_modules`, which must be set (peftkit has no per-model default list yet).
+pub fn required_targets(targets: &Option<TargetModules>) -> Result<TargetModules> {
+    targets.clone().ok_or_else(|| {
+        AdapterError::Invalid(
+            "target_modules is not set (peftkit has no per-model default list)".into(),
+        )
+    })
 }
 
 /// Adds adapter `name` to every linear that `targets` selects (never the head or other

@@ -7,36 +7,9 @@ mod common;
 use common::*;
 
 use peftkit_adapters::{AdapterConfig, PeftModel};
-use peftkit_models::{LoadOptions, SequenceClassifier, TrainModel};
+use peftkit_models::TrainModel;
 use std::collections::HashMap;
-use tch::{Device, Kind, Tensor};
-
-/// The tiny checkpoint with dropout off (as the fixture trained it).
-fn without_dropout(arch: &str) -> (tempfile::TempDir, SequenceClassifier) {
-    let tmp = tempfile::tempdir().unwrap();
-    let src = fixtures().join(format!("tiny-{arch}"));
-    std::fs::copy(
-        src.join("model.safetensors"),
-        tmp.path().join("model.safetensors"),
-    )
-    .unwrap();
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    for k in [
-        "hidden_dropout_prob",
-        "attention_probs_dropout_prob",
-        "resid_pdrop",
-        "embd_pdrop",
-        "attn_pdrop",
-    ] {
-        cfg[k] = serde_json::json!(0.0);
-    }
-    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
-    let m = SequenceClassifier::load(tmp.path(), &LoadOptions::new(Device::Cpu))
-        .unwrap()
-        .0;
-    (tmp, m)
-}
+use tch::{Kind, Tensor};
 
 /// torch.optim.AdamW (lr 1e-2, betas 0.9/0.999, eps 1e-8, weight decay 0.01 on every tensor).
 struct AdamW {

@@ -6,8 +6,9 @@ use super::allocator::RankAllocator;
 use super::config::AdaLoraConfig;
 use super::layer::AdaLoraLayer;
 use crate::layer::LayerAdapter;
-use crate::lora::seq_cls_modules;
-use crate::tuner::{inject_layers, LayerTuner, LoadMismatch, MethodConfig, Targets, Tuner};
+use crate::tuner::{
+    inject_layers, required_targets, LayerTuner, LoadMismatch, MethodConfig, Targets, Tuner,
+};
 use crate::{AdapterConfig, AdapterError, Bias, Result};
 use peftkit_models::SequenceClassifier;
 use std::collections::BTreeMap;
@@ -182,11 +183,7 @@ impl MethodConfig for AdaLoraConfig {
 
     fn inject(mut self, base: &mut SequenceClassifier, name: &str) -> Result<Box<dyn Tuner>> {
         self.validate().map_err(AdapterError::Invalid)?;
-        let targets = self.target_modules.clone().ok_or_else(|| {
-            AdapterError::Invalid(
-                "target_modules is not set (peftkit has no per-model default list)".into(),
-            )
-        })?;
+        let targets = required_targets(&self.target_modules)?;
         let extra = self.modules_to_save.clone().unwrap_or_default();
         let saved = self.rank_pattern.clone();
         let (init_r, alpha) = (self.init_r, self.lora_alpha);
@@ -219,16 +216,12 @@ impl MethodConfig for AdaLoraConfig {
                 )) as Box<dyn LayerAdapter>)
             },
         )?;
-        found.resolve_all_linear(&mut self.target_modules);
-        if found.conv1d && !self.fan_in_fan_out {
-            tracing::warn!("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
-            self.fan_in_fan_out = true;
-        }
-        self.modules_to_save.get_or_insert_with(seq_cls_modules);
-        tracing::info!(
-            adapter = name,
-            modules = found.modules.len(),
-            "AdaLoRA injected"
+        found.record(
+            &mut self.target_modules,
+            &mut self.fan_in_fan_out,
+            &mut self.modules_to_save,
+            "AdaLoRA",
+            name,
         );
         let bias = self.bias;
         Ok(Box::new(AdaLoraTuner {

@@ -5,9 +5,8 @@ use super::layer::Ia3Layer;
 use crate::layer::LayerAdapter;
 use crate::lora::config::Bias;
 use crate::lora::config::TargetModules;
-use crate::lora::seq_cls_modules;
 use crate::targets::matches;
-use crate::tuner::{inject_layers, LayerTuner, MethodConfig, Targets, Tuner};
+use crate::tuner::{inject_layers, required_targets, LayerTuner, MethodConfig, Targets, Tuner};
 use crate::{AdapterError, Result};
 use peftkit_models::SequenceClassifier;
 
@@ -30,11 +29,7 @@ impl MethodConfig for Ia3Config {
 
     fn inject(mut self, base: &mut SequenceClassifier, name: &str) -> Result<Box<dyn Tuner>> {
         self.validate().map_err(AdapterError::Invalid)?;
-        let targets = self.target_modules.clone().ok_or_else(|| {
-            AdapterError::Invalid(
-                "target_modules is not set (peftkit has no per-model default list)".into(),
-            )
-        })?;
+        let targets = required_targets(&self.target_modules)?;
         let feedforward = self.feedforward_modules.clone().ok_or_else(|| {
             AdapterError::Invalid(
                 "feedforward_modules is not set (peftkit has no per-model default list)".into(),
@@ -57,16 +52,12 @@ impl MethodConfig for Ia3Config {
                 Ok(Box::new(Ia3Layer::new(linear, ff, init)) as Box<dyn LayerAdapter>)
             },
         )?;
-        found.resolve_all_linear(&mut self.target_modules);
-        if found.conv1d && !self.fan_in_fan_out {
-            tracing::warn!("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
-            self.fan_in_fan_out = true;
-        }
-        self.modules_to_save.get_or_insert_with(seq_cls_modules);
-        tracing::info!(
-            adapter = name,
-            modules = found.modules.len(),
-            "IA3 injected"
+        found.record(
+            &mut self.target_modules,
+            &mut self.fan_in_fan_out,
+            &mut self.modules_to_save,
+            "IA3",
+            name,
         );
         Ok(Box::new(LayerTuner::new(name, self.into(), Bias::None)))
     }

@@ -5,7 +5,7 @@ use super::config::{InitLoraWeights, LoraConfig};
 use super::init::WeightInit;
 use super::layer::LoraLayer;
 use crate::layer::LayerAdapter;
-use crate::tuner::{inject_layers, LayerTuner, MethodConfig, Targets, Tuner};
+use crate::tuner::{inject_layers, required_targets, LayerTuner, MethodConfig, Targets, Tuner};
 use crate::{AdapterError, Result};
 use peftkit_models::{Linear, SequenceClassifier};
 use tch::{Kind, Tensor};
@@ -73,11 +73,7 @@ impl MethodConfig for LoraConfig {
 
     fn inject(mut self, base: &mut SequenceClassifier, name: &str) -> Result<Box<dyn Tuner>> {
         self.validate().map_err(AdapterError::Invalid)?;
-        let targets = self.target_modules.clone().ok_or_else(|| {
-            AdapterError::Invalid(
-                "target_modules is not set (peftkit has no per-model default list)".into(),
-            )
-        })?;
+        let targets = required_targets(&self.target_modules)?;
         let extra = self.modules_to_save.clone().unwrap_or_default();
         let found = inject_layers(
             base,
@@ -91,17 +87,12 @@ impl MethodConfig for LoraConfig {
             &extra,
             |linear| Ok(Box::new(self.new_layer(linear)?) as Box<dyn LayerAdapter>),
         )?;
-        found.resolve_all_linear(&mut self.target_modules);
-        if found.conv1d && !self.fan_in_fan_out {
-            tracing::warn!("fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True.");
-            self.fan_in_fan_out = true;
-        }
-        self.modules_to_save.get_or_insert_with(seq_cls_modules);
-        tracing::info!(
-            adapter = name,
-            modules = found.modules.len(),
-            dora = self.use_dora,
-            "LoRA injected"
+        found.record(
+            &mut self.target_modules,
+            &mut self.fan_in_fan_out,
+            &mut self.modules_to_save,
+            "LoRA",
+            name,
         );
         let bias = self.bias;
         Ok(Box::new(LayerTuner::new(name, self.into(), bias)))

@@ -2,92 +2,35 @@
 
 use super::{PrefixEncoder, PrefixTuningConfig};
 use crate::lora::seq_cls_modules;
-use crate::tuner::{LoadMismatch, MethodConfig, PrefixSource, Tuner, PROMPT_LEARNING_PREFIX};
-use crate::{AdapterConfig, AdapterError, Result};
+use crate::prompt_learning::{PromptLearningTuner, VirtualTokens};
+use crate::tuner::{MethodConfig, PrefixSource, Tuner};
+use crate::{AdapterError, Result};
 use peftkit_models::SequenceClassifier;
-use std::collections::BTreeMap;
 use tch::Tensor;
 
-/// The key of the prefix in a saved prefix-tuning adapter.
-pub const PROMPT_EMBEDDINGS: &str = "prompt_embeddings";
-
-/// One prefix-tuning adapter.
-#[derive(Debug)]
-struct PrefixTuner {
-    name: String,
-    config: AdapterConfig,
-    encoder: PrefixEncoder,
-}
-
-impl Tuner for PrefixTuner {
-    fn config(&self) -> &AdapterConfig {
-        &self.config
-    }
-
-    fn config_mut(&mut self) -> &mut AdapterConfig {
-        &mut self.config
-    }
-
-    fn saved_prefix(&self) -> &'static str {
-        PROMPT_LEARNING_PREFIX
-    }
-
-    fn parameters(&self, _: &SequenceClassifier) -> Vec<(String, Tensor)> {
-        self.encoder
-            .parameters()
+impl VirtualTokens for PrefixEncoder {
+    fn parameters(&self) -> Vec<(String, &Tensor)> {
+        PrefixEncoder::parameters(self)
             .into_iter()
-            .map(|(n, t)| {
-                (
-                    format!("prompt_encoder.{}.{n}", self.name),
-                    t.shallow_clone(),
-                )
-            })
+            .map(|(n, t)| (n.to_string(), t))
             .collect()
     }
 
-    fn state_dict(&self, _: &SequenceClassifier) -> Vec<(String, Tensor)> {
-        vec![(
-            PROMPT_EMBEDDINGS.to_string(),
-            tch::no_grad(|| self.encoder.prompt_embeddings()).detach(),
-        )]
+    fn encoded(&self) -> Tensor {
+        self.prompt_embeddings()
     }
 
-    fn load_state_dict(
-        &mut self,
-        _: &mut SequenceClassifier,
-        tensors: &mut BTreeMap<String, Tensor>,
-    ) -> std::result::Result<(), LoadMismatch> {
-        let t = tensors.remove(PROMPT_EMBEDDINGS).ok_or_else(|| {
-            LoadMismatch::missing(
-                PROMPT_EMBEDDINGS,
-                "a prefix-tuning adapter stores its prefix there",
-            )
-        })?;
-        self.encoder
-            .load_prompt_embeddings(&t)
-            .map_err(|message| LoadMismatch {
-                key: PROMPT_EMBEDDINGS.into(),
-                message,
-            })
+    fn load_encoded(&mut self, tokens: &Tensor) -> std::result::Result<(), String> {
+        self.load_prompt_embeddings(tokens)
     }
 
-    fn set_trainable(&mut self, _: &mut SequenceClassifier, on: bool) {
-        self.encoder.set_trainable(on);
-    }
-
-    fn adapted_modules(&self, _: &SequenceClassifier) -> Vec<String> {
-        Vec::new()
+    fn set_trainable(&mut self, on: bool) {
+        PrefixEncoder::set_trainable(self, on)
     }
 
     fn prefix(&self) -> Option<&dyn PrefixSource> {
-        Some(&self.encoder)
+        Some(self)
     }
-
-    fn mergeable(&self) -> bool {
-        false
-    }
-
-    fn remove(&mut self, _: &mut SequenceClassifier) {}
 }
 
 impl MethodConfig for PrefixTuningConfig {
@@ -107,11 +50,11 @@ impl MethodConfig for PrefixTuningConfig {
             virtual_tokens = self.num_virtual_tokens,
             "prefix tuning"
         );
-        Ok(Box::new(PrefixTuner {
-            name: name.to_string(),
-            config: self.into(),
+        Ok(Box::new(PromptLearningTuner::new(
+            name,
+            self.into(),
             encoder,
-        }))
+        )))
     }
 
     fn base_model_mut(&mut self) -> (&mut Option<String>, &mut Option<String>) {

@@ -6,102 +6,42 @@ use super::config::{
 };
 use super::PromptEncoder;
 use crate::lora::seq_cls_modules;
-use crate::tuner::{LoadMismatch, MethodConfig, Tuner, PROMPT_LEARNING_PREFIX};
-use crate::{AdapterConfig, AdapterError, Result};
+use crate::prompt_learning::{PromptLearningTuner, VirtualTokens};
+use crate::tuner::{MethodConfig, Tuner};
+use crate::{AdapterError, Result};
 use peftkit_models::{PromptProvider, SequenceClassifier};
-use std::collections::BTreeMap;
 use tch::{Kind, Tensor};
 
-/// The key of the virtual tokens in a saved prompt-learning adapter.
-const PROMPT_EMBEDDINGS: &str = "prompt_embeddings";
-
-/// One prompt-tuning or P-tuning adapter.
-#[derive(Debug)]
-struct PromptTuner {
-    name: String,
-    config: AdapterConfig,
-    encoder: PromptEncoder,
-}
-
-impl PromptProvider for PromptTuner {
+impl PromptProvider for PromptEncoder {
     fn num_tokens(&self) -> i64 {
-        self.encoder.num_tokens()
+        PromptEncoder::num_tokens(self)
     }
 
     fn embeddings(&self, train: bool) -> Tensor {
-        self.encoder.compute(train)
+        self.compute(train)
     }
 }
 
-impl Tuner for PromptTuner {
-    fn config(&self) -> &AdapterConfig {
-        &self.config
+impl VirtualTokens for PromptEncoder {
+    fn parameters(&self) -> Vec<(String, &Tensor)> {
+        PromptEncoder::parameters(self)
     }
 
-    fn config_mut(&mut self) -> &mut AdapterConfig {
-        &mut self.config
+    fn encoded(&self) -> Tensor {
+        self.compute(false)
     }
 
-    fn saved_prefix(&self) -> &'static str {
-        PROMPT_LEARNING_PREFIX
+    fn load_encoded(&mut self, tokens: &Tensor) -> std::result::Result<(), String> {
+        self.load_prompt_embeddings(tokens)
     }
 
-    fn parameters(&self, _: &SequenceClassifier) -> Vec<(String, Tensor)> {
-        self.encoder
-            .parameters()
-            .into_iter()
-            .map(|(n, t)| {
-                (
-                    format!("prompt_encoder.{}.{n}", self.name),
-                    t.shallow_clone(),
-                )
-            })
-            .collect()
-    }
-
-    fn state_dict(&self, _: &SequenceClassifier) -> Vec<(String, Tensor)> {
-        vec![(
-            PROMPT_EMBEDDINGS.to_string(),
-            tch::no_grad(|| self.encoder.compute(false)).detach(),
-        )]
-    }
-
-    fn load_state_dict(
-        &mut self,
-        _: &mut SequenceClassifier,
-        tensors: &mut BTreeMap<String, Tensor>,
-    ) -> std::result::Result<(), LoadMismatch> {
-        let t = tensors.remove(PROMPT_EMBEDDINGS).ok_or_else(|| {
-            LoadMismatch::missing(
-                PROMPT_EMBEDDINGS,
-                "a prompt-learning adapter stores its virtual tokens there",
-            )
-        })?;
-        self.encoder
-            .load_prompt_embeddings(&t)
-            .map_err(|message| LoadMismatch {
-                key: PROMPT_EMBEDDINGS.into(),
-                message,
-            })
-    }
-
-    fn set_trainable(&mut self, _: &mut SequenceClassifier, on: bool) {
-        self.encoder.set_trainable(on);
-    }
-
-    fn adapted_modules(&self, _: &SequenceClassifier) -> Vec<String> {
-        Vec::new()
+    fn set_trainable(&mut self, on: bool) {
+        PromptEncoder::set_trainable(self, on)
     }
 
     fn prompt(&self) -> Option<&dyn PromptProvider> {
         Some(self)
     }
-
-    fn mergeable(&self) -> bool {
-        false
-    }
-
-    fn remove(&mut self, _: &mut SequenceClassifier) {}
 }
 
 /// The model's word-embedding matrix `[vocab, hidden]`.
@@ -172,11 +112,11 @@ impl MethodConfig for PromptTuningConfig {
             virtual_tokens = self.num_virtual_tokens,
             "prompt tuning"
         );
-        Ok(Box::new(PromptTuner {
-            name: name.to_string(),
-            config: self.into(),
+        Ok(Box::new(PromptLearningTuner::new(
+            name,
+            self.into(),
             encoder,
-        }))
+        )))
     }
 
     fn base_model_mut(&mut self) -> (&mut Option<String>, &mut Option<String>) {
@@ -221,11 +161,11 @@ impl MethodConfig for PromptEncoderConfig {
             ),
         };
         tracing::info!(adapter = name, virtual_tokens = n, "P-tuning");
-        Ok(Box::new(PromptTuner {
-            name: name.to_string(),
-            config: self.into(),
+        Ok(Box::new(PromptLearningTuner::new(
+            name,
+            self.into(),
             encoder,
-        }))
+        )))
     }
 
     fn base_model_mut(&mut self) -> (&mut Option<String>, &mut Option<String>) {

@@ -30,6 +30,34 @@ pub fn base(arch: &str) -> SequenceClassifier {
     load(&format!("tiny-{arch}"))
 }
 
+/// The tiny checkpoint of `arch` with every dropout off (a copy in a temporary directory, kept
+/// alive by the returned guard).
+pub fn without_dropout(arch: &str) -> (tempfile::TempDir, SequenceClassifier) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixtures().join(format!("tiny-{arch}"));
+    std::fs::copy(
+        src.join("model.safetensors"),
+        tmp.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    for k in [
+        "hidden_dropout_prob",
+        "attention_probs_dropout_prob",
+        "resid_pdrop",
+        "embd_pdrop",
+        "attn_pdrop",
+    ] {
+        cfg[k] = serde_json::json!(0.0);
+    }
+    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    let m = SequenceClassifier::load(tmp.path(), &LoadOptions::new(Device::Cpu))
+        .unwrap()
+        .0;
+    (tmp, m)
+}
+
 /// The golden batch of `arch`'s tiny checkpoint (`input_ids`, `attention_mask`, `labels`, …).
 pub fn inputs(arch: &str) -> HashMap<String, Tensor> {
     read(&fixtures().join(format!("tiny-{arch}/golden.safetensors")))
