@@ -10,6 +10,9 @@ use tch::{nn, Device, Kind, Tensor};
 mod common;
 use common::{c_attn, sync};
 
+/// Builds the layer under test on a base linear.
+type MakeLayer = fn(&Linear) -> Box<dyn LayerAdapter>;
+
 fn lora(base: &Linear, dora: bool) -> Box<dyn LayerAdapter> {
     let opts = (Kind::Float, base.weight().device());
     let layer = LoraLayer::new(
@@ -47,7 +50,7 @@ fn bench(c: &mut Criterion) {
         let vs = nn::VarStore::new(device);
         let mut base = c_attn(&vs);
         let x = Tensor::randn([16, 128, 768], (Kind::Float, device));
-        let kinds: [(&str, fn(&Linear) -> Box<dyn LayerAdapter>); 5] = [
+        let kinds: [(&str, MakeLayer); 5] = [
             ("base", |_| unreachable!()),
             ("lora_r8", |b| lora(b, false)),
             ("dora_r8", |b| lora(b, true)),

@@ -33,6 +33,7 @@ mod config;
 pub mod format;
 pub mod ia3;
 pub mod layer;
+mod layer_tuner;
 pub mod lora;
 mod merge;
 mod peft_model;

@@ -5,18 +5,18 @@
 //! [`crate::merge`].
 
 pub(crate) mod heads;
+mod train;
 
 use crate::quant::{quantize_model, BnbConfig};
 use crate::routing::{with_routing, Routing, BASE_ADAPTER};
-use crate::tuner::{PrefixSource, Tuner, PEFT_PREFIX};
+use crate::tuner::{PrefixSource, Tuner};
 use crate::{AdapterConfig, AdapterError, Bias, LoraConfig, Result};
 use heads::Heads;
 use peftkit_models::{
-    ClassifierOutput, ForwardOptions, ModelError, PrefixProvider, PromptProvider,
-    SequenceClassifier, TrainModel,
+    ClassifierOutput, ForwardOptions, PrefixProvider, PromptProvider, SequenceClassifier,
 };
 use std::collections::BTreeMap;
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 /// The adapter name peft uses when none is given.
 pub const DEFAULT_ADAPTER: &str = "default";
@@ -392,123 +392,5 @@ impl PeftModel {
             "trainable params: {t} || all params: {a} || trainable%: {:.4}",
             100.0 * t as f64 / a.max(1) as f64
         )
-    }
-}
-
-impl TrainModel for PeftModel {
-    fn logits(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        train: bool,
-    ) -> std::result::Result<Tensor, ModelError> {
-        let opts = ForwardOptions {
-            train,
-            ..ForwardOptions::default()
-        };
-        Ok(self.forward(input_ids, attention_mask, &opts)?.logits)
-    }
-
-    /// The classifier's loss, plus the active method's regularisation (AdaLoRA's, which peft
-    /// adds whenever labels are given).
-    fn loss(&self, logits: &Tensor, labels: &Tensor) -> Tensor {
-        let loss = self.base.loss(logits, labels);
-        match self.regularization() {
-            Some(r) => loss + r,
-            None => loss,
-        }
-    }
-
-    fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut out = self.tuners[&self.active].parameters(&self.base);
-        out.extend(
-            Heads::parameters(&self.base, &self.active)
-                .into_iter()
-                .map(|(n, t)| (format!("{PEFT_PREFIX}{n}"), t)),
-        );
-        out.extend(
-            self.base
-                .trainable_parameters()
-                .into_iter()
-                .map(|(n, t)| (format!("{PEFT_PREFIX}{n}"), t)),
-        );
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
-
-    fn parameter_count(&self) -> i64 {
-        self.parameter_counts().1
-    }
-
-    fn device(&self) -> Device {
-        self.base.device()
-    }
-
-    fn loss_backward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        labels: &Tensor,
-        factor: &Tensor,
-    ) -> std::result::Result<Tensor, ModelError> {
-        if let Some(reg) = self.regularization() {
-            (&reg * factor).backward();
-            let loss = self.task_loss_backward(input_ids, attention_mask, labels, factor)?;
-            return Ok(loss + reg.detach());
-        }
-        self.task_loss_backward(input_ids, attention_mask, labels, factor)
-    }
-
-    fn after_optimizer_step(&self, step: usize) {
-        self.tuners[&self.active].after_optimizer_step(&self.base, step);
-    }
-
-    fn enable_gradient_checkpointing(&self) -> bool {
-        self.base.enable_gradient_checkpointing()
-    }
-}
-
-impl PeftModel {
-    /// The active method's loss term, unless adapters are disabled.
-    fn regularization(&self) -> Option<Tensor> {
-        if self.disabled {
-            return None;
-        }
-        self.tuners[&self.active].regularization(&self.base)
-    }
-
-    /// Forward and backward of the classifier's loss with the active adapter's prefix or prompt.
-    fn task_loss_backward(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        labels: &Tensor,
-        factor: &Tensor,
-    ) -> std::result::Result<Tensor, ModelError> {
-        let source = self.active_prefix();
-        let prompt = self.active_prompt();
-        if source.is_none() && prompt.is_none() {
-            return self
-                .base
-                .loss_backward(input_ids, attention_mask, labels, factor);
-        }
-        // Checkpointing backpropagates each recomputed layer on its own, so a prefix source
-        // recomputes the prefix per layer there; otherwise it is computed once for the pass.
-        let computed;
-        let prefix: Option<&dyn PrefixProvider> = match source {
-            Some(s) if self.base.gradient_checkpointing() => Some(s),
-            Some(s) => {
-                computed = s.compute();
-                Some(computed.as_ref())
-            }
-            None => None,
-        };
-        let opts = ForwardOptions {
-            train: true,
-            prefix,
-            prompt,
-        };
-        self.base
-            .loss_backward_with(input_ids, attention_mask, labels, &opts, factor)
     }
 }
