@@ -814,3 +814,47 @@ fn predict_with_several_adapters_routes_each_text() {
         "{err}"
     );
 }
+
+#[test]
+fn new_methods_run_through_the_pipeline_and_reload_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Prompt tuning with TEXT init (tokenized by the pipeline), P-tuning, AdaLoRA (10 steps:
+    // the allocation runs through the trainer's hook), PiSSA (with its converted adapter).
+    for (name, extra) in [
+        ("minilm-sst2-prompt", vec![]),
+        ("minilm-sst2-ptuning", vec![]),
+        (
+            "minilm-sst2-adalora",
+            vec![
+                "adapter.total_step=10",
+                "adapter.tinit=2",
+                "adapter.tfinal=2",
+                "adapter.deltaT=2",
+            ],
+        ),
+        ("minilm-sst2-pissa", vec![]),
+    ] {
+        let run = tmp.path().join(name);
+        short_run(name, &run, &extra);
+        let report = json(&run.join("report.json"));
+        assert_eq!(report["reloaded_matches"], true, "{name}");
+        let cfg = json(&run.join("adapter/adapter_config.json"));
+        match name {
+            "minilm-sst2-prompt" => assert_eq!(cfg["prompt_tuning_init"], "TEXT"),
+            "minilm-sst2-ptuning" => assert_eq!(cfg["peft_type"], "P_TUNING"),
+            "minilm-sst2-adalora" => {
+                let pattern = cfg["rank_pattern"].as_object().expect("a rank pattern");
+                let kept: usize = pattern
+                    .values()
+                    .map(|v| v.as_array().unwrap().iter().filter(|b| b == &&true).count())
+                    .sum();
+                assert_eq!(kept, 8 * pattern.len(), "target_r 8 on average");
+            }
+            _ => {
+                let converted = json(&run.join("adapter-converted/adapter_config.json"));
+                assert_eq!(converted["r"], 16);
+                assert_eq!(converted["init_lora_weights"], true);
+            }
+        }
+    }
+}

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 
 use peftkit_adapters::PeftModel;
-use peftkit_models::read_safetensors;
+use peftkit_models::{read_safetensors, TrainModel};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -172,4 +172,42 @@ fn p_tuning_encoders_compute_peft_prompts() {
             "{arch}: prompt differs from peft's encoder output by {d}"
         );
     }
+}
+
+#[test]
+fn text_initialised_prompts_start_from_the_text_and_reload_without_it() {
+    let (words, ids) = {
+        let b = base("bert");
+        let w = b.var_store().variables()["bert.embeddings.word_embeddings.weight"].detach();
+        (w, vec![101i64, 7, 9, 102])
+    };
+    let cfg = peftkit_adapters::PromptTuningConfig {
+        prompt_tuning_init: peftkit_adapters::prompt::PromptTuningInit::Text,
+        prompt_tuning_init_text: Some("great movie".into()),
+        init_token_ids: Some(ids.clone()),
+        ..peftkit_adapters::PromptTuningConfig::new(6)
+    };
+    let model = PeftModel::new(base("bert"), cfg.clone()).unwrap();
+    // peft's rule: the text's ids repeated to the prompt's length, then cut.
+    let want = words.index_select(0, &tch::Tensor::from_slice(&[101i64, 7, 9, 102, 101, 7]));
+    let prompt = model
+        .trainable_parameters()
+        .into_iter()
+        .find(|(n, _)| n.contains("embedding"))
+        .unwrap()
+        .1;
+    assert_eq!(diff(&prompt, &want), 0.0);
+    let tmp = tempfile::tempdir().unwrap();
+    model.save_pretrained(tmp.path(), None, None).unwrap();
+    let again = PeftModel::from_pretrained(base("bert"), tmp.path()).unwrap();
+    let g = inputs("bert");
+    assert_eq!(diff(&logits(&again, &g), &logits(&model, &g)), 0.0);
+    let no_ids = peftkit_adapters::PromptTuningConfig {
+        init_token_ids: None,
+        ..cfg
+    };
+    let err = PeftModel::new(base("bert"), no_ids)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("init text's token ids"), "{err}");
 }

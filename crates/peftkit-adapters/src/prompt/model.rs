@@ -64,6 +64,11 @@ fn word_embeddings(base: &SequenceClassifier) -> Result<Tensor> {
 fn initial_prompt(base: &SequenceClassifier, c: &PromptTuningConfig, dim: i64) -> Result<Tensor> {
     let n = c.num_virtual_tokens;
     let device = base.device();
+    if c.inference_mode {
+        // A saved adapter (peft initialises from the text only when not in inference mode):
+        // the tokens come from its file.
+        return Ok(Tensor::zeros([n, dim], (Kind::Float, device)));
+    }
     Ok(match c.prompt_tuning_init {
         PromptTuningInit::Random => Tensor::randn([n, dim], (Kind::Float, device)),
         PromptTuningInit::SampleVocab => {
