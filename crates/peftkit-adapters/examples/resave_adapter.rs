@@ -1,4 +1,4 @@
-//! Loads a peft adapter (LoRA or prefix tuning) onto a base checkpoint and saves it again with
+//! Loads a peft adapter (any method peftkit reads) onto a base checkpoint and saves it again with
 //! peftkit's writer: `cargo run --example resave_adapter -- BASE_DIR ADAPTER_DIR OUT_DIR`. The fixture
 //! script uses it to check that Python peft loads what peftkit writes.
 
