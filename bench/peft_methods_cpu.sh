@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-$(mktemp -d)}"
+mkdir -p "$out"
 bin=target/release/peftkit
 echo "| method | trainable | train samples/s | eval samples/s | peak RSS in training |"
 echo "|---|---:|---:|---:|---:|"

@@ -144,7 +144,11 @@ fn named_adapters(values: &[String]) -> Result<Vec<(String, PathBuf)>> {
     let named: Vec<(String, PathBuf)> = values
         .iter()
         .filter_map(|v| {
+            // A directory whose path holds `=` is a path, not NAME=DIR.
             let (n, d) = v.split_once('=')?;
+            if n.contains('/') || std::path::Path::new(v).is_dir() {
+                return None;
+            }
             Some((n.to_string(), PathBuf::from(d)))
         })
         .collect();
@@ -366,8 +370,12 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 let adapter = adapters.first().map(PathBuf::from);
                 let (m, tok) = load_tuned(&model, None, adapter.as_deref(), device)?;
+                let virtual_positions = match &m {
+                    Tuned::Peft(p) => p.virtual_positions(),
+                    Tuned::Plain(_) => 0,
+                };
                 let tok = tok.with_truncation(peftkit_tokenize::Truncation::MaxLength(
-                    max_length.min(m.classifier().max_length() as usize),
+                    max_length.min((m.classifier().max_length() - virtual_positions) as usize),
                 ));
                 let names = m.label_names();
                 let ids = tok.encode_batch(&texts).context("tokenizing")?;
@@ -385,7 +393,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 return Ok(());
             }
-            let (m, tok, labels) = peftkit::pipeline::load_adapters(&model, &named, device)?;
+            let (mut m, tok, labels) = peftkit::pipeline::load_adapters(&model, &named, device)?;
             let choice: Vec<String> = match text_adapters.len() {
                 0 => vec![named[0].0.clone(); texts.len()],
                 1 => vec![text_adapters[0].clone(); texts.len()],
@@ -405,7 +413,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             let tok = tok.with_truncation(peftkit_tokenize::Truncation::MaxLength(
-                max_length.min(m.base().max_length() as usize),
+                max_length.min((m.base().max_length() - m.virtual_positions()) as usize),
             ));
             let ids = tok.encode_batch(&texts).context("tokenizing")?;
             let batch = peftkit_tokenize::collate(
@@ -416,9 +424,23 @@ fn run(cli: Cli) -> Result<()> {
             );
             let b = peftkit_train::DeviceBatch::new(&batch, device);
             let route: Vec<&str> = choice.iter().map(String::as_str).collect();
-            let logits = m
-                .forward_mixed(&b.input_ids, &b.attention_mask, &route)?
-                .logits;
+            let one =
+                route.iter().all(|c| *c == route[0]) && route[0] != peftkit_adapters::BASE_ADAPTER;
+            let logits = if one {
+                // One adapter for every text (any method, prompt learning included).
+                m.set_adapter(route[0])?;
+                tch::no_grad(|| {
+                    m.forward(
+                        &b.input_ids,
+                        &b.attention_mask,
+                        &peftkit_models::ForwardOptions::eval(),
+                    )
+                })?
+                .logits
+            } else {
+                m.forward_mixed(&b.input_ids, &b.attention_mask, &route)?
+                    .logits
+            };
             for (i, text) in texts.iter().enumerate() {
                 let names = labels.get(&choice[i]).unwrap_or(&labels[&named[0].0]);
                 print_prediction(text, names, &logits.get(i as i64), json, Some(&choice[i]))?;

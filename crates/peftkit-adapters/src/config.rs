@@ -93,6 +93,9 @@ macro_rules! methods {
             /// section, as JSON): peft's field names, every unknown field an error naming it,
             /// values checked by the method.
             pub fn from_kind(kind: &str, fields: serde_json::Value) -> std::result::Result<Self, String> {
+                if fields.get("inference_mode").is_some_and(|v| v == &serde_json::json!(true)) {
+                    return Err("inference_mode is set by peft when it saves an adapter; a config to train leaves it out".into());
+                }
                 match kind {
                     $($kind => Ok(strict::<$ty>(fields)?.into()),)*
                     other => Err(format!(

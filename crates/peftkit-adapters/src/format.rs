@@ -156,7 +156,13 @@ impl PeftModel {
                     ),
                 });
             }
-            *t = Tensor::cat(&[t.shallow_clone(), t0.to_kind(t.kind()) * sign], dim);
+            *t = Tensor::cat(
+                &[
+                    t.shallow_clone(),
+                    t0.to_kind(t.kind()).to_device(t.device()) * sign,
+                ],
+                dim,
+            );
         }
         let mut cfg = lora.clone();
         cfg.r *= 2;
@@ -221,6 +227,11 @@ impl PeftModel {
     /// Loads another adapter directory as `name` (peft's `load_adapter`); it does not become
     /// active.
     pub fn load_adapter(&mut self, dir: &Path, name: &str) -> Result<()> {
+        if self.is_merged() {
+            return Err(AdapterError::Invalid(
+                "unmerge before loading another adapter".into(),
+            ));
+        }
         let config = AdapterConfig::from_file(&dir.join(ADAPTER_CONFIG))?;
         self.add_adapter(name, config)?;
         let previous = self.active.clone();

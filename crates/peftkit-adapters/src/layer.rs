@@ -79,6 +79,12 @@ pub trait LayerAdapter: std::fmt::Debug + Send {
     fn merge(&mut self, base: &mut Linear);
     /// Takes it back out of `base`'s weight and bias.
     fn unmerge(&mut self, base: &mut Linear);
+    /// Whether it can be merged into a 4-bit base (dequantized, then restored exactly by the
+    /// stash). IA³ cannot: it also rescales the bias, which the stash does not restore (peft
+    /// refuses too).
+    fn merges_into_packed(&self) -> bool {
+        true
+    }
     /// The layer as `Any`, for a method that needs its own layer type back (AdaLoRA's
     /// allocation); `None` by default.
     fn as_any(&self) -> Option<&dyn std::any::Any> {
@@ -181,6 +187,13 @@ impl AdapterLayer {
         let Some(layer) = self.adapters.get_mut(name) else {
             return;
         };
+        if base.packed().is_some() && !layer.merges_into_packed() {
+            tracing::warn!(
+                layer = base.path(),
+                "this adapter cannot be merged into a 4-bit weight; it stays unmerged"
+            );
+            return;
+        }
         self.stash.dequantize(base);
         layer.merge(base);
         self.merged.push(name.to_string());

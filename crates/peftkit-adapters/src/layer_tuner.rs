@@ -105,12 +105,12 @@ pub fn inject_layers(
             continue;
         }
         found.conv1d |= linear.layout() == WeightLayout::InOut;
-        let layer = make(linear)?;
         if linear.hook().is_some() && linear.hook_as::<AdapterLayer>().is_none() {
             return Err(AdapterError::Invalid(format!(
-                "{path} already has another kind of hook"
+                "{path} is another adapter's modules_to_save and cannot be adapted"
             )));
         }
+        let layer = make(linear)?;
         if linear.hook().is_none() {
             linear.set_hook(Box::new(AdapterLayer::default()));
         }

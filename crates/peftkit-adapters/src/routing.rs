@@ -11,14 +11,14 @@ pub const BASE_ADAPTER: &str = "__base__";
 
 /// Which rows of the batch use which adapter.
 #[derive(Debug)]
-pub struct Routing {
+pub(crate) struct Routing {
     rows: i64,
     groups: Vec<(String, Tensor)>,
 }
 
 impl Routing {
     /// Groups the rows by the adapter they name; the row indexes live on `device`.
-    pub fn new(names: &[&str], device: Device) -> Self {
+    pub(crate) fn new(names: &[&str], device: Device) -> Self {
         let mut groups: Vec<(String, Vec<i64>)> = Vec::new();
         for (i, n) in names.iter().enumerate() {
             match groups.iter_mut().find(|(g, _)| g == n) {
@@ -35,15 +35,10 @@ impl Routing {
         }
     }
 
-    /// The adapters named, each once, in order of first appearance.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.groups.iter().map(|(n, _)| n.as_str())
-    }
-
     /// `shared` (a tensor whose first dimension is the batch: the base output for every row)
     /// with the rows of each group replaced by `f(adapter, its rows of x, its rows of shared)`;
     /// `f` returns `None` to keep the shared rows.
-    pub fn route(
+    pub(crate) fn route(
         &self,
         x: &Tensor,
         shared: Tensor,
@@ -70,12 +65,12 @@ thread_local! {
 }
 
 /// The routing of the forward pass running on this thread, if any.
-pub fn current() -> Option<Rc<Routing>> {
+pub(crate) fn current() -> Option<Rc<Routing>> {
     CURRENT.with(|c| c.borrow().clone())
 }
 
 /// Runs `f` with `routing` in force on this thread (restored afterwards, also on panic).
-pub fn with_routing<R>(routing: Routing, f: impl FnOnce() -> R) -> R {
+pub(crate) fn with_routing<R>(routing: Routing, f: impl FnOnce() -> R) -> R {
     struct Reset(Option<Rc<Routing>>);
     impl Drop for Reset {
         fn drop(&mut self) {

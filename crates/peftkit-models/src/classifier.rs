@@ -329,6 +329,31 @@ impl SequenceClassifier {
         attention_mask: &Tensor,
         opts: &ForwardOptions,
     ) -> Result<ClassifierOutput> {
+        self.check_inputs(input_ids, attention_mask, opts)?;
+        let prompt = opts.prompt.map(|p| p.embeddings(opts.train));
+        let mask = prompted_mask(attention_mask, opts.prompt);
+        let (ids, mask, prefix, prompt, train) =
+            (input_ids, &mask, opts.prefix, prompt.as_ref(), opts.train);
+        let (hidden_states, pooled, logits) = match &self.inner {
+            Inner::Gpt2(m) => m.forward(ids, mask, prefix, prompt, train),
+            Inner::Roberta(m) => m.forward(ids, mask, prefix, prompt, train),
+            Inner::Bert(m) => m.forward(ids, mask, prefix, prompt, train),
+        };
+        Ok(ClassifierOutput {
+            logits,
+            pooled,
+            hidden_states,
+        })
+    }
+
+    /// The input checks of every pass: shapes, dtype, and the positions left after a prefix or
+    /// virtual tokens.
+    fn check_inputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        opts: &ForwardOptions,
+    ) -> Result<()> {
         let size = input_ids.size();
         if size.len() != 2 || size[0] == 0 || size[1] == 0 {
             return Err(ModelError::Input(format!(
@@ -361,20 +386,7 @@ impl SequenceClassifier {
                 input_ids.kind()
             )));
         }
-        let prompt = opts.prompt.map(|p| p.embeddings(opts.train));
-        let mask = prompted_mask(attention_mask, opts.prompt);
-        let (ids, mask, prefix, prompt, train) =
-            (input_ids, &mask, opts.prefix, prompt.as_ref(), opts.train);
-        let (hidden_states, pooled, logits) = match &self.inner {
-            Inner::Gpt2(m) => m.forward(ids, mask, prefix, prompt, train),
-            Inner::Roberta(m) => m.forward(ids, mask, prefix, prompt, train),
-            Inner::Bert(m) => m.forward(ids, mask, prefix, prompt, train),
-        };
-        Ok(ClassifierOutput {
-            logits,
-            pooled,
-            hidden_states,
-        })
+        Ok(())
     }
 
     /// Turns gradient checkpointing on or off (HF's `gradient_checkpointing_enable`): training
@@ -471,14 +483,7 @@ impl SequenceClassifier {
         opts: &ForwardOptions,
         factor: &Tensor,
     ) -> Result<Tensor> {
-        // Validates shapes with a cheap no-grad call on the metadata path.
-        if input_ids.size() != attention_mask.size() || input_ids.dim() != 2 {
-            return Err(ModelError::Input(format!(
-                "input_ids {:?} and attention_mask {:?} must be the same [batch, seq] shape",
-                input_ids.size(),
-                attention_mask.size()
-            )));
-        }
+        self.check_inputs(input_ids, attention_mask, opts)?;
         let train = opts.train;
         // A base seed from the CPU generator (seeded by the trainer each step): no device sync.
         let base = Tensor::randint(i64::MAX / 4, [1], (Kind::Int64, Device::Cpu)).int64_value(&[0]);

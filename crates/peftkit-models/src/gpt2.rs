@@ -218,7 +218,9 @@ impl Gpt2Model {
     }
 
     /// Hidden states (`hidden_states` of transformers: the embeddings, the input of every later
-    /// block, and the final output after `ln_f`; the last entry is the output).
+    /// block, and the final output after `ln_f`; the last entry is the output). With `prompt`
+    /// (`[n, hidden]` virtual tokens before the input), `attention_mask` covers them too
+    /// (`[batch, n + seq]`).
     pub fn forward(
         &self,
         input_ids: &Tensor,

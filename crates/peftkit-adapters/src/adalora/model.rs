@@ -185,7 +185,10 @@ impl MethodConfig for AdaLoraConfig {
         self.validate().map_err(AdapterError::Invalid)?;
         let targets = required_targets(&self.target_modules)?;
         let extra = self.modules_to_save.clone().unwrap_or_default();
-        let saved = self.rank_pattern.clone();
+        // A saved adapter (peft's inference mode) is built at its kept ranks; a rank pattern in a
+        // config being trained is only the allocation's starting record (peft builds init_r).
+        let inference = self.inference_mode;
+        let saved = self.rank_pattern.clone().filter(|_| inference);
         let (init_r, alpha) = (self.init_r, self.lora_alpha);
         let scale_alpha = if alpha > 0.0 { alpha } else { init_r as f64 };
         let (dropout, init) = (self.lora_dropout, self.init_lora_weights);
@@ -226,7 +229,7 @@ impl MethodConfig for AdaLoraConfig {
         let bias = self.bias;
         Ok(Box::new(AdaLoraTuner {
             name: name.to_string(),
-            resized: saved.is_some(),
+            resized: saved.is_some() && inference,
             pattern: Mutex::new(saved),
             allocator: Mutex::new(RankAllocator::default()),
             modules: found.modules.len() as i64,

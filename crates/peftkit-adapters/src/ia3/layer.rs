@@ -81,6 +81,10 @@ impl LayerAdapter for Ia3Layer {
         self.feedforward
     }
 
+    fn merges_into_packed(&self) -> bool {
+        false
+    }
+
     fn tensors(&self) -> Vec<(TensorKey, &Tensor)> {
         vec![(IA3_L, &self.l)]
     }

@@ -185,6 +185,20 @@ impl LoraConfig {
                 self.lora_dropout
             ));
         }
+        for (k, r) in &self.rank_pattern {
+            if *r <= 0 {
+                return Err(format!(
+                    "rank_pattern `{k}`: the rank must be positive, got {r}"
+                ));
+            }
+        }
+        for k in self.rank_pattern.keys().chain(self.alpha_pattern.keys()) {
+            if let Err(e) = regex::Regex::new(&format!(r"^(.*\.)?({k})$")) {
+                return Err(format!(
+                    "rank_pattern / alpha_pattern key `{k}` is not a regular expression: {e}"
+                ));
+            }
+        }
         if let InitLoraWeights::Named(n) = &self.init_lora_weights {
             if n != "gaussian" && crate::lora::init::WeightInit::parse(n).is_none() {
                 return Err(format!(

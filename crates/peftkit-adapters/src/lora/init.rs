@@ -44,6 +44,14 @@ impl WeightInit {
             )));
         }
         let w = linear.weight_out_in(Kind::Float).detach();
+        let (out, inp) = w.size2().expect("a weight matrix");
+        if r > out.min(inp) {
+            return Err(AdapterError::Invalid(format!(
+                "{}: r {r} exceeds the weight's rank bound {} ([{out}, {inp}]) for {self:?} initialisation",
+                linear.path(),
+                out.min(inp)
+            )));
+        }
         let (a, b) = tch::no_grad(|| match self {
             WeightInit::Pissa => {
                 // torch.svd is linalg.svd (the same LAPACK call) returning Vh's transpose.

@@ -5,7 +5,7 @@
 
 use crate::layer::{LayerAdapter, TensorKey};
 use peftkit_models::{Linear, WeightLayout};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 const LORA_A: TensorKey = TensorKey::new("lora_A", Some("weight"));
 const LORA_B: TensorKey = TensorKey::new("lora_B", Some("weight"));
@@ -45,7 +45,7 @@ impl LoraLayer {
     /// `W + scale · B A` (peft's `DoraLinearLayer.update_layer`), so the layer starts where plain
     /// LoRA would.
     pub fn with_dora(mut self, base: &Linear) -> Self {
-        let m = tch::no_grad(|| self.weight_norm(&base.weight_out_in(tch::Kind::Float)));
+        let m = tch::no_grad(|| self.weight_norm(&base.weight_out_in(Kind::Float)));
         self.magnitude = Some(m);
         self
     }
@@ -107,11 +107,12 @@ impl LoraLayer {
     ) -> Tensor {
         let xd = self.input(x, train);
         let kind = xd.kind();
-        let w = base.weight_out_in(kind);
-        let scale = (m.to_kind(kind) / self.weight_norm(&w)).view([1, -1]);
+        // The magnitude's scale in fp32 whatever the compute dtype (as peft: m and the norm stay
+        // fp32), so a bf16/fp16 layer still starts exactly as plain LoRA.
+        let scale = (m / self.weight_norm(&base.weight_out_in(Kind::Float))).view([1, -1]);
         let dropped = train && self.dropout > 0.0;
         let base_part = if dropped {
-            xd.linear::<Tensor>(&w, None)
+            xd.linear::<Tensor>(&base.weight_out_in(kind), None)
         } else {
             match base.bias() {
                 Some(b) => &y - b.to_kind(y.kind()),
@@ -122,8 +123,10 @@ impl LoraLayer {
             .linear::<Tensor>(&self.a.to_kind(kind), None)
             .linear::<Tensor>(&self.b.to_kind(kind), None)
             * self.scale;
+        let update =
+            (&scale - 1.0) * base_part.to_kind(Kind::Float) + &scale * lora.to_kind(Kind::Float);
         let k = y.kind();
-        y + ((&scale - 1.0) * base_part + &scale * lora).to_kind(k)
+        y + update.to_kind(k)
     }
 
     /// DoRA's merge factor `m / ‖W + ΔW‖`, shaped for the stored weight.

@@ -148,8 +148,20 @@ impl Heads {
                 // An adapter layer (not a head): peft does not target modules_to_save either.
                 continue;
             }
+            // A packed (4-bit) linear listed in modules_to_save: its copy is trained in full
+            // precision, from the dequantized weight in the stored layout.
+            let weight = match linear.packed() {
+                Some(_) => {
+                    let w = linear.weight_out_in(tch::Kind::Float);
+                    match linear.layout() {
+                        WeightLayout::OutIn => w,
+                        WeightLayout::InOut => w.tr().contiguous(),
+                    }
+                }
+                None => linear.weight().shallow_clone(),
+            };
             let copy = tch::no_grad(|| HeadCopy {
-                weight: linear.weight().detach().copy(),
+                weight: weight.detach().copy(),
                 bias: linear.bias().map(|b| b.detach().copy()),
             });
             if linear.hook().is_none() {

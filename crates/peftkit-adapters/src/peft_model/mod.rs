@@ -7,6 +7,7 @@
 pub(crate) mod heads;
 mod train;
 
+use crate::layer::AdapterLayer;
 use crate::quant::{quantize_model, BnbConfig};
 use crate::routing::{with_routing, Routing, BASE_ADAPTER};
 use crate::tuner::{PrefixSource, Tuner};
@@ -115,7 +116,22 @@ impl PeftModel {
                 "an adapter named `{name}` exists already (or the name is reserved)"
             )));
         }
-        let mut tuner = config.into().inject(&mut self.base, name)?;
+        let mut tuner = match config.into().inject(&mut self.base, name) {
+            Ok(t) => t,
+            Err(e) => {
+                // Nothing of a failed adapter stays behind in the layers it reached.
+                for linear in self.base.linears_mut() {
+                    let empty = linear.hook_as_mut::<AdapterLayer>().is_some_and(|h| {
+                        h.remove(name);
+                        h.is_empty()
+                    });
+                    if empty {
+                        linear.take_hook();
+                    }
+                }
+                return Err(e);
+            }
+        };
         let extra = tuner
             .config()
             .modules_to_save()
@@ -183,7 +199,7 @@ impl PeftModel {
             Heads::set_trainable(&mut self.base, n, n == name);
         }
         for linear in self.base.linears_mut() {
-            if let Some(layer) = linear.hook_as_mut::<crate::layer::AdapterLayer>() {
+            if let Some(layer) = linear.hook_as_mut::<AdapterLayer>() {
                 layer.set_active(Some(name));
             }
         }
@@ -225,6 +241,19 @@ impl PeftModel {
             return None;
         }
         self.tuners[&self.active].prompt()
+    }
+
+    /// The most positions any adapter's virtual tokens take before the input (prefix or prompt):
+    /// what a caller subtracts from the model's positions when truncating.
+    pub fn virtual_positions(&self) -> i64 {
+        self.tuners
+            .values()
+            .map(|t| {
+                t.prefix().map_or(0, |p| p.position_offset())
+                    + t.prompt().map_or(0, |p| p.num_tokens())
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// The adapters' names.
@@ -284,7 +313,7 @@ impl PeftModel {
 
     fn set_disabled(&mut self, disabled: bool) {
         for linear in self.base.linears_mut() {
-            if let Some(layer) = linear.hook_as_mut::<crate::layer::AdapterLayer>() {
+            if let Some(layer) = linear.hook_as_mut::<AdapterLayer>() {
                 layer.set_disabled(disabled);
             }
         }
