@@ -110,15 +110,25 @@ impl LoraLayer {
         // The magnitude's scale in fp32 whatever the compute dtype (as peft: m and the norm stay
         // fp32), so a bf16/fp16 layer still starts exactly as plain LoRA.
         let scale = (m / self.weight_norm(&base.weight_out_in(Kind::Float))).view([1, -1]);
-        let dropped = train && self.dropout > 0.0;
-        let base_part = if dropped {
-            xd.linear::<Tensor>(&base.weight_out_in(kind), None)
-        } else {
-            match base.bias() {
-                Some(b) => &y - b.to_kind(y.kind()),
-                None => y.shallow_clone(),
-            }
-        };
+        let k = y.kind();
+        if !(train && self.dropout > 0.0) {
+            // Without dropout the update is s · (x Wᵀ + scale · B A x) + b: the low-rank path is
+            // accumulated into the base output in one GEMM, then one scaling (fewer passes over
+            // the [N, out] activations than peft's three-term sum; the same values).
+            let bias = base.bias().map(|b| b.to_kind(k));
+            let t = match &bias {
+                Some(b) => &y - b,
+                None => y,
+            };
+            let t = self.add_to(t, &xd);
+            let out = t.to_kind(Kind::Float) * &scale;
+            let out = match &bias {
+                Some(b) => out + b,
+                None => out,
+            };
+            return out.to_kind(k);
+        }
+        let base_part = xd.linear::<Tensor>(&base.weight_out_in(kind), None);
         let lora = xd
             .linear::<Tensor>(&self.a.to_kind(kind), None)
             .linear::<Tensor>(&self.b.to_kind(kind), None)
