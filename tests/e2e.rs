@@ -846,7 +846,13 @@ fn new_methods_run_through_the_pipeline_and_reload_identically() {
                 let pattern = cfg["rank_pattern"].as_object().expect("a rank pattern");
                 let kept: usize = pattern
                     .values()
-                    .map(|v| v.as_array().unwrap().iter().filter(|b| b == &&true).count())
+                    .map(|v| {
+                        v.as_array()
+                            .unwrap()
+                            .iter()
+                            .filter(|b| b.as_bool() == Some(true))
+                            .count()
+                    })
                     .sum();
                 assert_eq!(kept, 8 * pattern.len(), "target_r 8 on average");
             }

@@ -293,3 +293,30 @@ fn gradient_checkpointing_with_lora_gives_the_same_gradients() {
         assert_grads_close(&g1, &g2, |_| 1e-5, &format!("{arch} with checkpointing"));
     }
 }
+
+#[test]
+fn invalid_ranks_and_an_ia3_on_a_4bit_base_are_handled() {
+    let mut cfg = LoraConfig::new(&["query"], 4, 8.0);
+    cfg.rank_pattern.insert("query".into(), 0);
+    let err = PeftModel::new(base("bert"), cfg).unwrap_err().to_string();
+    assert!(err.contains("rank must be positive"), "{err}");
+    let mut cfg = LoraConfig::new(&["query"], 4, 8.0);
+    cfg.rank_pattern.insert("(query".into(), 2);
+    let err = PeftModel::new(base("bert"), cfg).unwrap_err().to_string();
+    assert!(err.contains("not a regular expression"), "{err}");
+    let pissa = LoraConfig {
+        init_lora_weights: peftkit_adapters::InitLoraWeights::Named("pissa".into()),
+        ..LoraConfig::new(&["query"], 64, 8.0)
+    };
+    let err = PeftModel::new(base("bert"), pissa).unwrap_err().to_string();
+    assert!(err.contains("exceeds the weight's rank bound"), "{err}");
+    // IA³ on a 4-bit base stays unmerged (its bias scaling could not be undone exactly).
+    let bnb = peftkit_adapters::quant::BnbConfig::default();
+    let ia3 = peftkit_adapters::Ia3Config::new(&["key", "value"], &[]);
+    let mut model = PeftModel::new_quantized(base("bert"), ia3, bnb).unwrap();
+    let g = read(&fixtures().join("tiny-bert/golden.safetensors"));
+    let before = logits(&model, &g);
+    model.merge_adapter();
+    assert!(!model.is_merged());
+    assert_eq!(diff(&logits(&model, &g), &before), 0.0);
+}

@@ -5,11 +5,12 @@
 //! [`crate::merge`].
 
 pub(crate) mod heads;
+mod mixed;
 mod train;
 
 use crate::layer::AdapterLayer;
 use crate::quant::{quantize_model, BnbConfig};
-use crate::routing::{with_routing, Routing, BASE_ADAPTER};
+use crate::routing::BASE_ADAPTER;
 use crate::tuner::{PrefixSource, Tuner};
 use crate::{AdapterConfig, AdapterError, Bias, LoraConfig, Result};
 use heads::Heads;
@@ -166,7 +167,7 @@ impl PeftModel {
         Ok(())
     }
 
-    fn no_adapter(&self, name: &str) -> AdapterError {
+    pub(crate) fn no_adapter(&self, name: &str) -> AdapterError {
         AdapterError::Invalid(format!(
             "no adapter `{name}` (there are: {})",
             self.adapters().join(", ")
@@ -339,60 +340,6 @@ impl PeftModel {
             prompt: self.active_prompt().or(opts.prompt),
         };
         self.base.forward(input_ids, attention_mask, &opts)
-    }
-
-    /// An evaluation forward pass in which row `i` uses adapter `adapter_names[i]`
-    /// ([`BASE_ADAPTER`], `"__base__"`: none), in one batch (peft's `adapter_names=`). Rows
-    /// give the same results as a batch of that adapter alone. As in peft, it is for inference
-    /// only, needs unmerged adapters, and prompt-learning adapters (prefix tuning) cannot take
-    /// part.
-    ///
-    /// ```no_run
-    /// # fn f(model: &peftkit_adapters::PeftModel, ids: &tch::Tensor, mask: &tch::Tensor) -> peftkit_adapters::Result<()> {
-    /// let out = model.forward_mixed(ids, mask, &["sst2", "__base__", "emotion"])?;
-    /// # Ok(()) }
-    /// ```
-    pub fn forward_mixed(
-        &self,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        adapter_names: &[&str],
-    ) -> Result<ClassifierOutput> {
-        let rows = input_ids.size().first().copied().unwrap_or(0);
-        if adapter_names.len() as i64 != rows {
-            return Err(AdapterError::Invalid(format!(
-                "adapter_names has {} entries but the batch {rows} rows",
-                adapter_names.len()
-            )));
-        }
-        if self.is_merged() {
-            return Err(AdapterError::Invalid(
-                "cannot pass `adapter_names` while an adapter is merged (unmerge first)".into(),
-            ));
-        }
-        for name in adapter_names {
-            if *name == BASE_ADAPTER {
-                continue;
-            }
-            let tuner = self
-                .tuners
-                .get(*name)
-                .ok_or_else(|| self.no_adapter(name))?;
-            if tuner.prefix().is_some() || tuner.prompt().is_some() {
-                return Err(AdapterError::Invalid(format!(
-                    "adapter `{name}` is {}: a prompt-learning adapter cannot be mixed with others in one batch (as in peft); run its rows separately",
-                    tuner.config().peft_type()
-                )));
-            }
-        }
-        let routing = Routing::new(adapter_names, self.base.device());
-        let out = with_routing(routing, || {
-            tch::no_grad(|| {
-                self.base
-                    .forward(input_ids, attention_mask, &ForwardOptions::eval())
-            })
-        })?;
-        Ok(out)
     }
 
     /// Trainable and total parameter counts as peft's `get_nb_trainable_parameters` gives them
