@@ -324,6 +324,7 @@ fn prepare(
 
 /// Whether the adapter's initialisation replaced base weights (PiSSA, OLoRA).
 fn changes_the_base(m: &PeftModel) -> bool {
+    // (LoftQ's base is the quantized weight itself: its adapter is meant for that base.)
     m.lora_config().is_some_and(|c| match &c.init_lora_weights {
         peftkit_adapters::InitLoraWeights::Named(n) => {
             peftkit_adapters::lora::init::WeightInit::parse(n).is_some()

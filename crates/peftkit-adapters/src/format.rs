@@ -210,16 +210,20 @@ impl PeftModel {
         let config = AdapterConfig::from_file(&dir.join(ADAPTER_CONFIG))?;
         let quant_file = dir.join(QUANT_CONFIG_FILE);
         let quantization = if quant_file.is_file() {
-            let q = BnbConfig::from_file(&quant_file)?;
-            if base.linears().iter().all(|l| l.packed().is_none()) {
-                quantize_model(&mut base, &q)?;
-            }
-            Some(Box::new(q))
+            Some(BnbConfig::from_file(&quant_file)?)
         } else {
             None
         };
+        let dense = base.linears().iter().all(|l| l.packed().is_none());
+        let late = crate::peft_model::initialises_from_full_precision(&config);
+        if let (Some(q), true, false) = (&quantization, dense, late) {
+            quantize_model(&mut base, q)?;
+        }
         let mut model = Self::with_adapter_name(base, config, name)?;
-        model.quantization = quantization;
+        if let (Some(q), true, true) = (&quantization, dense, late) {
+            quantize_model(&mut model.base, q)?;
+        }
+        model.quantization = quantization.map(Box::new);
         model.load_weights(dir, name)?;
         Ok(model)
     }

@@ -153,6 +153,10 @@ pub struct LoraConfig {
     /// peft writes it; true in saved adapters.
     #[serde(default)]
     pub inference_mode: bool,
+    /// LoftQ's settings with `init_lora_weights = "loftq"`: `loftq_bits` (4) and `loftq_iter`
+    /// (1); peft writes `{}` otherwise.
+    #[serde(default)]
+    pub loftq_config: BTreeMap<String, i64>,
 }
 
 impl Default for LoraConfig {
@@ -199,10 +203,32 @@ impl LoraConfig {
                 ));
             }
         }
-        if let InitLoraWeights::Named(n) = &self.init_lora_weights {
-            if n != "gaussian" && crate::lora::init::WeightInit::parse(n).is_none() {
+        if let Some(k) = self
+            .loftq_config
+            .keys()
+            .find(|k| !["loftq_bits", "loftq_iter"].contains(&k.as_str()))
+        {
+            return Err(format!(
+                "loftq_config has an unknown key `{k}` (loftq_bits, loftq_iter)"
+            ));
+        }
+        if matches!(&self.init_lora_weights, InitLoraWeights::Named(n) if n == "loftq") {
+            let bits = self.loftq_config.get("loftq_bits").copied().unwrap_or(4);
+            let iters = self.loftq_config.get("loftq_iter").copied().unwrap_or(1);
+            if bits != 4 {
                 return Err(format!(
-                    "init_lora_weights `{n}` is not supported (true, false, \"gaussian\", \"pissa\", \"pissa_niter_K\" or \"olora\"; LoftQ needs CUDA in peft and is not implemented)"
+                    "loftq_bits {bits}: peftkit's LoftQ quantizes to 4 bits (NF4)"
+                ));
+            }
+            if iters < 1 {
+                return Err(format!("loftq_iter must be at least 1, got {iters}"));
+            }
+        }
+        if let InitLoraWeights::Named(n) = &self.init_lora_weights {
+            if n != "gaussian" && n != "loftq" && crate::lora::init::WeightInit::parse(n).is_none()
+            {
+                return Err(format!(
+                    "init_lora_weights `{n}` is not supported (true, false, \"gaussian\", \"pissa\", \"pissa_niter_K\", \"olora\" or \"loftq\")"
                 ));
             }
         }

@@ -16,6 +16,13 @@ pub enum WeightInit {
     PissaNiter(i64),
     /// `"olora"`: the first r columns of a QR decomposition.
     Olora,
+    /// `"loftq"`: the base becomes its NF4 quantization (blocksize 64, no double quantization)
+    /// and the adapter the top-r SVD of the quantization error, alternated `iters` times (Li et
+    /// al. 2023; peft's `loftq_init`, which runs on CUDA only; here on any device).
+    LoftQ {
+        /// `loftq_iter`.
+        iters: i64,
+    },
 }
 
 impl WeightInit {
@@ -32,6 +39,18 @@ impl WeightInit {
                 .map(Self::PissaNiter);
         }
         name.eq_ignore_ascii_case("olora").then_some(Self::Olora)
+    }
+
+    /// The initialisation `config` asks for, if it is data-dependent (LoftQ reads its
+    /// `loftq_config`).
+    pub fn of(config: &super::config::LoraConfig) -> Option<Self> {
+        match &config.init_lora_weights {
+            super::config::InitLoraWeights::Named(n) if n == "loftq" => Some(Self::LoftQ {
+                iters: config.loftq_config.get("loftq_iter").copied().unwrap_or(1),
+            }),
+            super::config::InitLoraWeights::Named(n) => Self::parse(n),
+            _ => None,
+        }
     }
 
     /// `(lora_A [r, in], lora_B [out, r])` for `linear`, whose weight becomes the residual
@@ -52,30 +71,43 @@ impl WeightInit {
                 out.min(inp)
             )));
         }
-        let (a, b) = tch::no_grad(|| match self {
-            WeightInit::Pissa => {
-                // torch.svd is linalg.svd (the same LAPACK call) returning Vh's transpose.
-                let (v, s, u) = w.svd(true, true);
-                pissa_factors(
-                    &v.narrow(1, 0, r),
-                    &s.narrow(0, 0, r),
-                    &u.narrow(1, 0, r).tr(),
-                    scale,
-                )
-            }
-            WeightInit::PissaNiter(k) => {
-                let (v, s, u) = svd_lowrank(&w, r, k);
-                pissa_factors(&v, &s, &u.tr(), scale)
-            }
-            WeightInit::Olora => {
-                let (q, rr) = Tensor::linalg_qr(&w, "reduced");
-                (
-                    rr.narrow(0, 0, r).contiguous(),
-                    q.narrow(1, 0, r).contiguous(),
-                )
-            }
-        });
-        let residual = tch::no_grad(|| &w - b.matmul(&a) * scale);
+        let mut quantized = None;
+        let (a, b) = tch::no_grad(|| -> Result<(Tensor, Tensor)> {
+            Ok(match self {
+                WeightInit::Pissa => {
+                    // torch.svd is linalg.svd (the same LAPACK call) returning Vh's transpose.
+                    let (v, s, u) = w.svd(true, true);
+                    pissa_factors(
+                        &v.narrow(1, 0, r),
+                        &s.narrow(0, 0, r),
+                        &u.narrow(1, 0, r).tr(),
+                        scale,
+                    )
+                }
+                WeightInit::PissaNiter(k) => {
+                    let (v, s, u) = svd_lowrank(&w, r, k);
+                    pissa_factors(&v, &s, &u.tr(), scale)
+                }
+                WeightInit::LoftQ { iters } => {
+                    let (a, b, deq) = loftq(&w, r, iters)?;
+                    quantized = Some(deq);
+                    (a, b)
+                }
+                WeightInit::Olora => {
+                    let (q, rr) = Tensor::linalg_qr(&w, "reduced");
+                    (
+                        rr.narrow(0, 0, r).contiguous(),
+                        q.narrow(1, 0, r).contiguous(),
+                    )
+                }
+            })
+        })?;
+        // LoftQ's base is the dequantized weight itself (as peft: not divided by the scale, so
+        // base + adapter reconstruct W best with lora_alpha = r).
+        let residual = match quantized {
+            Some(deq) => deq,
+            None => tch::no_grad(|| &w - b.matmul(&a) * scale),
+        };
         let stored = match linear.layout() {
             WeightLayout::OutIn => residual,
             WeightLayout::InOut => residual.tr().contiguous(),
@@ -84,6 +116,26 @@ impl WeightInit {
         tch::no_grad(|| weight.copy_(&stored.to_kind(weight.kind())));
         Ok((a, b))
     }
+}
+
+/// peft's `loftq_init` (4 bits): `(A [r, in], B [out, r], dequantized W [out, in])`.
+fn loftq(w: &Tensor, r: i64, iters: i64) -> Result<(Tensor, Tensor, Tensor)> {
+    let mut res = w.shallow_clone();
+    let mut out = None;
+    for i in 0..iters {
+        let q = crate::quant::quantize_4bit(&res, 64, crate::quant::QuantType::Nf4, false)?;
+        let deq = q.dequantize(Kind::Float).view(w.size().as_slice());
+        res = w - &deq;
+        let (u, s, v) = res.svd(true, true);
+        let root = s.narrow(0, 0, r).sqrt();
+        let l = u.narrow(1, 0, r) * root.unsqueeze(0);
+        let rr = root.unsqueeze(1) * v.narrow(1, 0, r).tr();
+        if i + 1 < iters {
+            res = w - l.matmul(&rr);
+        }
+        out = Some((rr.contiguous(), l.contiguous(), deq));
+    }
+    Ok(out.expect("at least one iteration"))
 }
 
 /// PiSSA's factors from `W ≈ V diag(S) Uh`: `A = diag(√(S/scale)) Uh`, `B = V diag(√(S/scale))`.

@@ -38,7 +38,7 @@ impl LoraConfig {
                     Tensor::empty([fan_out, r], opts).uniform_(-bb, bb),
                 )
             }
-            InitLoraWeights::Named(n) => match WeightInit::parse(n) {
+            InitLoraWeights::Named(_) => match WeightInit::of(self) {
                 Some(init) => init.apply(linear, r, scale)?,
                 None => (
                     Tensor::randn([r, fan_in], opts) / r as f64,

@@ -20,6 +20,14 @@ use peftkit_models::{
 use std::collections::BTreeMap;
 use tch::Tensor;
 
+/// Whether the adapter's initialisation reads the full-precision base weight before a 4-bit
+/// quantization (LoftQ).
+pub(crate) fn initialises_from_full_precision(config: &AdapterConfig) -> bool {
+    config.as_lora().is_some_and(
+        |c| matches!(&c.init_lora_weights, crate::InitLoraWeights::Named(n) if n == "loftq"),
+    )
+}
+
 /// The adapter name peft uses when none is given.
 pub const DEFAULT_ADAPTER: &str = "default";
 
@@ -98,8 +106,17 @@ impl PeftModel {
         config: impl Into<AdapterConfig>,
         quantization: BnbConfig,
     ) -> Result<Self> {
-        quantize_model(&mut base, &quantization)?;
-        let mut model = Self::new(base, config)?;
+        let config = config.into();
+        let mut model = if initialises_from_full_precision(&config) {
+            // LoftQ needs the full-precision weight; the base it leaves (the NF4-dequantized
+            // weight) quantizes back to the same bytes.
+            let mut m = Self::new(base, config)?;
+            quantize_model(&mut m.base, &quantization)?;
+            m
+        } else {
+            quantize_model(&mut base, &quantization)?;
+            Self::new(base, config)?
+        };
         model.quantization = Some(Box::new(quantization));
         Ok(model)
     }
