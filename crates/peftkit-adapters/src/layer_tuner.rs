@@ -59,15 +59,6 @@ impl Injected {
     }
 }
 
-/// `target_modules`, which must be set (peftkit has no per-model default list yet).
-pub fn required_targets(targets: &Option<TargetModules>) -> Result<TargetModules> {
-    targets.clone().ok_or_else(|| {
-        AdapterError::Invalid(
-            "target_modules is not set (peftkit has no per-model default list)".into(),
-        )
-    })
-}
-
 /// Adds adapter `name` to every linear that `targets` selects (never the head or other
 /// `modules_to_save`), making each layer with `make(linear)` (which may change the base weight,
 /// as PiSSA does). No match is an error listing the

@@ -36,6 +36,62 @@ pub fn layer_index(path: &str, pattern: Option<&TargetModules>) -> Option<usize>
     })
 }
 
+/// peft's default targets of a method for a model type (its
+/// `TRANSFORMERS_MODELS_TO_{LORA,ADALORA,IA3}_TARGET_MODULES_MAPPING`, and IA³'s
+/// `…_FEEDFORWARD_MODULES_MAPPING` as the second list), used when a config names none.
+pub fn default_targets(
+    arch: peftkit_models::Architecture,
+    method: &str,
+) -> Option<(Vec<&'static str>, Vec<&'static str>)> {
+    use peftkit_models::Architecture::{Bert, Gpt2, Roberta};
+    Some(match (method, arch) {
+        ("LORA", Gpt2) | ("ADALORA", Gpt2) => (vec!["c_attn"], vec![]),
+        ("LORA", Bert | Roberta) | ("ADALORA", Bert) => (vec!["query", "value"], vec![]),
+        ("ADALORA", Roberta) => (vec!["query", "key", "value", "dense"], vec![]),
+        ("IA3", Gpt2) => (vec!["c_attn", "mlp.c_proj"], vec!["mlp.c_proj"]),
+        ("IA3", Bert | Roberta) => (vec!["key", "value", "output.dense"], vec!["output.dense"]),
+        _ => return None,
+    })
+}
+
+fn list(v: &[&str]) -> TargetModules {
+    TargetModules::List(v.iter().map(|s| s.to_string()).collect())
+}
+
+/// `target_modules`, or peft's default for the model when unset (recorded in the config, as
+/// peft records it); an error for a model type peft has no default for.
+pub fn targets_or_default(
+    targets: &mut Option<TargetModules>,
+    arch: peftkit_models::Architecture,
+    method: &str,
+) -> crate::Result<TargetModules> {
+    if targets.is_none() {
+        let (t, _) = default_targets(arch, method).ok_or_else(|| {
+            crate::AdapterError::Invalid(format!(
+                "target_modules is not set and peft has no default for {method} on {arch:?}"
+            ))
+        })?;
+        *targets = Some(list(&t));
+    }
+    Ok(targets.clone().expect("set above"))
+}
+
+/// IA³'s `feedforward_modules`, or peft's default for the model when unset.
+pub fn feedforward_or_default(
+    ff: &mut Option<TargetModules>,
+    arch: peftkit_models::Architecture,
+) -> crate::Result<TargetModules> {
+    if ff.is_none() {
+        let (_, f) = default_targets(arch, "IA3").ok_or_else(|| {
+            crate::AdapterError::Invalid(format!(
+                "feedforward_modules is not set and peft has no default for {arch:?}"
+            ))
+        })?;
+        *ff = Some(list(&f));
+    }
+    Ok(ff.clone().expect("set above"))
+}
+
 /// Whether the module at `path` gets an adapter.
 pub fn is_target(
     path: &str,

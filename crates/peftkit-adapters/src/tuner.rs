@@ -179,4 +179,4 @@ pub trait MethodConfig:
     }
 }
 
-pub use crate::layer_tuner::{inject_layers, required_targets, Injected, LayerTuner, Targets};
+pub use crate::layer_tuner::{inject_layers, Injected, LayerTuner, Targets};

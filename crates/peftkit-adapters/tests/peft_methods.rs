@@ -211,3 +211,24 @@ fn text_initialised_prompts_start_from_the_text_and_reload_without_it() {
         .to_string();
     assert!(err.contains("init text's token ids"), "{err}");
 }
+
+#[test]
+fn unset_targets_take_peft_defaults_per_model() {
+    // peft's IA³ defaults for RoBERTa made the ia3-roberta fixture: the same lists are recorded.
+    let cfg = peftkit_adapters::Ia3Config::default();
+    let model = PeftModel::new(base("roberta"), cfg).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    model.save_pretrained(tmp.path(), None, None).unwrap();
+    let (ours, theirs) = (
+        normalised(config(tmp.path())),
+        normalised(config(&fixtures().join("ia3-roberta/adapter"))),
+    );
+    for field in ["target_modules", "feedforward_modules"] {
+        assert_eq!(ours[field], theirs[field], "{field}");
+    }
+    let lora = PeftModel::new(base("gpt2"), peftkit_adapters::LoraConfig::default()).unwrap();
+    assert_eq!(
+        lora.adapted_modules(),
+        ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
+    );
+}

@@ -6,9 +6,7 @@ use super::allocator::RankAllocator;
 use super::config::AdaLoraConfig;
 use super::layer::AdaLoraLayer;
 use crate::layer::LayerAdapter;
-use crate::tuner::{
-    inject_layers, required_targets, LayerTuner, LoadMismatch, MethodConfig, Targets, Tuner,
-};
+use crate::tuner::{inject_layers, LayerTuner, LoadMismatch, MethodConfig, Targets, Tuner};
 use crate::{AdapterConfig, AdapterError, Bias, Result};
 use peftkit_models::SequenceClassifier;
 use std::collections::BTreeMap;
@@ -183,7 +181,11 @@ impl MethodConfig for AdaLoraConfig {
 
     fn inject(mut self, base: &mut SequenceClassifier, name: &str) -> Result<Box<dyn Tuner>> {
         self.validate().map_err(AdapterError::Invalid)?;
-        let targets = required_targets(&self.target_modules)?;
+        let targets = crate::targets::targets_or_default(
+            &mut self.target_modules,
+            base.architecture(),
+            "ADALORA",
+        )?;
         let extra = self.modules_to_save.clone().unwrap_or_default();
         // A saved adapter (peft's inference mode) is built at its kept ranks; a rank pattern in a
         // config being trained is only the allocation's starting record (peft builds init_r).

@@ -6,7 +6,7 @@ use crate::layer::LayerAdapter;
 use crate::lora::config::Bias;
 use crate::lora::config::TargetModules;
 use crate::targets::matches;
-use crate::tuner::{inject_layers, required_targets, LayerTuner, MethodConfig, Targets, Tuner};
+use crate::tuner::{inject_layers, LayerTuner, MethodConfig, Targets, Tuner};
 use crate::{AdapterError, Result};
 use peftkit_models::SequenceClassifier;
 
@@ -29,12 +29,15 @@ impl MethodConfig for Ia3Config {
 
     fn inject(mut self, base: &mut SequenceClassifier, name: &str) -> Result<Box<dyn Tuner>> {
         self.validate().map_err(AdapterError::Invalid)?;
-        let targets = required_targets(&self.target_modules)?;
-        let feedforward = self.feedforward_modules.clone().ok_or_else(|| {
-            AdapterError::Invalid(
-                "feedforward_modules is not set (peftkit has no per-model default list)".into(),
-            )
-        })?;
+        let targets = crate::targets::targets_or_default(
+            &mut self.target_modules,
+            base.architecture(),
+            "IA3",
+        )?;
+        let feedforward = crate::targets::feedforward_or_default(
+            &mut self.feedforward_modules,
+            base.architecture(),
+        )?;
         let extra = self.modules_to_save.clone().unwrap_or_default();
         let init = self.init_ia3_weights;
         let found = inject_layers(

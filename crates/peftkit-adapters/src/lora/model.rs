@@ -5,7 +5,7 @@ use super::config::{InitLoraWeights, LoraConfig};
 use super::init::WeightInit;
 use super::layer::LoraLayer;
 use crate::layer::LayerAdapter;
-use crate::tuner::{inject_layers, required_targets, LayerTuner, MethodConfig, Targets, Tuner};
+use crate::tuner::{inject_layers, LayerTuner, MethodConfig, Targets, Tuner};
 use crate::{AdapterError, Result};
 use peftkit_models::{Linear, SequenceClassifier};
 use tch::{Kind, Tensor};
@@ -73,7 +73,11 @@ impl MethodConfig for LoraConfig {
 
     fn inject(mut self, base: &mut SequenceClassifier, name: &str) -> Result<Box<dyn Tuner>> {
         self.validate().map_err(AdapterError::Invalid)?;
-        let targets = required_targets(&self.target_modules)?;
+        let targets = crate::targets::targets_or_default(
+            &mut self.target_modules,
+            base.architecture(),
+            "LORA",
+        )?;
         let extra = self.modules_to_save.clone().unwrap_or_default();
         let found = inject_layers(
             base,
