@@ -171,4 +171,3 @@ impl Serialize for AdapterSection {
         self.to_table().serialize(s)
     }
 }
-
