@@ -322,17 +322,6 @@ fn prepare(
     Ok(Tuned::Plain(model))
 }
 
-/// Whether the adapter's initialisation replaced base weights (PiSSA, OLoRA).
-fn changes_the_base(m: &PeftModel) -> bool {
-    // (LoftQ's base is the quantized weight itself: its adapter is meant for that base.)
-    m.lora_config().is_some_and(|c| match &c.init_lora_weights {
-        peftkit_adapters::InitLoraWeights::Named(n) => {
-            peftkit_adapters::lora::init::WeightInit::parse(n).is_some()
-        }
-        _ => false,
-    })
-}
-
 /// One line about an adapter: its method and where it applies.
 fn describe_adapter(m: &PeftModel) -> String {
     let cfg = m.config();
@@ -542,7 +531,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
     // A LoRA initialised from the base weight (PiSSA, OLoRA) changes the base: its start is kept,
     // so the trained adapter can also be saved as a plain LoRA for the original base.
     let initial = match &tuned {
-        Tuned::Peft(m) if changes_the_base(m) => {
+        Tuned::Peft(m) if m.lora_config().is_some_and(|c| c.moves_base_into_adapter()) => {
             let dir = run_dir.join("adapter-initial");
             m.save_pretrained(&dir, Some(&model_id), revision.as_deref())?;
             Some(dir)

@@ -92,6 +92,19 @@ pub trait LayerAdapter: std::fmt::Debug + Send {
     }
 }
 
+/// An adapter's input: `dropout(x)` when training, in the compute dtype when one is set.
+pub(crate) fn adapter_input(x: &Tensor, dropout: f64, train: bool) -> Tensor {
+    let x = if train && dropout > 0.0 {
+        x.dropout(dropout, true)
+    } else {
+        x.shallow_clone()
+    };
+    match peftkit_models::compute_dtype() {
+        Some(k) => x.to_kind(k),
+        None => x,
+    }
+}
+
 /// The hook: named layer adapters on one base linear.
 #[derive(Debug, Default)]
 pub struct AdapterLayer {
@@ -170,11 +183,6 @@ impl AdapterLayer {
     /// Computes the base layer alone (peft's `disable_adapters`).
     pub fn set_disabled(&mut self, disabled: bool) {
         self.disabled = disabled;
-    }
-
-    /// The adapters merged into the base weight.
-    pub fn merged(&self) -> &[String] {
-        &self.merged
     }
 
     /// Folds adapter `name` into `base`'s weight (no-op when merged already or absent here). A

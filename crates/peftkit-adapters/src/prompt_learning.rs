@@ -4,9 +4,9 @@
 
 use crate::tuner::{LoadMismatch, PrefixSource, Tuner, PROMPT_LEARNING_PREFIX};
 use crate::AdapterConfig;
-use peftkit_models::{PromptProvider, SequenceClassifier};
+use peftkit_models::{ModelConfig, PromptProvider, SequenceClassifier};
 use std::collections::BTreeMap;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 /// The key of the encoded virtual tokens in a saved prompt-learning adapter.
 pub const PROMPT_EMBEDDINGS: &str = "prompt_embeddings";
@@ -123,4 +123,70 @@ impl<E: VirtualTokens> Tuner for PromptLearningTuner<E> {
     }
 
     fn remove(&mut self, _: &mut SequenceClassifier) {}
+}
+
+/// The dimensions peft fills in from the model config: `(token_dim, num_layers, heads)`.
+fn model_dims(model: &ModelConfig) -> (i64, i64, i64) {
+    match model {
+        ModelConfig::Gpt2(c, _) => (c.n_embd, c.n_layer, c.n_head),
+        ModelConfig::Bert(c, _) | ModelConfig::Roberta(c, _) => {
+            (c.hidden_size, c.num_hidden_layers, c.num_attention_heads)
+        }
+    }
+}
+
+/// Fills unset dimensions from the model; a set one that disagrees is an error.
+pub(crate) fn resolve_dims(
+    model: &ModelConfig,
+    token_dim: &mut Option<i64>,
+    layers: &mut Option<i64>,
+    heads: &mut Option<i64>,
+    submodules: &mut Option<i64>,
+) -> std::result::Result<(), String> {
+    let (h, l, a) = model_dims(model);
+    for (name, slot, value) in [
+        ("token_dim", token_dim, h),
+        ("num_layers", layers, l),
+        ("num_attention_heads", heads, a),
+    ] {
+        match *slot {
+            None => *slot = Some(value),
+            Some(v) if v != value => {
+                return Err(format!(
+                    "{name} is {v} in the adapter but {value} in the model: the adapter was made for another base model"
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    submodules.get_or_insert(1);
+    Ok(())
+}
+
+pub(crate) fn common_checks(
+    virtual_tokens: i64,
+    submodules: Option<i64>,
+) -> std::result::Result<(), String> {
+    if virtual_tokens <= 0 {
+        return Err(format!(
+            "num_virtual_tokens must be positive, got {virtual_tokens}"
+        ));
+    }
+    if submodules.is_some_and(|n| n != 1) {
+        return Err(
+            "num_transformer_submodules must be 1 (encoder-only or decoder-only models)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// `nn.Linear`'s default initialisation, `(weight [out, in], bias [out])` uniform in ±1/√in (the
+/// weight drawn first, as torch).
+pub(crate) fn linear_init(fan_in: i64, fan_out: i64, device: Device) -> (Tensor, Tensor) {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    let opts = (Kind::Float, device);
+    (
+        Tensor::empty([fan_out, fan_in], opts).uniform_(-bound, bound),
+        Tensor::empty([fan_out], opts).uniform_(-bound, bound),
+    )
 }

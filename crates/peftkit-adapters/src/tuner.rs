@@ -28,6 +28,20 @@ pub(crate) fn d_true() -> bool {
     true
 }
 
+/// `SEQ_CLS`, every config's default `task_type` (peftkit classifies sequences).
+pub(crate) fn d_task() -> Option<String> {
+    Some("SEQ_CLS".into())
+}
+
+/// A float as peft writes it: an integer when it is one (`lora_alpha = 8`, not `8.0`).
+pub(crate) fn json_number(x: f64) -> serde_json::Value {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        serde_json::json!(x as i64)
+    } else {
+        serde_json::json!(x)
+    }
+}
+
 /// A tensor that does not fit while loading: its key and what is wrong (the caller adds the
 /// file).
 #[derive(Debug)]
@@ -153,8 +167,12 @@ pub trait MethodConfig:
         let mut v = serde_json::to_value(self).expect("config serialises");
         v["inference_mode"] = serde_json::json!(true);
         v["peft_type"] = serde_json::json!(Self::PEFT_TYPE);
+        self.patch_json(&mut v);
         v
     }
+    /// Method-specific touches to [`MethodConfig::to_json`] (peft's integers where peftkit keeps
+    /// floats, fields peft always writes).
+    fn patch_json(&self, _json: &mut serde_json::Value) {}
     /// Reads the JSON of `adapter_config.json` (`path` for errors): unknown keys peft writes are
     /// ignored, but a set [`MethodConfig::UNSUPPORTED`] key is an error.
     fn from_json(raw: serde_json::Value, path: &Path) -> Result<Self> {

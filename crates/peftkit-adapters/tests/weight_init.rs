@@ -87,7 +87,7 @@ fn pissa_and_olora_match_peft_and_convert_to_plain_lora() {
 }
 
 #[test]
-fn pissa_niter_approximates_pissa() {
+fn data_dependent_inits_start_where_the_base_model_is() {
     let cfg = |init: &str| peftkit_adapters::LoraConfig {
         init_lora_weights: peftkit_adapters::InitLoraWeights::Named(init.into()),
         ..peftkit_adapters::LoraConfig::new(&["query", "value"], 4, 8.0)

@@ -248,17 +248,19 @@ impl Linear {
                 y.to_kind(x.kind())
             };
         }
-        let cast = crate::precision::compute_dtype().filter(|k| *k != self.weight.kind());
+        self.dense_forward(x, &self.weight, self.bias.as_ref())
+    }
+
+    /// `x W^T + b` with another weight and bias of this layer's shape and layout (e.g. an
+    /// adapter's trained copy of a head), in the compute dtype when one is set.
+    pub fn dense_forward(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        let cast = crate::precision::compute_dtype().filter(|k| *k != weight.kind());
         let (x, w, b) = match cast {
-            Some(k) => (
-                x.to_kind(k),
-                self.weight.to_kind(k),
-                self.bias.as_ref().map(|b| b.to_kind(k)),
-            ),
+            Some(k) => (x.to_kind(k), weight.to_kind(k), bias.map(|b| b.to_kind(k))),
             None => (
                 x.shallow_clone(),
-                self.weight.shallow_clone(),
-                self.bias.as_ref().map(Tensor::shallow_clone),
+                weight.shallow_clone(),
+                bias.map(Tensor::shallow_clone),
             ),
         };
         match self.layout {

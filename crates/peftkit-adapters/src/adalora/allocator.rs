@@ -25,7 +25,10 @@ pub struct RankAllocator {
 }
 
 /// The layers of adapter `name`, by module path.
-fn layers<'a>(base: &'a SequenceClassifier, name: &str) -> Vec<(String, &'a AdaLoraLayer)> {
+pub(crate) fn layers<'a>(
+    base: &'a SequenceClassifier,
+    name: &str,
+) -> Vec<(String, &'a AdaLoraLayer)> {
     base.linears()
         .into_iter()
         .filter_map(|l| {

@@ -8,9 +8,6 @@ use std::collections::BTreeMap;
 fn d_peft_type() -> String {
     "ADALORA".into()
 }
-fn d_task() -> Option<String> {
-    Some("SEQ_CLS".into())
-}
 fn d_r() -> i64 {
     8
 }
@@ -46,7 +43,7 @@ pub struct AdaLoraConfig {
     #[serde(default = "d_peft_type")]
     pub peft_type: String,
     /// `SEQ_CLS` for sequence classification.
-    #[serde(default = "d_task")]
+    #[serde(default = "crate::tuner::d_task")]
     pub task_type: Option<String>,
     /// Unused by AdaLoRA (peft keeps LoRA's field; `init_r` is the starting rank).
     #[serde(default = "d_r")]

@@ -77,13 +77,8 @@ impl AdaLoraLayer {
 impl LayerAdapter for AdaLoraLayer {
     fn forward(&self, base: &Linear, x: &Tensor, base_out: Option<Tensor>, train: bool) -> Tensor {
         let y = base_out.unwrap_or_else(|| base.base_forward(x));
-        let x = if train && self.dropout > 0.0 {
-            x.dropout(self.dropout, true)
-        } else {
-            x.shallow_clone()
-        };
-        let kind = peftkit_models::compute_dtype().unwrap_or(x.kind());
-        let x = x.to_kind(kind);
+        let x = crate::layer::adapter_input(x, self.dropout, train);
+        let kind = x.kind();
         let ae = (&self.a * &self.e).to_kind(kind);
         let update = x
             .linear::<Tensor>(&ae, None)

@@ -2,7 +2,7 @@
 //! orthogonality regulariser, the allocation after each optimizer step, and saving each module
 //! at its kept rank.
 
-use super::allocator::RankAllocator;
+use super::allocator::{layers, RankAllocator};
 use super::config::AdaLoraConfig;
 use super::layer::AdaLoraLayer;
 use crate::layer::LayerAdapter;
@@ -124,20 +124,14 @@ impl Tuner for AdaLoraTuner {
     /// (`A Aᵀ`) and `B` (`Bᵀ B`) of the adapter.
     fn regularization(&self, base: &SequenceClassifier) -> Option<Tensor> {
         let w = self.ada().orth_reg_weight;
-        let mut terms = Vec::new();
-        for (name, p) in self.inner.parameters(base) {
-            let gram = if name.contains(".lora_A.") {
-                p.matmul(&p.tr())
-            } else if name.contains(".lora_B.") {
-                p.tr().matmul(&p)
-            } else {
-                continue;
-            };
-            let r = gram.size()[0];
-            let eye = Tensor::eye(r, (gram.kind(), gram.device()));
-            let kind = gram.kind();
-            terms.push((gram - eye).square().sum(kind).sqrt());
-        }
+        let orth = |gram: Tensor| {
+            let eye = Tensor::eye(gram.size()[0], (gram.kind(), gram.device()));
+            (gram - eye).square().sum(tch::Kind::Float).sqrt()
+        };
+        let terms: Vec<Tensor> = layers(base, &self.name)
+            .into_iter()
+            .flat_map(|(_, l)| [orth(l.a.matmul(&l.a.tr())), orth(l.b.tr().matmul(&l.b))])
+            .collect();
         if terms.is_empty() || w == 0.0 {
             return None;
         }
@@ -247,13 +241,7 @@ impl MethodConfig for AdaLoraConfig {
         self.modules_to_save.as_deref()
     }
 
-    fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).expect("config serialises");
-        v["inference_mode"] = serde_json::json!(true);
-        v["peft_type"] = serde_json::json!(Self::PEFT_TYPE);
-        if self.lora_alpha.fract() == 0.0 {
-            v["lora_alpha"] = serde_json::json!(self.lora_alpha as i64);
-        }
-        v
+    fn patch_json(&self, v: &mut serde_json::Value) {
+        v["lora_alpha"] = crate::tuner::json_number(self.lora_alpha);
     }
 }

@@ -6,12 +6,6 @@ use serde::{Deserialize, Serialize};
 fn d_peft_type() -> String {
     "IA3".into()
 }
-fn d_task() -> Option<String> {
-    Some("SEQ_CLS".into())
-}
-fn d_true() -> bool {
-    true
-}
 
 /// An IA³ adapter's configuration (peft's `IA3Config`).
 ///
@@ -26,7 +20,7 @@ pub struct Ia3Config {
     #[serde(default = "d_peft_type")]
     pub peft_type: String,
     /// `SEQ_CLS` for sequence classification.
-    #[serde(default = "d_task")]
+    #[serde(default = "crate::tuner::d_task")]
     pub task_type: Option<String>,
     /// Modules to adapt.
     #[serde(default)]
@@ -44,7 +38,7 @@ pub struct Ia3Config {
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
     /// `true`: the vectors start at one (the adapter starts as a no-op); `false`: N(0, 1).
-    #[serde(default = "d_true")]
+    #[serde(default = "crate::tuner::d_true")]
     pub init_ia3_weights: bool,
     /// The base model's hub id or path.
     #[serde(default)]

@@ -86,9 +86,6 @@ fn d_alpha() -> f64 {
 fn d_peft_type() -> String {
     "LORA".into()
 }
-fn d_task() -> Option<String> {
-    Some("SEQ_CLS".into())
-}
 
 /// A LoRA adapter's configuration (peft's `LoraConfig`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,7 +94,7 @@ pub struct LoraConfig {
     #[serde(default = "d_peft_type")]
     pub peft_type: String,
     /// `SEQ_CLS` for sequence classification.
-    #[serde(default = "d_task")]
+    #[serde(default = "crate::tuner::d_task")]
     pub task_type: Option<String>,
     /// Rank.
     #[serde(default = "d_r")]
@@ -233,6 +230,18 @@ impl LoraConfig {
             }
         }
         Ok(())
+    }
+
+    /// Whether the initialisation moves the weights' principal part into the adapter (PiSSA,
+    /// OLoRA): the trained adapter can then be converted to a plain LoRA for the original base.
+    pub fn moves_base_into_adapter(&self) -> bool {
+        matches!(&self.init_lora_weights, InitLoraWeights::Named(n) if crate::lora::init::WeightInit::parse(n).is_some())
+    }
+
+    /// Whether the initialisation is LoftQ's (it reads the full-precision weight, before any
+    /// 4-bit quantization of the base).
+    pub fn is_loftq(&self) -> bool {
+        matches!(&self.init_lora_weights, InitLoraWeights::Named(n) if n == "loftq")
     }
 
     /// The rank and scale of the adapter at `path`, with `rank_pattern` / `alpha_pattern`

@@ -70,15 +70,7 @@ impl LoraLayer {
 
     /// `dropout(x)` in training, in the compute dtype when one is set.
     pub(crate) fn input(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = if train && self.dropout > 0.0 {
-            x.dropout(self.dropout, true)
-        } else {
-            x.shallow_clone()
-        };
-        match peftkit_models::compute_dtype() {
-            Some(k) => x.to_kind(k),
-            None => x,
-        }
+        crate::layer::adapter_input(x, self.dropout, train)
     }
 
     /// `y + scale · (x Aᵀ) Bᵀ`, accumulated into `y` in one GEMM: `scale · (x Aᵀ)` is `[N, r]`, so

@@ -5,7 +5,7 @@ use super::config::{InitLoraWeights, LoraConfig};
 use super::init::WeightInit;
 use super::layer::LoraLayer;
 use crate::layer::LayerAdapter;
-use crate::tuner::{inject_layers, LayerTuner, MethodConfig, Targets, Tuner};
+use crate::tuner::{inject_layers, json_number, LayerTuner, MethodConfig, Targets, Tuner};
 use crate::{AdapterError, Result};
 use peftkit_models::{Linear, SequenceClassifier};
 use tch::{Kind, Tensor};
@@ -110,20 +110,11 @@ impl MethodConfig for LoraConfig {
         self.modules_to_save.as_deref()
     }
 
-    fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).expect("config serialises");
-        v["inference_mode"] = serde_json::json!(true);
-        v["peft_type"] = serde_json::json!(Self::PEFT_TYPE);
-        // Integers where peft has integers.
-        if self.lora_alpha.fract() == 0.0 {
-            v["lora_alpha"] = serde_json::json!(self.lora_alpha as i64);
-        }
+    fn patch_json(&self, v: &mut serde_json::Value) {
+        v["lora_alpha"] = json_number(self.lora_alpha);
         for (k, a) in &self.alpha_pattern {
-            if a.fract() == 0.0 {
-                v["alpha_pattern"][k] = serde_json::json!(*a as i64);
-            }
+            v["alpha_pattern"][k] = json_number(*a);
         }
         v["lora_bias"] = serde_json::json!(false);
-        v
     }
 }

@@ -4,7 +4,7 @@
 
 use crate::routing;
 use crate::tuner::LoadMismatch;
-use peftkit_models::{compute_dtype, Linear, LinearHook, SequenceClassifier, WeightLayout};
+use peftkit_models::{Linear, LinearHook, SequenceClassifier, WeightLayout};
 use std::collections::BTreeMap;
 use tch::Tensor;
 
@@ -17,28 +17,7 @@ struct HeadCopy {
 
 impl HeadCopy {
     fn forward(&self, base: &Linear, x: &Tensor) -> Tensor {
-        let (x, w, b) = match compute_dtype() {
-            Some(k) => (
-                x.to_kind(k),
-                self.weight.to_kind(k),
-                self.bias.as_ref().map(|b| b.to_kind(k)),
-            ),
-            None => (
-                x.shallow_clone(),
-                self.weight.shallow_clone(),
-                self.bias.as_ref().map(Tensor::shallow_clone),
-            ),
-        };
-        match base.layout() {
-            WeightLayout::OutIn => x.linear(&w, b.as_ref()),
-            WeightLayout::InOut => {
-                let y = x.matmul(&w);
-                match b {
-                    Some(b) => y + b,
-                    None => y,
-                }
-            }
-        }
+        base.dense_forward(x, &self.weight, self.bias.as_ref())
     }
 
     fn tensors(&self) -> Vec<(&'static str, &Tensor)> {

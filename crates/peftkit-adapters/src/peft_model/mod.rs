@@ -23,9 +23,7 @@ use tch::Tensor;
 /// Whether the adapter's initialisation reads the full-precision base weight before a 4-bit
 /// quantization (LoftQ).
 pub(crate) fn initialises_from_full_precision(config: &AdapterConfig) -> bool {
-    config.as_lora().is_some_and(
-        |c| matches!(&c.init_lora_weights, crate::InitLoraWeights::Named(n) if n == "loftq"),
-    )
+    config.as_lora().is_some_and(LoraConfig::is_loftq)
 }
 
 /// The adapter name peft uses when none is given.

@@ -6,12 +6,6 @@ use serde::{Deserialize, Serialize};
 fn d_peft_type() -> String {
     "PREFIX_TUNING".into()
 }
-fn d_task() -> Option<String> {
-    Some("SEQ_CLS".into())
-}
-fn d_true() -> bool {
-    true
-}
 fn is_true(b: &bool) -> bool {
     *b
 }
@@ -30,7 +24,7 @@ pub struct PrefixTuningConfig {
     #[serde(default = "d_peft_type")]
     pub peft_type: String,
     /// `SEQ_CLS` for sequence classification.
-    #[serde(default = "d_task")]
+    #[serde(default = "crate::tuner::d_task")]
     pub task_type: Option<String>,
     /// Number of virtual tokens (prefix length).
     #[serde(default = "d_virtual")]
@@ -71,7 +65,7 @@ pub struct PrefixTuningConfig {
     /// peftkit extension: real tokens take positions after the prefix, as transformers computes
     /// them with a cache of `num_virtual_tokens` (what peft does). `false` keeps them at 0, 1, …;
     /// written to the file only when false.
-    #[serde(default = "d_true", skip_serializing_if = "is_true")]
+    #[serde(default = "crate::tuner::d_true", skip_serializing_if = "is_true")]
     pub shift_position_ids: bool,
 }
 
@@ -96,17 +90,10 @@ impl PrefixTuningConfig {
 
     /// Checks values.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.num_virtual_tokens <= 0 {
-            return Err(format!(
-                "num_virtual_tokens must be positive, got {}",
-                self.num_virtual_tokens
-            ));
-        }
-        if self.num_transformer_submodules.is_some_and(|n| n != 1) {
-            return Err(
-                "num_transformer_submodules must be 1 (encoder-only or decoder-only models)".into(),
-            );
-        }
+        crate::prompt_learning::common_checks(
+            self.num_virtual_tokens,
+            self.num_transformer_submodules,
+        )?;
         if self.prefix_projection && self.encoder_hidden_size.is_some_and(|h| h <= 0) {
             return Err("encoder_hidden_size must be positive".into());
         }
@@ -121,30 +108,16 @@ impl PrefixTuningConfig {
     /// Fills `token_dim`, `num_layers`, `num_attention_heads` (and the projection's hidden size,
     /// peft's default being `token_dim`) from the model; errors when set values disagree with it.
     pub fn resolve(&mut self, model: &ModelConfig) -> std::result::Result<(), String> {
-        let (hidden, layers, heads) = match model {
-            ModelConfig::Gpt2(c, _) => (c.n_embd, c.n_layer, c.n_head),
-            ModelConfig::Bert(c, _) | ModelConfig::Roberta(c, _) => {
-                (c.hidden_size, c.num_hidden_layers, c.num_attention_heads)
-            }
-        };
-        for (name, slot, value) in [
-            ("token_dim", &mut self.token_dim, hidden),
-            ("num_layers", &mut self.num_layers, layers),
-            ("num_attention_heads", &mut self.num_attention_heads, heads),
-        ] {
-            match *slot {
-                None => *slot = Some(value),
-                Some(v) if v != value => {
-                    return Err(format!(
-                        "{name} is {v} in the adapter but {value} in the model: the adapter was made for another base model"
-                    ))
-                }
-                Some(_) => {}
-            }
-        }
-        self.num_transformer_submodules.get_or_insert(1);
+        crate::prompt_learning::resolve_dims(
+            model,
+            &mut self.token_dim,
+            &mut self.num_layers,
+            &mut self.num_attention_heads,
+            &mut self.num_transformer_submodules,
+        )?;
         if self.prefix_projection {
-            self.encoder_hidden_size.get_or_insert(hidden);
+            self.encoder_hidden_size
+                .get_or_insert(self.token_dim.expect("resolved"));
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! the prefix they give each attention layer ([`peftkit_models::PrefixProvider`]).
 
 use super::config::PrefixTuningConfig;
+use crate::prompt_learning::linear_init;
 use crate::tuner::PrefixSource;
 use peftkit_models::PrefixProvider;
 use tch::{Device, Kind, Tensor};
@@ -46,15 +47,8 @@ impl PrefixEncoder {
         let out = layers * 2 * dim;
         let (embedding, projection) = if config.prefix_projection && !config.inference_mode {
             let hidden = config.encoder_hidden_size.unwrap_or(dim);
-            let linear = |fan_in: i64, fan_out: i64| {
-                let bound = 1.0 / (fan_in as f64).sqrt();
-                (
-                    Tensor::empty([fan_out, fan_in], opts).uniform_(-bound, bound),
-                    Tensor::empty([fan_out], opts).uniform_(-bound, bound),
-                )
-            };
-            let (w1, b1) = linear(dim, hidden);
-            let (mut w2, mut b2) = linear(hidden, out);
+            let (w1, b1) = linear_init(dim, hidden, device);
+            let (mut w2, mut b2) = linear_init(hidden, out, device);
             if zero {
                 let _ = w2.zero_();
                 let _ = b2.zero_();

@@ -1,11 +1,7 @@
 //! `PromptTuningConfig` and `PromptEncoderConfig` with peft's field names and defaults.
 
-use peftkit_models::ModelConfig;
 use serde::{Deserialize, Serialize};
 
-fn d_task() -> Option<String> {
-    Some("SEQ_CLS".into())
-}
 fn d_virtual() -> i64 {
     20
 }
@@ -46,7 +42,7 @@ pub struct PromptTuningConfig {
     #[serde(default = "d_prompt_type")]
     pub peft_type: String,
     /// `SEQ_CLS` for sequence classification.
-    #[serde(default = "d_task")]
+    #[serde(default = "crate::tuner::d_task")]
     pub task_type: Option<String>,
     /// Number of virtual tokens.
     #[serde(default = "d_virtual")]
@@ -117,7 +113,7 @@ pub struct PromptEncoderConfig {
     #[serde(default = "d_ptuning_type")]
     pub peft_type: String,
     /// `SEQ_CLS` for sequence classification.
-    #[serde(default = "d_task")]
+    #[serde(default = "crate::tuner::d_task")]
     pub task_type: Option<String>,
     /// Number of virtual tokens.
     #[serde(default = "d_virtual")]
@@ -172,58 +168,6 @@ impl Default for PromptEncoderConfig {
     }
 }
 
-/// The dimensions peft fills in from the model config: `(token_dim, num_layers, heads)`.
-fn model_dims(model: &ModelConfig) -> (i64, i64, i64) {
-    match model {
-        ModelConfig::Gpt2(c, _) => (c.n_embd, c.n_layer, c.n_head),
-        ModelConfig::Bert(c, _) | ModelConfig::Roberta(c, _) => {
-            (c.hidden_size, c.num_hidden_layers, c.num_attention_heads)
-        }
-    }
-}
-
-/// Fills unset dimensions from the model; a set one that disagrees is an error.
-pub(crate) fn resolve_dims(
-    model: &ModelConfig,
-    token_dim: &mut Option<i64>,
-    layers: &mut Option<i64>,
-    heads: &mut Option<i64>,
-    submodules: &mut Option<i64>,
-) -> std::result::Result<(), String> {
-    let (h, l, a) = model_dims(model);
-    for (name, slot, value) in [
-        ("token_dim", token_dim, h),
-        ("num_layers", layers, l),
-        ("num_attention_heads", heads, a),
-    ] {
-        match *slot {
-            None => *slot = Some(value),
-            Some(v) if v != value => {
-                return Err(format!(
-                    "{name} is {v} in the adapter but {value} in the model: the adapter was made for another base model"
-                ))
-            }
-            Some(_) => {}
-        }
-    }
-    submodules.get_or_insert(1);
-    Ok(())
-}
-
-fn common_checks(virtual_tokens: i64, submodules: Option<i64>) -> std::result::Result<(), String> {
-    if virtual_tokens <= 0 {
-        return Err(format!(
-            "num_virtual_tokens must be positive, got {virtual_tokens}"
-        ));
-    }
-    if submodules.is_some_and(|n| n != 1) {
-        return Err(
-            "num_transformer_submodules must be 1 (encoder-only or decoder-only models)".into(),
-        );
-    }
-    Ok(())
-}
-
 impl PromptTuningConfig {
     /// `num_virtual_tokens` randomly initialised virtual tokens.
     pub fn new(num_virtual_tokens: i64) -> Self {
@@ -235,7 +179,10 @@ impl PromptTuningConfig {
 
     /// Checks values (peft's `__post_init__` rules for `TEXT`).
     pub fn validate(&self) -> std::result::Result<(), String> {
-        common_checks(self.num_virtual_tokens, self.num_transformer_submodules)?;
+        crate::prompt_learning::common_checks(
+            self.num_virtual_tokens,
+            self.num_transformer_submodules,
+        )?;
         if self.prompt_tuning_init == PromptTuningInit::Text
             && self
                 .prompt_tuning_init_text
@@ -264,7 +211,10 @@ impl PromptEncoderConfig {
 
     /// Checks values.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        common_checks(self.num_virtual_tokens, self.num_transformer_submodules)?;
+        crate::prompt_learning::common_checks(
+            self.num_virtual_tokens,
+            self.num_transformer_submodules,
+        )?;
         if self.encoder_hidden_size.is_some_and(|h| h <= 0) {
             return Err("encoder_hidden_size must be positive".into());
         }

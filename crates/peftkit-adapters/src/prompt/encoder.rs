@@ -2,17 +2,8 @@
 //! P-tuning (peft's `PromptEncoder`: the embedding through an MLP or a bidirectional LSTM and an
 //! MLP), under peft's parameter names.
 
+use crate::prompt_learning::linear_init;
 use tch::{Device, Kind, Tensor};
-
-/// `nn.Linear`'s default initialisation: weight and bias uniform in ±1/√fan_in.
-fn linear(fan_in: i64, fan_out: i64, device: Device) -> (Tensor, Tensor) {
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    let opts = (Kind::Float, device);
-    (
-        Tensor::empty([fan_out, fan_in], opts).uniform_(-bound, bound),
-        Tensor::empty([fan_out], opts).uniform_(-bound, bound),
-    )
-}
 
 /// `{prefix}.{0,2,…}.{weight,bias}`: the linears of an `nn.Sequential` with activations between.
 fn push_linears<'a>(
@@ -63,9 +54,9 @@ impl PromptEncoder {
     /// the MLP, as in peft: always two hidden layers).
     pub fn mlp(n: i64, dim: i64, hidden: i64, device: Device) -> Self {
         let layers = vec![
-            linear(dim, hidden, device),
-            linear(hidden, hidden, device),
-            linear(hidden, dim, device),
+            linear_init(dim, hidden, device),
+            linear_init(hidden, hidden, device),
+            linear_init(hidden, dim, device),
         ];
         Self {
             embedding: Tensor::randn([n, dim], (Kind::Float, device)),
@@ -92,8 +83,8 @@ impl PromptEncoder {
             }
         }
         let mlp = vec![
-            linear(2 * hidden, 2 * hidden, device),
-            linear(2 * hidden, dim, device),
+            linear_init(2 * hidden, 2 * hidden, device),
+            linear_init(2 * hidden, dim, device),
         ];
         Self {
             embedding: Tensor::randn([n, dim], opts),

@@ -2,11 +2,11 @@
 //! peft's names, and their initialisation from the model's word embeddings.
 
 use super::config::{
-    resolve_dims, PromptEncoderConfig, PromptTuningConfig, PromptTuningInit, Reparameterization,
+    PromptEncoderConfig, PromptTuningConfig, PromptTuningInit, Reparameterization,
 };
 use super::PromptEncoder;
 use crate::lora::seq_cls_modules;
-use crate::prompt_learning::{PromptLearningTuner, VirtualTokens};
+use crate::prompt_learning::{resolve_dims, PromptLearningTuner, VirtualTokens};
 use crate::tuner::{MethodConfig, Tuner};
 use crate::{AdapterError, Result};
 use peftkit_models::{PromptProvider, SequenceClassifier};

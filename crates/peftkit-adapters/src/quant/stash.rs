@@ -36,11 +36,6 @@ impl QuantStash {
         }
     }
 
-    /// Whether a packed original is kept.
-    pub fn is_set(&self) -> bool {
-        self.original.is_some()
-    }
-
     /// Quantizes `base`'s dense (merged) weight again with the original's settings, so memory
     /// stays at 4 bits (peft's merge into a 4-bit layer). No-op when the base was not packed.
     pub fn requantize(&self, base: &mut Linear) -> Result<()> {
