@@ -1,0 +1,2 @@
+// peftkit: declarations only. See ../../README.md.
+#pragma once

@@ -1,0 +1,24 @@
+// peftkit: declarations only. See ../../README.md.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace gloo {
+namespace rendezvous {
+
+// The interface c10d's `ProcessGroupGloo::GlooStore` overrides (its inline methods are never
+// instantiated here: peftkit hands c10d a `c10d::Store` and libtorch wraps it itself).
+class Store {
+ public:
+  virtual ~Store() = default;
+  virtual void set(const std::string& key, const std::vector<char>& data) = 0;
+  virtual std::vector<char> get(const std::string& key) = 0;
+  virtual void wait(const std::vector<std::string>& keys) = 0;
+  virtual void wait(const std::vector<std::string>& keys,
+                    const std::chrono::milliseconds& timeout) = 0;
+};
+
+}  // namespace rendezvous
+}  // namespace gloo
