@@ -4,7 +4,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use peftkit::config::{configs_dir, find_config, list_configs, ExperimentConfig};
 use peftkit::pipeline::{encode, load_tuned, load_tuned_model, run_experiment, RunOptions, Tuned};
+use peftkit_train::distributed::{DistEnv, DistError, GroupOptions, ProcessGroup};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Parameter-efficient fine-tuning (LoRA, QLoRA, prefix tuning, full, head-only) of GPT-2,
 /// RoBERTa and BERT sequence classifiers over libtorch.
@@ -131,6 +133,25 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Start N local ranks of a peftkit command, as `torchrun --nproc-per-node N` does:
+    /// `peftkit launch --nproc-per-node 2 -- reproduce minilm-sst2-lora`.
+    Launch {
+        /// Ranks to start on this machine.
+        #[arg(long, default_value_t = 1)]
+        nproc_per_node: usize,
+        /// Rendezvous port (default: a free one).
+        #[arg(long)]
+        master_port: Option<u16>,
+        /// Rendezvous address given to the ranks.
+        #[arg(long, default_value = "127.0.0.1")]
+        master_addr: String,
+        /// Seconds the other ranks may run on after one failed, to report it themselves.
+        #[arg(long, default_value_t = 60)]
+        grace: u64,
+        /// The peftkit command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Print the libtorch build, the devices it sees, and whether CUDA is usable.
     Info {
         /// Device to check.
@@ -232,7 +253,53 @@ fn run_options(run: &RunArgs, resume: Option<String>, skip_baseline: bool) -> Ru
         progress: !run.quiet,
         resume,
         skip_baseline,
+        group: None,
     }
+}
+
+/// Under torchrun or `peftkit launch` (RANK / WORLD_SIZE set), joins the process group and checks
+/// that every rank runs the same experiment the same way; `None` for a single process.
+fn join_group(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Option<Arc<ProcessGroup>>> {
+    let Some(env) = DistEnv::from_env()? else {
+        return Ok(None);
+    };
+    let options = GroupOptions {
+        timeout: std::time::Duration::from_secs(cfg.train.ddp_timeout),
+        ..GroupOptions::default()
+    };
+    let group = ProcessGroup::init(&env, &options)
+        .with_context(|| format!("joining the process group ({env})"))?;
+    group.agree(
+        "the experiment configuration (config file and --set)",
+        &cfg.to_toml(),
+    )?;
+    group.agree(
+        "the command line (--output, --device, --resume)",
+        &format!(
+            "output = {:?}\ndevice = {:?}\nresume = {:?}",
+            opts.output, opts.device, opts.resume
+        ),
+    )?;
+    Ok(Some(Arc::new(group)))
+}
+
+/// Runs one experiment, on every rank of a distributed run; a rank's own failure is published
+/// for the others' error messages.
+fn run_one(cfg: &ExperimentConfig, mut opts: RunOptions) -> Result<()> {
+    if opts.group.is_none() {
+        opts.group = join_group(cfg, &opts)?;
+    }
+    let group = opts.group.clone();
+    let result = run_experiment(cfg, &opts).map(|_| ());
+    if let (Err(e), Some(g)) = (&result, &group) {
+        if e.downcast_ref::<DistError>().is_none()
+            && e.downcast_ref::<peftkit_train::TrainError>()
+                .is_none_or(|t| !matches!(t, peftkit_train::TrainError::Distributed(_)))
+        {
+            g.report_failure(&format!("{e:#}").replace('\n', " "));
+        }
+    }
+    result
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -254,13 +321,18 @@ fn run(cli: Cli) -> Result<()> {
                 vec![find_config(&dir, &name)?]
             };
             let mut failed = Vec::new();
+            let mut group = None;
             for path in &names {
                 let cfg = ExperimentConfig::load(path, &run.set)?;
                 let mut opts = run_options(&run, None, false);
                 if names.len() > 1 {
                     opts.output = run.output.as_ref().map(|o| o.join(&cfg.name));
                 }
-                match run_experiment(&cfg, &opts) {
+                if group.is_none() {
+                    group = join_group(&cfg, &opts)?;
+                }
+                opts.group = group.clone();
+                match run_one(&cfg, opts) {
                     Ok(_) => {}
                     Err(e) if names.len() > 1 => {
                         eprintln!(
@@ -292,7 +364,7 @@ fn run(cli: Cli) -> Result<()> {
             if run.output.is_none() {
                 bail!("--output DIR is required for `peftkit train`");
             }
-            run_experiment(&cfg, &run_options(&run, resume, true)).map(|_| ())
+            run_one(&cfg, run_options(&run, resume, true))
         }
         Command::Eval {
             model,
@@ -476,7 +548,36 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Launch {
+            nproc_per_node,
+            master_port,
+            master_addr,
+            grace,
+            command,
+        } => {
+            let exe = std::env::current_exe().context("locating the peftkit executable")?;
+            let outcome = peftkit_train::distributed::launch(
+                &exe,
+                &command,
+                &peftkit_train::distributed::LaunchOptions {
+                    nproc_per_node,
+                    master_addr,
+                    master_port,
+                    threads_per_rank: 1,
+                    grace: std::time::Duration::from_secs(grace),
+                },
+            )?;
+            if let Some(rank) = outcome.first_failure {
+                eprintln!("peftkit: launch: rank {rank} failed first");
+                std::process::exit(outcome.exit_code());
+            }
+            Ok(())
+        }
         Command::Info { device } => {
+            match DistEnv::from_env()? {
+                Some(env) => println!("process group: {env}"),
+                None => println!("process group: none (a single process)"),
+            }
             let device = peftkit_models::parse_device(&device)?;
             println!("cuda available: {}", tch::Cuda::is_available());
             println!("cuda devices: {}", tch::Cuda::device_count());

@@ -10,9 +10,11 @@ use peftkit_models::{
     parse_device, write_dir_atomically, LoadOptions, ModelConfig, SequenceClassifier, TrainModel,
 };
 use peftkit_tokenize::{TextTokenizer, Truncation};
-use peftkit_train::{evaluate, Dataset, EvalOutput, Trainer};
+use peftkit_train::distributed::ProcessGroup;
+use peftkit_train::{evaluate_sharded, Dataset, EvalOutput, Trainer};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tch::Device;
 
@@ -29,6 +31,26 @@ pub struct RunOptions {
     pub resume: Option<String>,
     /// Skip the evaluation before training.
     pub skip_baseline: bool,
+    /// The process group of a distributed run (torchrun / `peftkit launch`): every rank runs the
+    /// experiment on its shard; rank 0 alone writes the run directory.
+    pub group: Option<Arc<ProcessGroup>>,
+}
+
+/// `eprintln!` on rank 0 only.
+macro_rules! say {
+    ($main:expr, $($arg:tt)*) => {
+        if $main {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
+/// Waits for every rank (after rank 0 wrote what the others read next).
+fn barrier(group: Option<&ProcessGroup>) -> Result<()> {
+    if let Some(g) = group {
+        g.barrier()?;
+    }
+    Ok(())
 }
 
 /// Tokenizer files copied next to a saved model so that the directory is self-contained.
@@ -388,6 +410,18 @@ fn latest_checkpoint(dir: &Path) -> Option<PathBuf> {
 /// Runs one experiment end to end and writes its run directory.
 pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Report> {
     let started = Instant::now();
+    let group = opts.group.as_deref();
+    let main = group.is_none_or(ProcessGroup::is_main);
+    let eval_on = |model: &dyn TrainModel, data: &Dataset| {
+        evaluate_sharded(
+            model,
+            data,
+            cfg.train.per_device_eval_batch_size,
+            cfg.train.prefetch_batches,
+            None,
+            group,
+        )
+    };
     let run_dir = opts
         .output
         .clone()
@@ -404,7 +438,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
         })?),
         Some(dir) => Some(PathBuf::from(dir)),
     };
-    if resume.is_none() {
+    if resume.is_none() && main {
         // A fresh run: nothing of an earlier run with the same name may leak into this one.
         for stale in ["checkpoints", "metrics.jsonl"] {
             let p = run_dir.join(stale);
@@ -415,9 +449,26 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
             }
         }
     }
-    crate::report::write_atomically(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let device = parse_device(opts.device.as_deref().unwrap_or(&cfg.model.device))?;
-    eprintln!("== {}: {} (device {device:?})", cfg.name, cfg.description);
+    if main {
+        crate::report::write_atomically(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
+    }
+    let device_spec = opts.device.as_deref().unwrap_or(&cfg.model.device);
+    let mut device = parse_device(device_spec)?;
+    if let (Some(g), Device::Cuda(_)) = (group, device) {
+        // Like torchrun users' `cuda:LOCAL_RANK`: each rank of a machine on its own GPU.
+        if !device_spec.contains(':') {
+            device = Device::Cuda(g.env().local_rank);
+        }
+    }
+    say!(
+        main,
+        "== {}: {} (device {device:?})",
+        cfg.name,
+        cfg.description
+    );
+    if let Some(g) = group {
+        say!(main, "data-parallel over {} ranks (Gloo)", g.world_size());
+    }
 
     // Data first: label statistics need no model.
     let spec = cfg.data.spec();
@@ -469,7 +520,9 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
         t
     });
     // Written now so a run without model weights still leaves the label statistics.
-    report.write(&run_dir)?;
+    if main {
+        report.write(&run_dir)?;
+    }
 
     let configured_id = cfg.model_id()?;
     // Like HF's `set_seed(seed)` before `from_pretrained`: a newly initialised head is the same
@@ -482,7 +535,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
             // below, a resumed run and the saved adapter's `base_model_name_or_path` all name
             // the very weights that were trained on.
             let dir = run_dir.join(RANDOM_INIT_DIR);
-            if resume.is_none() || !dir.join("model.safetensors").is_file() {
+            if main && (resume.is_none() || !dir.join("model.safetensors").is_file()) {
                 write_random_init(
                     &configured_id,
                     cfg.model.revision.as_deref(),
@@ -490,6 +543,8 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
                     &dir,
                 )?;
             }
+            // The other ranks load rank 0's weights.
+            barrier(group)?;
             report.notes.push(format!(
                 "Random-initialised weights (`model.init = \"random\"`, seed {}) of `{configured_id}`'s architecture, saved in `{}`.",
                 cfg.train.seed,
@@ -526,14 +581,16 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
         .as_ref()
         .map(|t| encode(t, &tokenizer, &cfg.data))
         .transpose()?;
-    eprintln!("tokenized in {:.1} s", t0.elapsed().as_secs_f64());
+    say!(main, "tokenized in {:.1} s", t0.elapsed().as_secs_f64());
     let tuned = prepare(model, cfg, &tokenizer)?;
     // A LoRA initialised from the base weight (PiSSA, OLoRA) changes the base: its start is kept,
     // so the trained adapter can also be saved as a plain LoRA for the original base.
     let initial = match &tuned {
         Tuned::Peft(m) if m.lora_config().is_some_and(|c| c.moves_base_into_adapter()) => {
             let dir = run_dir.join("adapter-initial");
-            m.save_pretrained(&dir, Some(&model_id), revision.as_deref())?;
+            if main {
+                m.save_pretrained(&dir, Some(&model_id), revision.as_deref())?;
+            }
             Some(dir)
         }
         _ => None,
@@ -542,23 +599,20 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
     report.trainable_params = trainable;
     report.all_params = all;
 
-    let eval_bs = cfg.train.per_device_eval_batch_size;
     if !opts.skip_baseline || method == Method::Baseline {
-        let out = evaluate(
-            tuned.model(),
-            &eval_data,
-            eval_bs,
-            cfg.train.prefetch_batches,
-        )?;
-        eprintln!(
+        let out = eval_on(tuned.model(), &eval_data)?;
+        say!(
+            main,
             "before training ({}): loss {:.4}, accuracy {:.4}",
-            cfg.data.eval_split, out.loss, out.metrics.accuracy
+            cfg.data.eval_split,
+            out.loss,
+            out.metrics.accuracy
         );
         report
             .baseline
             .push(split_result(&cfg.data.eval_split, eval_data.len(), &out));
         if let Some(test) = &test_data {
-            let out = evaluate(tuned.model(), test, eval_bs, cfg.train.prefetch_batches)?;
+            let out = eval_on(tuned.model(), test)?;
             report.baseline.push(split_result(
                 cfg.data.test_split.as_deref().unwrap_or("test"),
                 test.len(),
@@ -569,26 +623,31 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
 
     if let Some(train_data) = &train_data {
         let mut trainer = Trainer::new(tuned.model(), cfg.train.clone(), &checkpoints)?
-            .with_metrics_log(&run_dir.join("metrics.jsonl"))?
             .with_progress(opts.progress);
+        if main {
+            trainer = trainer.with_metrics_log(&run_dir.join("metrics.jsonl"))?;
+        }
+        if let Some(g) = group {
+            trainer = trainer.with_process_group(g);
+        }
         let out = trainer.train(train_data, Some(&eval_data), resume.as_deref())?;
-        eprintln!(
+        say!(
+            main,
             "TrainOutput(global_step={}, train_loss={:.4}, train_runtime={:.1}s, train_samples_per_second={:.1}, epoch={:.2})",
             out.global_step, out.train_loss, out.train_runtime, out.train_samples_per_second, out.epoch
         );
         if let Some(m) = &out.memory {
-            eprintln!("{}", crate::report::memory_line(m));
+            say!(main, "{}", crate::report::memory_line(m));
         }
-        let trained = evaluate(
-            tuned.model(),
-            &eval_data,
-            eval_bs,
-            cfg.train.prefetch_batches,
-        )?;
+        let trained = eval_on(tuned.model(), &eval_data)?;
         report.train = Some(out);
 
         // Save atomically, reload from disk, evaluate again.
         let saved = match &tuned {
+            _ if !main => run_dir.join(match &tuned {
+                Tuned::Plain(_) => "model",
+                Tuned::Peft(_) => "adapter",
+            }),
             Tuned::Plain(model) => {
                 let saved = run_dir.join("model");
                 write_dir_atomically(&saved, |tmp| -> Result<()> {
@@ -627,7 +686,8 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
                         )?;
                         Ok(())
                     })?;
-                    eprintln!(
+                    say!(
+                        main,
                         "saved {} too: a plain LoRA for the original base",
                         converted.display()
                     );
@@ -635,6 +695,8 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
                 saved
             }
         };
+        // The other ranks reload what rank 0 saved.
+        barrier(group)?;
         let was_peft = matches!(tuned, Tuned::Peft(_));
         drop(tuned);
         let (reloaded, reloaded_tok) = if was_peft {
@@ -645,7 +707,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
         .context("reloading the saved model")?;
         let reloaded = reloaded.model();
         let eval_again = encode(&eval_split, &reloaded_tok, &cfg.data)?;
-        let out = evaluate(reloaded, &eval_again, eval_bs, cfg.train.prefetch_batches)?;
+        let out = eval_on(reloaded, &eval_again)?;
         if out.predictions != trained.predictions {
             bail!(
                 "the model reloaded from {} predicts differently from the one that was saved",
@@ -659,14 +721,15 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
             .push(split_result(&cfg.data.eval_split, eval_again.len(), &out));
         if let Some(test) = &test_split {
             let test_again = encode(test, &reloaded_tok, &cfg.data)?;
-            let out = evaluate(reloaded, &test_again, eval_bs, cfg.train.prefetch_batches)?;
+            let out = eval_on(reloaded, &test_again)?;
             report.final_results.push(split_result(
                 cfg.data.test_split.as_deref().unwrap_or("test"),
                 test_again.len(),
                 &out,
             ));
         }
-        eprintln!(
+        say!(
+            main,
             "after training, reloaded from disk ({}): loss {:.4}, accuracy {:.4}",
             cfg.data.eval_split,
             report.final_results[0].loss,
@@ -675,9 +738,11 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
     }
     report.total_runtime = started.elapsed().as_secs_f64();
     report.compare(&cfg.reference);
-    report.write(&run_dir)?;
-    eprintln!("{}", ComparisonRow::table(&report.comparison));
-    eprintln!("run directory: {}", run_dir.display());
+    if main {
+        report.write(&run_dir)?;
+    }
+    say!(main, "{}", ComparisonRow::table(&report.comparison));
+    say!(main, "run directory: {}", run_dir.display());
     Ok(report)
 }
 

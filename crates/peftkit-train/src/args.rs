@@ -212,10 +212,23 @@ pub struct TrainingArgs {
     /// Batches prepared ahead on a background thread.
     #[serde(default = "d_prefetch")]
     pub prefetch_batches: usize,
+    /// Seconds a collective may wait for the other ranks of a distributed run before failing
+    /// (HF's `ddp_timeout`, torch's default of 30 minutes).
+    #[serde(default = "d_ddp_timeout")]
+    pub ddp_timeout: u64,
+    /// The gradient buffer is all-reduced in buckets of this many MiB (DDP's `bucket_cap_mb`).
+    #[serde(default = "d_bucket")]
+    pub ddp_bucket_cap_mb: f64,
 }
 
 fn d_prefetch() -> usize {
     4
+}
+fn d_ddp_timeout() -> u64 {
+    1800
+}
+fn d_bucket() -> f64 {
+    25.0
 }
 
 impl Default for TrainingArgs {
@@ -267,6 +280,15 @@ impl TrainingArgs {
         }
         if self.logging_steps == 0 || self.eval_steps == 0 || self.save_steps == 0 {
             return Err("logging_steps, eval_steps and save_steps must be at least 1".into());
+        }
+        if self.ddp_timeout == 0 {
+            return Err("ddp_timeout must be at least 1 second".into());
+        }
+        if !(self.ddp_bucket_cap_mb.is_finite() && self.ddp_bucket_cap_mb > 0.0) {
+            return Err(format!(
+                "ddp_bucket_cap_mb {} is not a positive number",
+                self.ddp_bucket_cap_mb
+            ));
         }
         if self.load_best_model_at_end && self.eval_strategy == Strategy::No {
             return Err("load_best_model_at_end needs an eval_strategy other than \"no\"".into());

@@ -91,6 +91,50 @@ impl Dataset {
         }
     }
 
+    /// Rank `rank`'s share of an epoch's `batches` in a group of `world` ranks, as accelerate
+    /// shards HF Trainer's dataloader (`BatchSamplerShard` with `even_batches`): rank r takes
+    /// batches r, r + world, …; a short last batch is completed with the rows of the epoch's
+    /// first `world` batches, and more batches of those rows are added until every rank has the
+    /// same number. With one rank the batches are returned unchanged.
+    ///
+    /// ```
+    /// use peftkit_train::Dataset;
+    /// let order = vec![vec![0, 1], vec![2, 3], vec![4]];
+    /// assert_eq!(Dataset::shard_batches(&order, 2, 0, 2), vec![vec![0, 1], vec![4, 0]]);
+    /// assert_eq!(Dataset::shard_batches(&order, 2, 1, 2), vec![vec![2, 3], vec![1, 2]]);
+    /// ```
+    pub fn shard_batches(
+        batches: &[Vec<usize>],
+        batch_size: usize,
+        rank: usize,
+        world: usize,
+    ) -> Vec<Vec<usize>> {
+        if world <= 1 {
+            return batches.to_vec();
+        }
+        let mut all = batches.to_vec();
+        let mut initial: Vec<usize> = batches.iter().take(world).flatten().copied().collect();
+        if !initial.is_empty() {
+            // Tiny datasets: fewer rows than one full round of batches.
+            while initial.len() < world * batch_size {
+                initial.extend_from_within(..);
+            }
+            let mut cycle = 0;
+            if let Some(last) = all.last_mut() {
+                if last.len() < batch_size {
+                    let need = batch_size - last.len();
+                    last.extend_from_slice(&initial[cycle..cycle + need]);
+                    cycle += need;
+                }
+            }
+            while !all.len().is_multiple_of(world) {
+                all.push(initial[cycle..cycle + batch_size].to_vec());
+                cycle += batch_size;
+            }
+        }
+        all.into_iter().skip(rank).step_by(world).collect()
+    }
+
     /// Evaluation batches: the rows sorted by length, longest first (stable), so that each batch
     /// pads little — HF's Trainer groups evaluation batches by length too (with
     /// `group_by_length`). [`crate::evaluate`] puts the predictions back in row order.

@@ -18,16 +18,17 @@
 
 mod args;
 mod data;
+mod ddp;
+mod eval;
 mod optim;
 mod trainer;
 
 pub use args::{lr_factor, Optim, Precision, Scheduler, Strategy, TrainingArgs};
 pub use data::{for_each_batch, Dataset, DeviceBatch};
+pub use eval::{evaluate, evaluate_in, evaluate_sharded};
 pub use optim::{decays, FlatOptimizer, OptimConfig};
-pub use trainer::{
-    evaluate, evaluate_in, trainable_summary, EvalOutput, TrainMemory, TrainModel, TrainOutput,
-    Trainer,
-};
+pub use peftkit_distributed as distributed;
+pub use trainer::{trainable_summary, EvalOutput, TrainMemory, TrainModel, TrainOutput, Trainer};
 
 /// Errors of the trainer.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,9 @@ pub enum TrainError {
     /// From the metrics log.
     #[error(transparent)]
     Eval(#[from] peftkit_eval::EvalError),
+    /// From the process group of a distributed run.
+    #[error(transparent)]
+    Distributed(#[from] peftkit_distributed::DistError),
     /// From libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

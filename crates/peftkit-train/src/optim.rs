@@ -196,8 +196,21 @@ impl FlatOptimizer {
     /// the update is skipped where they are not finite; the returned tensor says whether it was
     /// (1.0 = skipped), without reading it back.
     pub fn step(&mut self, lr: f64, loss_scale: Option<&Tensor>) -> Tensor {
+        self.step_with(lr, loss_scale, |_| Ok::<(), std::convert::Infallible>(()))
+            .unwrap_or_else(|e| match e {})
+    }
+
+    /// [`FlatOptimizer::step`] with `reduce` applied to the flat gradient buffer first (a
+    /// distributed run averages it over the ranks there), before unscaling and clipping.
+    pub fn step_with<E>(
+        &mut self,
+        lr: f64,
+        loss_scale: Option<&Tensor>,
+        reduce: impl FnOnce(&mut Tensor) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Tensor, E> {
         tch::no_grad(|| {
             self.gather_grads();
+            reduce(&mut self.grad)?;
             let device = self.grad.device();
             let found_inf = match loss_scale {
                 Some(scale) => {
@@ -227,8 +240,13 @@ impl FlatOptimizer {
             } else {
                 self.plain_step(lr);
             }
-            found_inf
+            Ok(found_inf)
         })
+    }
+
+    /// The flat parameter buffer (every trainable parameter is a view of it).
+    pub(crate) fn buffer(&self) -> &Tensor {
+        &self.flat
     }
 
     /// The update in place on the flat buffers (the fp32 path: no skipped steps).

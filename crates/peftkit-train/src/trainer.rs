@@ -2,11 +2,13 @@
 
 use crate::args::{lr_factor, Precision, Strategy, TrainingArgs};
 use crate::data::{for_each_batch, Dataset, DeviceBatch};
+use crate::ddp::Ddp;
 use crate::optim::{FlatOptimizer, OptimConfig};
 use crate::{Result, TrainError};
+use peftkit_distributed::ProcessGroup;
 use peftkit_eval::{Metrics, MetricsLog};
 pub use peftkit_models::TrainModel;
-use peftkit_models::{read_safetensors, save_safetensors, write_dir_atomically, ModelError};
+use peftkit_models::{read_safetensors, save_safetensors, write_dir_atomically};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,7 +45,7 @@ pub struct TrainOutput {
     pub train_loss: f64,
     /// Seconds spent training (this process).
     pub train_runtime: f64,
-    /// Training rows per second (this process).
+    /// Training rows per second (all ranks of a distributed run together).
     pub train_samples_per_second: f64,
     /// Optimizer steps per second (this process).
     pub train_steps_per_second: f64,
@@ -115,6 +117,13 @@ struct TrainerState {
     train_loss_total: f64,
     stopped_early: bool,
     log_history: Vec<serde_json::Value>,
+    /// The ranks of the run that wrote it (a resume must have as many).
+    #[serde(default = "one")]
+    world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Trains a [`TrainModel`] with HF Trainer's behaviour: AdamW or SGD, warmup and decay schedules,
@@ -129,8 +138,12 @@ pub struct Trainer<'a, M: TrainModel + ?Sized> {
     progress: bool,
     /// Stop (as if interrupted) after this many optimizer steps: for tests of resume.
     stop_after: Option<usize>,
+    /// The process group of a distributed run.
+    group: Option<&'a ProcessGroup>,
 }
 
+/// The seed of a micro-batch: `micro` is its index within the optimizer step over all ranks, so a
+/// distributed run draws the dropout masks of a single process taking the same global batches.
 fn seed_for(seed: u64, step: usize, micro: usize) -> i64 {
     (seed
         .wrapping_mul(1_000_003)
@@ -175,7 +188,22 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
             log: None,
             progress: true,
             stop_after: None,
+            group: None,
         })
+    }
+
+    /// Trains data-parallel over `group` (HF Trainer under DDP): every rank takes its shard of
+    /// each epoch's batches, gradients are averaged over the ranks before clipping, evaluation is
+    /// sharded and gathered, the trainable parameters start from rank 0's, and only rank 0 logs
+    /// and writes checkpoints. `per_device_train_batch_size` × world size × accumulation is the
+    /// global batch; the schedule counts optimizer steps.
+    pub fn with_process_group(mut self, group: &'a ProcessGroup) -> Self {
+        self.group = Some(group);
+        self
+    }
+
+    fn ddp(&self) -> Ddp<'a> {
+        Ddp::new(self.group, self.args.ddp_bucket_cap_mb)
     }
 
     /// Appends every log record to this `metrics.jsonl`.
@@ -203,7 +231,11 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
     }
 
     fn record(&mut self, state: &mut TrainerState, record: serde_json::Value) -> Result<()> {
-        if let Some(log) = &mut self.log {
+        if let Some(log) = self
+            .log
+            .as_mut()
+            .filter(|_| self.group.is_none_or(ProcessGroup::is_main))
+        {
             log.append(&record)?;
         }
         state.log_history.push(record);
@@ -211,12 +243,15 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
     }
 
     /// Evaluates the model on `data`: mean loss, metrics, throughput, predictions.
+    /// In a distributed run every rank must call it: each evaluates its shard.
     pub fn evaluate(&self, data: &Dataset) -> Result<EvalOutput> {
-        evaluate(
+        crate::eval::evaluate_sharded(
             self.model,
             data,
             self.args.per_device_eval_batch_size,
             self.args.prefetch_batches,
+            None,
+            self.group,
         )
     }
 
@@ -237,19 +272,25 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
             ));
         }
         let args = self.args.clone();
+        let ddp = self.ddp();
+        let world = ddp.world();
+        let main = ddp.is_main();
         let device = self.model.device();
         let memory_start = peftkit_models::reset_peak_memory(device)
             .and_then(|()| peftkit_models::memory_usage(device))
             .ok();
         let mut opt =
             FlatOptimizer::new(self.model.trainable_parameters(), OptimConfig::from(&args))?;
-        eprintln!(
-            "{}",
-            trainable_summary(opt.numel(), self.model.parameter_count())
-        );
+        if main {
+            eprintln!(
+                "{}",
+                trainable_summary(opt.numel(), self.model.parameter_count())
+            );
+        }
         let bs = args.per_device_train_batch_size;
         let accum = args.gradient_accumulation_steps;
-        let micro_per_epoch = train.len().div_ceil(bs);
+        // Each rank's share of an epoch's batches (padded to the same count on every rank).
+        let micro_per_epoch = train.len().div_ceil(bs).div_ceil(world);
         let updates_per_epoch = micro_per_epoch.div_ceil(accum);
         let total = args
             .max_steps
@@ -258,10 +299,18 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
         let warmup = args.warmup_for(total);
         let mut state = TrainerState {
             total_steps: total,
+            world_size: world,
             ..Default::default()
         };
         if let Some(dir) = resume {
             state = self.load_checkpoint(dir, &mut opt)?;
+            if state.world_size != world {
+                return Err(TrainError::Checkpoint(format!(
+                    "{}: the checkpoint was written by a run of {} rank(s), this one has {world}: resume with the same number of ranks (the global batch and the data order depend on it)",
+                    dir.display(),
+                    state.world_size
+                )));
+            }
             if state.total_steps != total {
                 return Err(TrainError::Checkpoint(format!(
                     "{}: the checkpoint is from a run of {} steps, this one has {total} (different data or arguments)",
@@ -269,14 +318,18 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                     state.total_steps
                 )));
             }
-            eprintln!(
-                "resuming from {} at step {}",
-                dir.display(),
-                state.global_step
-            );
+            if main {
+                eprintln!(
+                    "resuming from {} at step {}",
+                    dir.display(),
+                    state.global_step
+                );
+            }
         }
+        // DDP starts every replica from rank 0's parameters.
+        ddp.broadcast_from_main(opt.buffer())?;
         let bar = indicatif::ProgressBar::new(total as u64);
-        if !self.progress {
+        if !self.progress || !main {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
         bar.set_style(
@@ -304,7 +357,12 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
 
         while state.global_step < total && !state.stopped_early && !interrupted {
             let epoch = state.epoch;
-            let order = train.train_batches(bs, args.seed, args.group_by_length, epoch);
+            let order = Dataset::shard_batches(
+                &train.train_batches(bs, args.seed, args.group_by_length, epoch),
+                bs,
+                ddp.rank(),
+                world,
+            );
             let skip = state.batches_done_in_epoch.min(order.len());
             for_each_batch(
                 train,
@@ -314,7 +372,11 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                     let micro = skip + i;
                     let group_start = micro / accum * accum;
                     let group_len = accum.min(micro_per_epoch - group_start);
-                    tch::manual_seed(seed_for(args.seed, state.global_step, micro - group_start));
+                    tch::manual_seed(seed_for(
+                        args.seed,
+                        state.global_step,
+                        (micro - group_start) * world + ddp.rank(),
+                    ));
                     let b = DeviceBatch::new(&batch, device);
                     // A device scalar: dividing it is a kernel, not a host-to-device copy.
                     let factor = scale.as_ref().unwrap_or(&unit) / group_len as f64;
@@ -334,7 +396,8 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                     }
                     let lr = args.learning_rate
                         * lr_factor(args.lr_scheduler_type, state.global_step, warmup, total);
-                    let skipped = opt.step(lr, scale.as_ref());
+                    let skipped =
+                        opt.step_with(lr, scale.as_ref(), |g| ddp.average_gradients(g))?;
                     if let Some(s) = &scale {
                         let mut s = s.shallow_clone();
                         tch::no_grad(|| {
@@ -350,13 +413,15 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                     if state.global_step.is_multiple_of(args.logging_steps)
                         || state.global_step == total
                     {
-                        // The only host-device synchronisation of the loop.
+                        // The only host-device synchronisation of the loop (and, distributed,
+                        // the loss averaged over the ranks, as HF logs it).
+                        loss_since_log = ddp.mean(&loss_since_log)?;
                         let loss_value = loss_since_log.double_value(&[]) / steps_since_log as f64;
                         tch::no_grad(|| loss_total += &loss_since_log);
                         loss_since_log = Tensor::zeros([], (Kind::Float, device));
                         let grad_norm = opt.last_grad_norm().map(|n| n.double_value(&[]));
-                        let rate =
-                            samples_since_log as f64 / last_log.elapsed().as_secs_f64().max(1e-9);
+                        let rate = (samples_since_log * world) as f64
+                            / last_log.elapsed().as_secs_f64().max(1e-9);
                         let record = serde_json::json!({
                             "step": state.global_step,
                             "epoch": epoch as f64 + state.batches_done_in_epoch as f64 / micro_per_epoch as f64,
@@ -368,7 +433,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                         bar.set_message(format!(
                             "loss {loss_value:.4} lr {lr:.2e} {rate:.1} samples/s"
                         ));
-                        if !self.progress {
+                        if !self.progress && main {
                             tracing::info!(%record, "train");
                         }
                         self.record(&mut state, record)?;
@@ -383,8 +448,10 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                     if at_eval || at_save {
                         let fraction = epoch as f64
                             + state.batches_done_in_epoch as f64 / micro_per_epoch as f64;
-                        let pending =
-                            at_save.then(|| (&loss_total + &loss_since_log).double_value(&[]));
+                        let pending = at_save
+                            .then(|| ddp.mean(&(&loss_total + &loss_since_log)))
+                            .transpose()?
+                            .map(|t| t.double_value(&[]));
                         self.evaluate_and_save(
                             &mut state, &mut opt, eval, at_eval, pending, fraction, &bar,
                         )?;
@@ -414,7 +481,10 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
             {
                 let fraction = state.epoch as f64
                     + state.batches_done_in_epoch as f64 / micro_per_epoch as f64;
-                let pending = at_save.then(|| (&loss_total + &loss_since_log).double_value(&[]));
+                let pending = at_save
+                    .then(|| ddp.mean(&(&loss_total + &loss_since_log)))
+                    .transpose()?
+                    .map(|t| t.double_value(&[]));
                 self.evaluate_and_save(
                     &mut state, &mut opt, eval, at_eval, pending, fraction, &bar,
                 )?;
@@ -422,7 +492,8 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
             }
         }
         bar.finish_and_clear();
-        tch::no_grad(|| loss_total += &loss_since_log);
+        let rest = ddp.mean(&loss_since_log)?;
+        tch::no_grad(|| loss_total += &rest);
         state.train_loss_total += loss_total.double_value(&[]);
         let runtime = start.elapsed().as_secs_f64();
         if !interrupted && args.load_best_model_at_end {
@@ -433,11 +504,13 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                         .map(|(k, v)| (k, v.to_device(device)))
                         .collect();
                 opt.load_params(&values)?;
-                eprintln!(
-                    "loaded the best checkpoint {best} ({} = {:.4})",
-                    args.metric_for_best_model,
-                    state.best_metric.unwrap_or(f64::NAN)
-                );
+                if main {
+                    eprintln!(
+                        "loaded the best checkpoint {best} ({} = {:.4})",
+                        args.metric_for_best_model,
+                        state.best_metric.unwrap_or(f64::NAN)
+                    );
+                }
             }
         }
         let steps = state.global_step - start_step;
@@ -445,7 +518,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
             global_step: state.global_step,
             train_loss: state.train_loss_total / state.global_step.max(1) as f64,
             train_runtime: runtime,
-            train_samples_per_second: samples as f64 / runtime.max(1e-9),
+            train_samples_per_second: (samples * world) as f64 / runtime.max(1e-9),
             train_steps_per_second: steps as f64 / runtime.max(1e-9),
             epoch: state.epoch as f64 + state.batches_done_in_epoch as f64 / micro_per_epoch as f64,
             best_checkpoint: state.best_checkpoint.as_ref().map(PathBuf::from),
@@ -496,6 +569,9 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                 "eval_samples_per_second": out.samples_per_second,
             });
             bar.suspend(|| {
+                if !self.ddp().is_main() {
+                    return;
+                }
                 eprintln!(
                     "step {}: eval_loss {:.4} eval_accuracy {:.4} eval_f1 {:.4} ({:.1} samples/s)",
                     state.global_step,
@@ -529,11 +605,14 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                     .is_some_and(|p| state.patience >= p)
                 {
                     state.stopped_early = true;
+                    let main = self.ddp().is_main();
                     bar.suspend(|| {
-                        eprintln!(
-                            "early stopping: no improvement in {} evaluations",
-                            state.patience
-                        )
+                        if main {
+                            eprintln!(
+                                "early stopping: no improvement in {} evaluations",
+                                state.patience
+                            )
+                        }
                     });
                 }
             }
@@ -563,8 +642,12 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                 train_loss_total: state.train_loss_total + pending_loss,
                 ..state.clone()
             };
-            self.save_checkpoint(&dir, &saved, opt)?;
-            self.rotate_checkpoints(state)?;
+            if self.ddp().is_main() {
+                self.save_checkpoint(&dir, &saved, opt)?;
+                self.rotate_checkpoints(state)?;
+            }
+            // Nobody reads a checkpoint before it is complete.
+            self.ddp().barrier()?;
         } else if let Some(v) = metric {
             if state.best_metric.is_none_or(|b| {
                 if self.args.greater_is_better() {
@@ -647,60 +730,4 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
         opt.load_state(&optim)?;
         Ok(state)
     }
-}
-
-/// Evaluates `model` on `data` in eval mode without gradients, in fp32. Logits stay on the
-/// device until the end: one transfer per evaluation.
-pub fn evaluate<M: TrainModel + ?Sized>(
-    model: &M,
-    data: &Dataset,
-    batch_size: usize,
-    prefetch: usize,
-) -> Result<EvalOutput> {
-    evaluate_in(model, data, batch_size, prefetch, None)
-}
-
-/// [`evaluate`] with linear layers computing in `compute` (fp16 / bf16; `None`: fp32).
-pub fn evaluate_in<M: TrainModel + ?Sized>(
-    model: &M,
-    data: &Dataset,
-    batch_size: usize,
-    prefetch: usize,
-    compute: Option<Kind>,
-) -> Result<EvalOutput> {
-    let start = Instant::now();
-    let device = model.device();
-    let mut logits = Vec::new();
-    let mut loss_sum = Tensor::zeros([], (Kind::Double, device));
-    let batches = data.eval_batches(batch_size);
-    for_each_batch(data, &batches, prefetch, |_, batch| -> Result<bool> {
-        let b = DeviceBatch::new(&batch, device);
-        let l = tch::no_grad(|| {
-            peftkit_models::with_compute_dtype(compute, || {
-                model.logits(&b.input_ids, &b.attention_mask, false)
-            })
-        })?;
-        tch::no_grad(|| {
-            loss_sum += model.loss(&l, &b.labels).to_kind(Kind::Double) * b.size as f64
-        });
-        logits.push(l.to_kind(Kind::Float));
-        Ok(true)
-    })?;
-    let all = Tensor::cat(&logits, 0);
-    let in_batch_order: Vec<i64> =
-        Vec::try_from(&all.argmax(-1, false).to_device(Device::Cpu)).map_err(ModelError::from)?;
-    // Back to row order.
-    let mut predictions = vec![0i64; data.len()];
-    for (row, p) in batches.iter().flatten().zip(in_batch_order) {
-        predictions[*row] = p;
-    }
-    let loss = loss_sum.double_value(&[]) / data.len().max(1) as f64;
-    let runtime = start.elapsed().as_secs_f64();
-    Ok(EvalOutput {
-        loss,
-        metrics: Metrics::compute(&data.labels, &predictions, &data.label_names),
-        runtime,
-        samples_per_second: data.len() as f64 / runtime.max(1e-9),
-        predictions,
-    })
 }
