@@ -639,6 +639,13 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
         if let Some(m) = &out.memory {
             say!(main, "{}", crate::report::memory_line(m));
         }
+        if let Some(d) = &out.distributed {
+            say!(
+                main,
+                "{}",
+                crate::report::distributed_line(d, out.train_runtime)
+            );
+        }
         let trained = eval_on(tuned.model(), &eval_data)?;
         report.train = Some(out);
 

@@ -302,6 +302,14 @@ impl Report {
                     memory_line(m)
                 );
             }
+            if let Some(d) = &t.distributed {
+                s += &format!(
+                    "
+{}
+",
+                    distributed_line(d, t.train_runtime)
+                );
+            }
         }
         if !self.final_results.is_empty() {
             s += &results(
@@ -369,6 +377,19 @@ impl Report {
         write_atomically(&dir.join("report.md"), self.markdown().as_bytes())?;
         write_atomically(&dir.join("curves.svg"), self.curves().as_bytes())
     }
+}
+
+/// One sentence on a distributed run's gradient all-reduce (rank 0's view), e.g. for `report.md`.
+pub fn distributed_line(d: &peftkit_train::DistributedStats, train_runtime: f64) -> String {
+    format!(
+        "Data-parallel over {} ranks (Gloo): {:.2} MiB of gradients all-reduced per step in {} bucket(s); rank 0 spent {:.2} s of {:.1} s training ({:.1}%) in the all-reduce, waiting for the other ranks included.",
+        d.world_size,
+        d.allreduce_bytes_per_step as f64 / (1024.0 * 1024.0),
+        d.buckets_per_step,
+        d.allreduce_seconds,
+        train_runtime,
+        100.0 * d.allreduce_seconds / train_runtime.max(1e-9)
+    )
 }
 
 /// One sentence on training memory, e.g. for `report.md`.

@@ -493,3 +493,50 @@ fn ranks_with_different_settings_are_refused() {
     }
     assert!(!run.join("checkpoints").exists());
 }
+
+#[test]
+fn every_method_and_bf16_train_under_two_ranks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let short = [
+        "--set",
+        "data.train_subset=32",
+        "--set",
+        "data.eval_subset=16",
+        "--set",
+        "train.per_device_train_batch_size=4",
+        "--set",
+        "train.gradient_accumulation_steps=2",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "train.warmup_ratio=0",
+        "--set",
+        "train.eval_strategy=steps",
+        "--set",
+        "train.save_strategy=steps",
+        "--set",
+        "train.eval_steps=2",
+        "--set",
+        "train.save_steps=2",
+    ];
+    let mut runs: Vec<(String, Vec<&str>)> = [
+        "head", "qlora", "prefix", "ia3", "dora", "adalora", "prompt", "ptuning", "pissa",
+    ]
+    .iter()
+    .map(|m| (format!("configs/minilm-sst2-{m}.toml"), short.to_vec()))
+    .collect();
+    let mut bf16 = short.to_vec();
+    bf16.extend(["--set", "train.precision=bf16"]);
+    runs.push(("configs/minilm-sst2-lora.toml".into(), bf16));
+    for (i, (config, extra)) in runs.iter().enumerate() {
+        let run = tmp.path().join(format!("run{i}"));
+        // The trainer checks at the end that both ranks hold the same parameters.
+        check(launch(2, &train_args(config, &run, extra)), config);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap())
+                .unwrap();
+        assert_eq!(report["reloaded_matches"], true, "{config}");
+        assert_eq!(report["train"]["global_step"], 2, "{config}");
+        assert_eq!(report["train"]["distributed"]["world_size"], 2, "{config}");
+    }
+}

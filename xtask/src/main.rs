@@ -38,6 +38,8 @@ Tasks:
   bench [ARGS...]                 criterion benchmarks and side-by-side reports
   fixtures                        regenerate data/fixtures with Python transformers/peft (needs PyPI)
   run [ARGS...]                   run the peftkit CLI (release build) with ARGS
+  launch --nproc-per-node N -- CMD...
+                                  data-parallel: N local ranks of `peftkit CMD` (Gloo), as torchrun
   env                             print the libtorch environment as shell exports
 ";
 
@@ -119,6 +121,23 @@ fn run() -> Result<()> {
                 eprintln!("xtask: no experiment named, running the offline default `{DEFAULT_EXPERIMENT}`");
                 cmd.arg(DEFAULT_EXPERIMENT);
             }
+            cmd.args(&rest);
+            exec(cmd)
+        }
+        "launch" => {
+            let env = TorchEnv::bootstrap(&root)?;
+            let mut cmd = env.cargo(
+                &root,
+                &[
+                    "run",
+                    "--release",
+                    "--quiet",
+                    "-p",
+                    "peftkit",
+                    "--",
+                    "launch",
+                ],
+            );
             cmd.args(&rest);
             exec(cmd)
         }

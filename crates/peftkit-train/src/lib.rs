@@ -25,6 +25,7 @@ mod trainer;
 
 pub use args::{lr_factor, Optim, Precision, Scheduler, Strategy, TrainingArgs};
 pub use data::{for_each_batch, Dataset, DeviceBatch};
+pub use ddp::DistributedStats;
 pub use eval::{evaluate, evaluate_in, evaluate_sharded};
 pub use optim::{decays, FlatOptimizer, OptimConfig};
 pub use peftkit_distributed as distributed;

@@ -185,6 +185,18 @@ impl FlatOptimizer {
         }
     }
 
+    /// Copies the flat gradient buffer back into the parameters' gradients (those that have one).
+    fn scatter_grads(&mut self) {
+        let mut offset = 0;
+        for (p, &n) in self.params.iter().zip(&self.sizes) {
+            let mut g = p.grad();
+            if g.defined() {
+                g.copy_(&self.grad.narrow(0, offset, n).view(p.size().as_slice()));
+            }
+            offset += n;
+        }
+    }
+
     /// Sets every gradient to zero.
     pub fn zero_grad(&mut self) {
         for p in &mut self.params {
@@ -196,21 +208,28 @@ impl FlatOptimizer {
     /// the update is skipped where they are not finite; the returned tensor says whether it was
     /// (1.0 = skipped), without reading it back.
     pub fn step(&mut self, lr: f64, loss_scale: Option<&Tensor>) -> Tensor {
-        self.step_with(lr, loss_scale, |_| Ok::<(), std::convert::Infallible>(()))
-            .unwrap_or_else(|e| match e {})
+        self.step_with(lr, loss_scale, |_| {
+            Ok::<bool, std::convert::Infallible>(false)
+        })
+        .unwrap_or_else(|e| match e {})
     }
 
     /// [`FlatOptimizer::step`] with `reduce` applied to the flat gradient buffer first (a
-    /// distributed run averages it over the ranks there), before unscaling and clipping.
+    /// distributed run averages it over the ranks there), before unscaling and clipping. When
+    /// `reduce` says it changed the buffer (`Ok(true)`), the parameters' own gradients are set to
+    /// the reduced values too, as DDP leaves them: what reads them after the step (AdaLoRA's
+    /// importance scores) sees the same gradient on every rank.
     pub fn step_with<E>(
         &mut self,
         lr: f64,
         loss_scale: Option<&Tensor>,
-        reduce: impl FnOnce(&mut Tensor) -> std::result::Result<(), E>,
+        reduce: impl FnOnce(&mut Tensor) -> std::result::Result<bool, E>,
     ) -> std::result::Result<Tensor, E> {
         tch::no_grad(|| {
             self.gather_grads();
-            reduce(&mut self.grad)?;
+            if reduce(&mut self.grad)? {
+                self.scatter_grads();
+            }
             let device = self.grad.device();
             let found_inf = match loss_scale {
                 Some(scale) => {

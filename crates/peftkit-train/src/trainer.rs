@@ -63,6 +63,9 @@ pub struct TrainOutput {
     /// `None` where the device has no statistics.
     #[serde(default)]
     pub memory: Option<TrainMemory>,
+    /// The gradient all-reduce's cost in a distributed run (`None`: one process).
+    #[serde(default)]
+    pub distributed: Option<crate::ddp::DistributedStats>,
 }
 
 /// Memory on the training device: when training started, its peak during training (evaluations
@@ -492,6 +495,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
             }
         }
         bar.finish_and_clear();
+        ddp.check_in_sync(opt.buffer())?;
         let rest = ddp.mean(&loss_since_log)?;
         tch::no_grad(|| loss_total += &rest);
         state.train_loss_total += loss_total.double_value(&[]);
@@ -525,6 +529,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
             best_metric: state.best_metric,
             stopped_early: state.stopped_early,
             log_history: state.log_history.clone(),
+            distributed: ddp.stats(),
             memory: memory_start.and_then(|start| {
                 let end = peftkit_models::memory_usage(device).ok()?;
                 Some(TrainMemory {
