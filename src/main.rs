@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use peftkit::config::{configs_dir, find_config, list_configs, ExperimentConfig};
 use peftkit::pipeline::{encode, load_tuned, load_tuned_model, run_experiment, RunOptions, Tuned};
-use peftkit_train::distributed::{DistEnv, DistError, GroupOptions, ProcessGroup};
+use peftkit_train::distributed::{Backend, DistEnv, DistError, GroupOptions, ProcessGroup};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -263,7 +263,13 @@ fn join_group(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Option<Arc<Pr
     let Some(env) = DistEnv::from_env()? else {
         return Ok(None);
     };
+    let device = peftkit_models::parse_device(opts.device.as_deref().unwrap_or(&cfg.model.device))?;
+    let backend = match &cfg.train.ddp_backend {
+        Some(name) => Backend::parse(name)?,
+        None => Backend::for_device(device),
+    };
     let options = GroupOptions {
+        backend,
         timeout: std::time::Duration::from_secs(cfg.train.ddp_timeout),
         ..GroupOptions::default()
     };

@@ -467,7 +467,12 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
         cfg.description
     );
     if let Some(g) = group {
-        say!(main, "data-parallel over {} ranks (Gloo)", g.world_size());
+        say!(
+            main,
+            "data-parallel over {} ranks ({:?})",
+            g.world_size(),
+            g.backend()
+        );
     }
 
     // Data first: label statistics need no model.

@@ -382,7 +382,7 @@ impl Report {
 /// One sentence on a distributed run's gradient all-reduce (rank 0's view), e.g. for `report.md`.
 pub fn distributed_line(d: &peftkit_train::DistributedStats, train_runtime: f64) -> String {
     format!(
-        "Data-parallel over {} ranks (Gloo): {:.2} MiB of gradients all-reduced per step in {} bucket(s); rank 0 spent {:.2} s of {:.1} s training ({:.1}%) in the all-reduce, waiting for the other ranks included.",
+        "Data-parallel over {} ranks: {:.2} MiB of gradients all-reduced per step in {} bucket(s); rank 0 spent {:.2} s of {:.1} s training ({:.1}%) in the all-reduce, waiting for the other ranks included.",
         d.world_size,
         d.allreduce_bytes_per_step as f64 / (1024.0 * 1024.0),
         d.buckets_per_step,

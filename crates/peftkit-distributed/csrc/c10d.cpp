@@ -7,48 +7,12 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
-#include <chrono>
+#include "common.h"
+
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <exception>
 #include <string>
 #include <vector>
 
-namespace {
-
-char* copy_message(const char* what) {
-  size_t n = std::strlen(what);
-  char* s = static_cast<char*>(std::malloc(n + 1));
-  if (s != nullptr) std::memcpy(s, what, n + 1);
-  return s;
-}
-
-// Runs `f`, turning an exception into -1 and `*error`.
-template <typename F>
-int guarded(char** error, F&& f) {
-  *error = nullptr;
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    *error = copy_message(e.what());
-  } catch (...) {
-    *error = copy_message("unknown C++ exception");
-  }
-  return -1;
-}
-
-}  // namespace
-
-struct pkd_store {
-  c10::intrusive_ptr<c10d::Store> store;
-};
-
-struct pkd_group {
-  c10::intrusive_ptr<c10d::Backend> backend;
-  std::chrono::milliseconds timeout;
-};
 
 extern "C" {
 
@@ -59,7 +23,7 @@ void pkd_free(void* p) { std::free(p); }
 pkd_store* pkd_store_tcp(const char* host, int port, int is_server, int64_t world,
                          int64_t timeout_ms, char** error) {
   pkd_store* out = nullptr;
-  guarded(error, [&] {
+  pkd::guarded(error, [&] {
     c10d::TCPStoreOptions o;
     o.port = static_cast<std::uint16_t>(port);
     o.isServer = is_server != 0;
@@ -75,7 +39,7 @@ pkd_store* pkd_store_tcp(const char* host, int port, int is_server, int64_t worl
 }
 
 int pkd_store_port(pkd_store* s, int* port, char** error) {
-  return guarded(error, [&] {
+  return pkd::guarded(error, [&] {
     auto* tcp = dynamic_cast<c10d::TCPStore*>(s->store.get());
     *port = tcp == nullptr ? -1 : static_cast<int>(tcp->getPort());
   });
@@ -84,7 +48,7 @@ int pkd_store_port(pkd_store* s, int* port, char** error) {
 // A view of `s` whose keys all start with `prefix`.
 pkd_store* pkd_store_prefix(pkd_store* s, const char* prefix, char** error) {
   pkd_store* out = nullptr;
-  guarded(error, [&] {
+  pkd::guarded(error, [&] {
     out = new pkd_store{c10::make_intrusive<c10d::PrefixStore>(std::string(prefix), s->store)};
   });
   return out;
@@ -94,7 +58,7 @@ void pkd_store_free(pkd_store* s) { delete s; }
 
 int pkd_store_set(pkd_store* s, const char* key, const uint8_t* data, size_t len,
                   char** error) {
-  return guarded(error, [&] {
+  return pkd::guarded(error, [&] {
     s->store->set(std::string(key), std::vector<uint8_t>(data, data + len));
   });
 }
@@ -104,7 +68,7 @@ int pkd_store_set(pkd_store* s, const char* key, const uint8_t* data, size_t len
 int pkd_store_get(pkd_store* s, const char* key, uint8_t** data, size_t* len, char** error) {
   *data = nullptr;
   *len = 0;
-  return guarded(error, [&] {
+  return pkd::guarded(error, [&] {
     auto v = s->store->get(std::string(key));
     *len = v.size();
     *data = static_cast<uint8_t*>(std::malloc(v.size() + 1));
@@ -114,15 +78,15 @@ int pkd_store_get(pkd_store* s, const char* key, uint8_t** data, size_t* len, ch
 }
 
 int pkd_store_add(pkd_store* s, const char* key, int64_t delta, int64_t* value, char** error) {
-  return guarded(error, [&] { *value = s->store->add(std::string(key), delta); });
+  return pkd::guarded(error, [&] { *value = s->store->add(std::string(key), delta); });
 }
 
 int pkd_store_check(pkd_store* s, const char* key, int* present, char** error) {
-  return guarded(error, [&] { *present = s->store->check({std::string(key)}) ? 1 : 0; });
+  return pkd::guarded(error, [&] { *present = s->store->check({std::string(key)}) ? 1 : 0; });
 }
 
 int pkd_store_set_timeout(pkd_store* s, int64_t timeout_ms, char** error) {
-  return guarded(error, [&] { s->store->setTimeout(std::chrono::milliseconds(timeout_ms)); });
+  return pkd::guarded(error, [&] { s->store->setTimeout(std::chrono::milliseconds(timeout_ms)); });
 }
 
 // A Gloo process group over the store. `hostname` (may be null): the address this rank's Gloo
@@ -131,7 +95,7 @@ int pkd_store_set_timeout(pkd_store* s, int64_t timeout_ms, char** error) {
 pkd_group* pkd_group_gloo(pkd_store* s, int rank, int world, int64_t timeout_ms,
                           const char* hostname, const char* interfaces, char** error) {
   pkd_group* out = nullptr;
-  guarded(error, [&] {
+  pkd::guarded(error, [&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     auto opts = c10d::ProcessGroupGloo::Options::create(timeout);
     if (interfaces != nullptr && interfaces[0] != '\0') {
@@ -167,7 +131,7 @@ static void wait_for(const pkd_group* g, const c10::intrusive_ptr<c10d::Work>& w
 // In-place all-reduce of each of `n` tensors; `op`: 0 sum, 1 product, 2 min, 3 max, 4 average
 // (where the backend has it). All are started before the first is waited for.
 int pkd_group_allreduce(pkd_group* g, at::Tensor** tensors, size_t n, int op, char** error) {
-  return guarded(error, [&] {
+  return pkd::guarded(error, [&] {
     c10d::AllreduceOptions o;
     switch (op) {
       case 0: o.reduceOp = c10d::ReduceOp::SUM; break;
@@ -188,7 +152,7 @@ int pkd_group_allreduce(pkd_group* g, at::Tensor** tensors, size_t n, int op, ch
 }
 
 int pkd_group_broadcast(pkd_group* g, at::Tensor* t, int root, char** error) {
-  return guarded(error, [&] {
+  return pkd::guarded(error, [&] {
     c10d::BroadcastOptions o;
     o.rootRank = root;
     o.timeout = g->timeout;
@@ -199,7 +163,7 @@ int pkd_group_broadcast(pkd_group* g, at::Tensor* t, int root, char** error) {
 
 // `out` (world × the size of `in`, along dim 0) receives every rank's `in`, in rank order.
 int pkd_group_allgather(pkd_group* g, at::Tensor* out, at::Tensor* in, char** error) {
-  return guarded(error, [&] {
+  return pkd::guarded(error, [&] {
     c10d::AllgatherOptions o;
     o.timeout = g->timeout;
     wait_for(g, g->backend->_allgather_base(*out, *in, o));
@@ -207,7 +171,7 @@ int pkd_group_allgather(pkd_group* g, at::Tensor* out, at::Tensor* in, char** er
 }
 
 int pkd_group_barrier(pkd_group* g, char** error) {
-  return guarded(error, [&] {
+  return pkd::guarded(error, [&] {
     c10d::BarrierOptions o;
     o.timeout = g->timeout;
     wait_for(g, g->backend->barrier(o));

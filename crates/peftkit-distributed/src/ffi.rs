@@ -75,6 +75,15 @@ extern "C" {
         interfaces: *const c_char,
         error: *mut *mut c_char,
     ) -> *mut pkd_group;
+    pub(crate) fn pkd_has_nccl() -> c_int;
+    pub(crate) fn pkd_group_nccl(
+        s: *mut pkd_store,
+        rank: c_int,
+        world: c_int,
+        timeout_ms: i64,
+        device: c_int,
+        error: *mut *mut c_char,
+    ) -> *mut pkd_group;
     pub(crate) fn pkd_group_free(g: *mut pkd_group);
     pub(crate) fn pkd_group_allreduce(
         g: *mut pkd_group,

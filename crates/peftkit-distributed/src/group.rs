@@ -13,9 +13,51 @@ use std::time::{Duration, Instant};
 use tch::{Device, Tensor};
 use torch_sys::C_tensor;
 
+/// The c10d backend of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Gloo: CPU tensors (CUDA tensors are staged through host memory).
+    Gloo,
+    /// NCCL: CUDA tensors on `cuda:LOCAL_RANK` (a CUDA libtorch and a GPU per rank).
+    Nccl,
+}
+
+impl Backend {
+    /// HF Trainer's choice: NCCL for a CUDA device, Gloo otherwise.
+    pub fn for_device(device: Device) -> Self {
+        match device {
+            Device::Cuda(_) => Backend::Nccl,
+            _ => Backend::Gloo,
+        }
+    }
+
+    /// Parses `gloo` / `nccl` (HF's `ddp_backend` values).
+    pub fn parse(name: &str) -> Result<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "gloo" => Ok(Backend::Gloo),
+            "nccl" => Ok(Backend::Nccl),
+            other => Err(DistError::Env(format!(
+                "ddp_backend `{other}`: expected \"gloo\" or \"nccl\""
+            ))),
+        }
+    }
+
+    /// Whether this build can make groups of this backend (NCCL needs a CUDA libtorch and its
+    /// headers at build time).
+    pub fn is_available(self) -> bool {
+        match self {
+            Backend::Gloo => true,
+            // SAFETY: no arguments, no state.
+            Backend::Nccl => unsafe { ffi::pkd_has_nccl() != 0 },
+        }
+    }
+}
+
 /// How a group is set up.
 #[derive(Debug, Clone)]
 pub struct GroupOptions {
+    /// Gloo or NCCL.
+    pub backend: Backend,
     /// How long a collective (and the rendezvous) may wait for the other ranks (HF's
     /// `ddp_timeout`; torch's default is 30 minutes).
     pub timeout: Duration,
@@ -26,6 +68,7 @@ pub struct GroupOptions {
 impl Default for GroupOptions {
     fn default() -> Self {
         Self {
+            backend: Backend::Gloo,
             timeout: Duration::from_secs(1800),
             heartbeat: Duration::from_millis(500),
         }
@@ -116,7 +159,7 @@ impl ProcessGroup {
                 .prefixed("peftkit/health")?,
         );
         Self::join(&store, env, options.timeout)?;
-        let gloo_store = store.prefixed("gloo")?;
+        let pg_store = store.prefixed("pg")?;
         let host = env
             .is_loopback()
             .then(|| CString::new("127.0.0.1").expect("no NUL"));
@@ -129,21 +172,38 @@ impl ProcessGroup {
             })
             .transpose()?;
         let mut error: *mut c_char = std::ptr::null_mut();
-        // SAFETY: live store; the strings outlive the call.
-        let raw = unsafe {
-            ffi::pkd_group_gloo(
-                gloo_store.raw(),
-                env.rank as c_int,
-                env.world_size as c_int,
-                duration_millis(options.timeout),
-                host.as_ref().map_or(std::ptr::null(), |h| h.as_ptr()),
-                ifnames.as_ref().map_or(std::ptr::null(), |h| h.as_ptr()),
-                &mut error,
-            )
+        let raw = match options.backend {
+            // SAFETY: live store; the strings outlive the call.
+            Backend::Gloo => unsafe {
+                ffi::pkd_group_gloo(
+                    pg_store.raw(),
+                    env.rank as c_int,
+                    env.world_size as c_int,
+                    duration_millis(options.timeout),
+                    host.as_ref().map_or(std::ptr::null(), |h| h.as_ptr()),
+                    ifnames.as_ref().map_or(std::ptr::null(), |h| h.as_ptr()),
+                    &mut error,
+                )
+            },
+            // SAFETY: live store.
+            Backend::Nccl => unsafe {
+                ffi::pkd_group_nccl(
+                    pg_store.raw(),
+                    env.rank as c_int,
+                    env.world_size as c_int,
+                    duration_millis(options.timeout),
+                    env.local_rank as c_int,
+                    &mut error,
+                )
+            },
         };
         let raw = NonNull::new(raw).ok_or_else(|| DistError::Rendezvous {
             addr: store.addr().to_string(),
-            message: format!("creating the Gloo group: {}", take_error(error)),
+            message: format!(
+                "creating the {:?} group: {}",
+                options.backend,
+                take_error(error)
+            ),
         })?;
         let seq = Arc::new(AtomicU64::new(0));
         let heartbeat = Heartbeat::start(
@@ -226,6 +286,20 @@ impl ProcessGroup {
     /// The environment the group was made from.
     pub fn env(&self) -> &DistEnv {
         &self.env
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        self.options.backend
+    }
+
+    /// Where this group's collectives take their tensors: `cuda:LOCAL_RANK` for NCCL, the CPU for
+    /// Gloo (which also takes CUDA tensors, through host memory).
+    pub fn collective_device(&self) -> Device {
+        match self.options.backend {
+            Backend::Gloo => Device::Cpu,
+            Backend::Nccl => Device::Cuda(self.env.local_rank),
+        }
     }
 
     /// The collective timeout.

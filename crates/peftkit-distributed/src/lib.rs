@@ -1,5 +1,5 @@
 //! Data-parallel training's plumbing over libtorch's own distributed engine, c10d: a `TCPStore`
-//! rendezvous, a Gloo process group with all-reduce, broadcast, all-gather and barrier (with
+//! rendezvous, Gloo (CPU) and NCCL (CUDA) process groups with all-reduce, broadcast, all-gather and barrier (with
 //! timeouts), torchrun's environment contract, rank health (the error of a failed collective
 //! names the rank that died or hung) and a local launcher.
 //!
@@ -28,7 +28,7 @@ mod launch;
 mod store;
 
 pub use env::{DistEnv, StoreHost};
-pub use group::{GroupOptions, ProcessGroup, ReduceOp};
+pub use group::{Backend, GroupOptions, ProcessGroup, ReduceOp};
 pub use launch::{launch, LaunchOptions, LaunchOutcome};
 pub use store::Store;
 

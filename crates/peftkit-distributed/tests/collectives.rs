@@ -24,6 +24,7 @@ fn options(timeout_s: u64) -> GroupOptions {
     GroupOptions {
         timeout: Duration::from_secs(timeout_s),
         heartbeat: Duration::from_millis(100),
+        ..GroupOptions::default()
     }
 }
 
@@ -177,4 +178,35 @@ fn a_reported_failure_is_quoted() {
         msg.contains("rank 1 failed: eval set: row 3 has label 9"),
         "{msg}"
     );
+}
+
+#[test]
+fn nccl_serves_cuda_tensors_or_is_refused_clearly() {
+    let agent = Store::serve("127.0.0.1", 0, Some(1), Duration::from_secs(10)).unwrap();
+    let env = env(0, 1, agent.port().unwrap(), StoreHost::Launcher);
+    let opts = GroupOptions {
+        backend: peftkit_distributed::Backend::Nccl,
+        ..options(10)
+    };
+    match ProcessGroup::init(&env, &opts) {
+        Ok(pg) => {
+            // A GPU machine with a CUDA libtorch: a world of one reduces on cuda:0.
+            assert!(tch::Cuda::is_available());
+            assert_eq!(pg.collective_device(), Device::Cuda(0));
+            let t = Tensor::ones([3], (Kind::Float, Device::Cuda(0)));
+            pg.all_reduce_sum(&[&t]).unwrap();
+            assert_eq!(t.sum(Kind::Float).double_value(&[]), 3.0);
+        }
+        Err(e) => {
+            assert!(
+                !tch::Cuda::is_available(),
+                "NCCL failed on a GPU machine: {e}"
+            );
+            let msg = e.to_string();
+            assert!(
+                msg.contains("Nccl group") && (msg.contains("GPU") || msg.contains("no NCCL")),
+                "{msg}"
+            );
+        }
+    }
 }

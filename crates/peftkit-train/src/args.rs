@@ -216,6 +216,10 @@ pub struct TrainingArgs {
     /// (HF's `ddp_timeout`, torch's default of 30 minutes).
     #[serde(default = "d_ddp_timeout")]
     pub ddp_timeout: u64,
+    /// The c10d backend of a distributed run: `"gloo"` or `"nccl"` (HF's `ddp_backend`; unset:
+    /// NCCL on CUDA, Gloo on the CPU).
+    #[serde(default)]
+    pub ddp_backend: Option<String>,
     /// The gradient buffer is all-reduced in buckets of this many MiB (DDP's `bucket_cap_mb`).
     #[serde(default = "d_bucket")]
     pub ddp_bucket_cap_mb: f64,
@@ -280,6 +284,9 @@ impl TrainingArgs {
         }
         if self.logging_steps == 0 || self.eval_steps == 0 || self.save_steps == 0 {
             return Err("logging_steps, eval_steps and save_steps must be at least 1".into());
+        }
+        if let Some(b) = &self.ddp_backend {
+            peftkit_distributed::Backend::parse(b).map_err(|e| e.to_string())?;
         }
         if self.ddp_timeout == 0 {
             return Err("ddp_timeout must be at least 1 second".into());

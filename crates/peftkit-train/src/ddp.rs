@@ -99,9 +99,16 @@ impl<'a> Ddp<'a> {
             return Ok(t.shallow_clone());
         };
         let kind = t.kind();
-        let v = t.to_kind(Kind::Double).reshape([1]).copy();
+        let v = t
+            .to_kind(Kind::Double)
+            .reshape([1])
+            .to_device(g.collective_device())
+            .copy();
         g.all_reduce_sum(&[&v])?;
-        Ok((v / g.world_size() as f64).reshape([]).to_kind(kind))
+        Ok((v / g.world_size() as f64)
+            .reshape([])
+            .to_kind(kind)
+            .to_device(t.device()))
     }
 
     /// Makes every rank's `buffer` rank 0's (DDP's broadcast of the module states at start).
@@ -130,8 +137,8 @@ impl<'a> Ddp<'a> {
             ],
             0,
         )
-        .to_device(tch::Device::Cpu);
-        let all: Vec<f64> = Vec::try_from(&g.all_gather(&fingerprint)?)
+        .to_device(g.collective_device());
+        let all: Vec<f64> = Vec::try_from(&g.all_gather(&fingerprint)?.to_device(tch::Device::Cpu))
             .map_err(peftkit_models::ModelError::from)?;
         if let Some(r) = (1..g.world_size()).find(|&r| all[3 * r..3 * r + 3] != all[..3]) {
             return Err(peftkit_distributed::DistError::Mismatch {

@@ -85,11 +85,12 @@ pub fn evaluate_sharded<M: TrainModel + ?Sized>(
         }
     }
     if let Some(g) = group {
-        let p = Tensor::from_slice(&predictions);
-        let l = Tensor::from_slice(&batch_loss);
+        let at = g.collective_device();
+        let p = Tensor::from_slice(&predictions).to_device(at);
+        let l = Tensor::from_slice(&batch_loss).to_device(at);
         g.all_reduce_sum(&[&p, &l])?;
-        predictions = Vec::try_from(&p).map_err(ModelError::from)?;
-        batch_loss = Vec::try_from(&l).map_err(ModelError::from)?;
+        predictions = Vec::try_from(&p.to_device(Device::Cpu)).map_err(ModelError::from)?;
+        batch_loss = Vec::try_from(&l.to_device(Device::Cpu)).map_err(ModelError::from)?;
     }
     // Summed in batch order, as a single process does.
     let loss = batch_loss.iter().fold(0f64, |acc, l| acc + l) / data.len().max(1) as f64;
