@@ -241,8 +241,34 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(err) = run(Cli::parse()) {
-        eprintln!("peftkit: error: {}", format!("{err:#}").replace('\n', " "));
+        let message = format!("{err:#}").replace('\n', " ");
+        eprintln!("peftkit: error: {message}");
+        record_for_torchrun(&message);
         std::process::exit(1);
+    }
+}
+
+/// Under torchrun, the failure goes to the error file it named, so that its summary shows the
+/// cause (torch.distributed.elastic's `{"message": {"message", "extraInfo"}}`).
+fn record_for_torchrun(message: &str) {
+    let Some(path) = std::env::var_os("TORCHELASTIC_ERROR_FILE") else {
+        return;
+    };
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let data = serde_json::json!({
+        "message": {
+            "message": format!("peftkit: {message}"),
+            // torchrun prints the callstack as the traceback: the one line is all there is.
+            "extraInfo": {"py_callstack": format!("peftkit: error: {message}"), "timestamp": timestamp.to_string()},
+        }
+    });
+    if let Err(e) = std::fs::write(&path, data.to_string()) {
+        eprintln!(
+            "peftkit: could not write torchrun's error file {}: {e}",
+            std::path::Path::new(&path).display()
+        );
     }
 }
 

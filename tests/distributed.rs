@@ -6,29 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn peftkit() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_peftkit"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    if std::env::var_os("HF_HOME").is_none() {
-        c.env(
-            "HF_HOME",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/hf-home"),
-        );
-        c.env("HF_HUB_OFFLINE", "1");
-    }
-    // The ranks never inherit a distributed environment from the test's own.
-    for k in [
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "LOCAL_WORLD_SIZE",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-    ] {
-        c.env_remove(k);
-    }
-    c
-}
+mod common;
+use common::peftkit;
 
 fn check(out: Output, what: &str) -> Output {
     assert!(

@@ -3,22 +3,11 @@
 //! predict/eval, kill -9 and resume, and one-line errors for bad input.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-fn peftkit() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_peftkit"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    if std::env::var_os("HF_HOME").is_none() {
-        c.env(
-            "HF_HOME",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/hf-home"),
-        );
-        c.env("HF_HUB_OFFLINE", "1");
-    }
-    c
-}
-
+mod common;
+use common::peftkit;
 fn run_ok(args: &[&str]) -> Output {
     let out = peftkit().args(args).output().unwrap();
     assert!(

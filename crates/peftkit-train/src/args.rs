@@ -286,7 +286,8 @@ impl TrainingArgs {
             return Err("logging_steps, eval_steps and save_steps must be at least 1".into());
         }
         if let Some(b) = &self.ddp_backend {
-            peftkit_distributed::Backend::parse(b).map_err(|e| e.to_string())?;
+            peftkit_distributed::Backend::parse(b)
+                .map_err(|_| format!("ddp_backend `{b}`: expected \"gloo\" or \"nccl\""))?;
         }
         if self.ddp_timeout == 0 {
             return Err("ddp_timeout must be at least 1 second".into());

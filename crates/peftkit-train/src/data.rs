@@ -199,3 +199,55 @@ pub fn for_each_batch<E>(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Dataset;
+
+    fn batches(rows: usize, bs: usize) -> Vec<Vec<usize>> {
+        (0..rows)
+            .collect::<Vec<_>>()
+            .chunks(bs)
+            .map(<[usize]>::to_vec)
+            .collect()
+    }
+
+    #[test]
+    fn an_even_epoch_is_split_round_robin() {
+        let order = batches(12, 3);
+        assert_eq!(
+            Dataset::shard_batches(&order, 3, 0, 2),
+            vec![vec![0, 1, 2], vec![6, 7, 8]]
+        );
+        assert_eq!(
+            Dataset::shard_batches(&order, 3, 1, 2),
+            vec![vec![3, 4, 5], vec![9, 10, 11]]
+        );
+        assert_eq!(Dataset::shard_batches(&order, 3, 0, 1), order);
+    }
+
+    #[test]
+    fn uneven_epochs_are_completed_from_the_first_rows_as_accelerate_does() {
+        // 10 rows, batches of 3, 3 ranks: [0 1 2] [3 4 5] [6 7 8] [9] → the last is completed
+        // with rows 0 1 and two more batches come from the first rows: [2 3 4] [5 6 7].
+        let order = batches(10, 3);
+        let shards: Vec<_> = (0..3)
+            .map(|r| Dataset::shard_batches(&order, 3, r, 3))
+            .collect();
+        assert_eq!(shards[0], vec![vec![0, 1, 2], vec![9, 0, 1]]);
+        assert_eq!(shards[1], vec![vec![3, 4, 5], vec![2, 3, 4]]);
+        assert_eq!(shards[2], vec![vec![6, 7, 8], vec![5, 6, 7]]);
+    }
+
+    #[test]
+    fn fewer_rows_than_one_round_are_repeated() {
+        // 3 rows, batch 2, 2 ranks: [0 1] [2] → [2 0] and every rank has one full batch.
+        let order = batches(3, 2);
+        assert_eq!(Dataset::shard_batches(&order, 2, 0, 2), vec![vec![0, 1]]);
+        assert_eq!(Dataset::shard_batches(&order, 2, 1, 2), vec![vec![2, 0]]);
+        // 1 row, batch 2, 2 ranks.
+        let order = batches(1, 2);
+        assert_eq!(Dataset::shard_batches(&order, 2, 0, 2), vec![vec![0, 0]]);
+        assert_eq!(Dataset::shard_batches(&order, 2, 1, 2), vec![vec![0, 0]]);
+    }
+}
