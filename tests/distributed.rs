@@ -38,31 +38,18 @@ fn train_args(config: &str, run: &Path, extra: &[&str]) -> Vec<String> {
 /// clipping at 0.1 (the gradient norms here are 0.2–0.6, so every step clips); evaluation every
 /// 2 steps on 50 rows (7 batches of 8: the ranks get 4 and 3).
 const DDP: &[&str] = &[
-    "--set",
     "data.train_subset=64",
-    "--set",
     "data.eval_subset=50",
-    "--set",
     "train.per_device_train_batch_size=4",
-    "--set",
     "train.per_device_eval_batch_size=8",
-    "--set",
     "train.gradient_accumulation_steps=2",
-    "--set",
     "train.max_steps=4",
-    "--set",
     "train.max_grad_norm=0.1",
-    "--set",
     "train.warmup_ratio=0",
-    "--set",
     "train.logging_steps=1",
-    "--set",
     "train.eval_strategy=steps",
-    "--set",
     "train.save_strategy=steps",
-    "--set",
     "train.eval_steps=2",
-    "--set",
     "train.save_steps=2",
 ];
 
@@ -75,6 +62,11 @@ fn single_process_args() -> Vec<&'static str> {
         .unwrap();
     a[i] = "train.gradient_accumulation_steps=4";
     a
+}
+
+/// `--set KEY=VALUE` for each of `pairs`.
+fn sets<'a>(pairs: &[&'a str]) -> Vec<&'a str> {
+    pairs.iter().flat_map(|kv| ["--set", *kv]).collect()
 }
 
 fn launch(nproc: usize, args: &[String]) -> Output {
@@ -162,11 +154,11 @@ fn two_ranks_train_as_one_process_on_the_same_global_batches() {
         let ddp_run = tmp.path().join(format!("{name}-ddp"));
         let one_run = tmp.path().join(format!("{name}-single"));
         check(
-            launch(2, &train_args(config, &ddp_run, DDP)),
+            launch(2, &train_args(config, &ddp_run, &sets(DDP))),
             "peftkit launch",
         );
         check(
-            single(&train_args(config, &one_run, &single_process_args())),
+            single(&train_args(config, &one_run, &sets(&single_process_args()))),
             "peftkit train",
         );
         let (diff, at) = max_difference(&ddp_run.join(saved), &one_run.join(saved));
@@ -232,7 +224,7 @@ fn torchrun_launches_peftkit_like_peftkit_launch() {
             "2",
             env!("CARGO_BIN_EXE_peftkit"),
         ])
-        .args(train_args(config, &by_torchrun, DDP));
+        .args(train_args(config, &by_torchrun, &sets(DDP)));
     if std::env::var_os("HF_HOME").is_none() {
         c.env(
             "HF_HOME",
@@ -242,7 +234,7 @@ fn torchrun_launches_peftkit_like_peftkit_launch() {
     }
     check(c.output().unwrap(), "torchrun");
     check(
-        launch(2, &train_args(config, &by_launch, DDP)),
+        launch(2, &train_args(config, &by_launch, &sets(DDP))),
         "peftkit launch",
     );
     let saved = "adapter/adapter_model.safetensors";
@@ -316,27 +308,16 @@ fn last_line(path: &Path) -> String {
 
 /// 128 rows in batches of 4 over 2 ranks: 16 steps, a checkpoint every 4.
 const LONG: &[&str] = &[
-    "--set",
     "data.train_subset=128",
-    "--set",
     "data.eval_subset=32",
-    "--set",
     "train.per_device_train_batch_size=4",
-    "--set",
     "train.num_train_epochs=1",
-    "--set",
     "train.warmup_ratio=0",
-    "--set",
     "train.logging_steps=2",
-    "--set",
     "train.eval_strategy=steps",
-    "--set",
     "train.save_strategy=steps",
-    "--set",
     "train.eval_steps=4",
-    "--set",
     "train.save_steps=4",
-    "--set",
     "train.ddp_timeout=20",
 ];
 
@@ -345,7 +326,7 @@ fn a_killed_rank_is_named_and_the_run_resumes_to_the_uninterrupted_result() {
     let tmp = tempfile::tempdir().unwrap();
     let config = "configs/minilm-sst2-lora.toml";
     let run = tmp.path().join("killed");
-    let args = train_args(config, &run, LONG);
+    let args = train_args(config, &run, &sets(LONG));
     let mut ranks = spawn_ranks(&[args.clone(), args.clone()], free_port(), tmp.path());
     wait_for(
         &run.join("checkpoints/checkpoint-8"),
@@ -393,7 +374,7 @@ fn a_killed_rank_is_named_and_the_run_resumes_to_the_uninterrupted_result() {
         );
     }
     // A single process may not resume a 2-rank run.
-    let mut one = train_args(config, &run, LONG);
+    let mut one = train_args(config, &run, &sets(LONG));
     one.extend(["--resume".to_string(), "latest".to_string()]);
     let out = single(&one);
     assert!(!out.status.success());
@@ -406,7 +387,7 @@ fn a_killed_rank_is_named_and_the_run_resumes_to_the_uninterrupted_result() {
     check(launch(2, &one), "resuming with 2 ranks");
     let whole = tmp.path().join("whole");
     check(
-        launch(2, &train_args(config, &whole, LONG)),
+        launch(2, &train_args(config, &whole, &sets(LONG))),
         "the uninterrupted run",
     );
     let saved = "adapter/adapter_model.safetensors";
@@ -427,7 +408,7 @@ fn a_hung_rank_is_named_after_the_collective_timeout() {
         .position(|s| *s == "train.ddp_timeout=20")
         .unwrap();
     long[i] = "train.ddp_timeout=5";
-    let args = train_args("configs/minilm-sst2-lora.toml", &run, &long);
+    let args = train_args("configs/minilm-sst2-lora.toml", &run, &sets(&long));
     let mut ranks = spawn_ranks(&[args.clone(), args], free_port(), tmp.path());
     wait_for(
         &run.join("checkpoints/checkpoint-4"),
@@ -454,8 +435,8 @@ fn ranks_with_different_settings_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let config = "configs/minilm-sst2-lora.toml";
     let run = tmp.path().join("run");
-    let a = train_args(config, &run, &["--set", "train.learning_rate=1e-4"]);
-    let b = train_args(config, &run, &["--set", "train.learning_rate=2e-4"]);
+    let a = train_args(config, &run, &sets(&["train.learning_rate=1e-4"]));
+    let b = train_args(config, &run, &sets(&["train.learning_rate=2e-4"]));
     let mut ranks = spawn_ranks(&[a, b], free_port(), tmp.path());
     for (rank, child) in ranks.iter_mut().enumerate() {
         let (status, _) = wait_at_most(child, Duration::from_secs(60));
@@ -477,35 +458,26 @@ fn ranks_with_different_settings_are_refused() {
 fn every_method_and_bf16_train_under_two_ranks() {
     let tmp = tempfile::tempdir().unwrap();
     let short = [
-        "--set",
         "data.train_subset=32",
-        "--set",
         "data.eval_subset=16",
-        "--set",
         "train.per_device_train_batch_size=4",
-        "--set",
         "train.gradient_accumulation_steps=2",
-        "--set",
         "train.max_steps=2",
-        "--set",
         "train.warmup_ratio=0",
-        "--set",
         "train.eval_strategy=steps",
-        "--set",
         "train.save_strategy=steps",
-        "--set",
         "train.eval_steps=2",
-        "--set",
         "train.save_steps=2",
     ];
     let mut runs: Vec<(String, Vec<&str>)> = [
         "head", "qlora", "prefix", "ia3", "dora", "adalora", "prompt", "ptuning", "pissa",
     ]
     .iter()
-    .map(|m| (format!("configs/minilm-sst2-{m}.toml"), short.to_vec()))
+    .map(|m| (format!("configs/minilm-sst2-{m}.toml"), sets(&short)))
     .collect();
     let mut bf16 = short.to_vec();
-    bf16.extend(["--set", "train.precision=bf16"]);
+    bf16.push("train.precision=bf16");
+    let bf16 = sets(&bf16);
     runs.push(("configs/minilm-sst2-lora.toml".into(), bf16));
     for (i, (config, extra)) in runs.iter().enumerate() {
         let run = tmp.path().join(format!("run{i}"));
