@@ -294,32 +294,40 @@ fn join_group(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Option<Arc<Pr
         Some(name) => Backend::parse(name)?,
         None => Backend::for_device(device),
     };
+    // Checked before the backend is built: ranks set up differently (another backend or
+    // timeout) get the difference, not a hang.
     let options = GroupOptions {
         backend,
         timeout: std::time::Duration::from_secs(cfg.train.ddp_timeout),
+        agreement: Some((SETUP.to_string(), setup(cfg, opts))),
         ..GroupOptions::default()
     };
     let group = ProcessGroup::init(&env, &options)
         .with_context(|| format!("joining the process group ({env})"))?;
-    group.agree(
-        "the experiment configuration (config file and --set)",
-        &cfg.to_toml(),
-    )?;
-    group.agree(
-        "the command line (--output, --device, --resume)",
-        &format!(
-            "output = {:?}\ndevice = {:?}\nresume = {:?}",
-            opts.output, opts.device, opts.resume
-        ),
-    )?;
     Ok(Some(Arc::new(group)))
+}
+
+/// What every rank must agree on before an experiment.
+const SETUP: &str =
+    "the experiment configuration (config file, --set, --output, --device, --resume)";
+
+fn setup(cfg: &ExperimentConfig, opts: &RunOptions) -> String {
+    format!(
+        "{}\n--output = {:?}\n--device = {:?}\n--resume = {:?}",
+        cfg.to_toml(),
+        opts.output,
+        opts.device,
+        opts.resume
+    )
 }
 
 /// Runs one experiment, on every rank of a distributed run; a rank's own failure is published
 /// for the others' error messages.
 fn run_one(cfg: &ExperimentConfig, mut opts: RunOptions) -> Result<()> {
-    if opts.group.is_none() {
-        opts.group = join_group(cfg, &opts)?;
+    match &opts.group {
+        None => opts.group = join_group(cfg, &opts)?,
+        // `reproduce all`: the group is the first experiment's; each later one is checked too.
+        Some(g) => g.agree(SETUP, &setup(cfg, &opts))?,
     }
     let group = opts.group.clone();
     let result = run_experiment(cfg, &opts).map(|_| ());
@@ -336,6 +344,13 @@ fn run_one(cfg: &ExperimentConfig, mut opts: RunOptions) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     let dir = cli.configs.clone().unwrap_or_else(configs_dir);
+    if matches!(
+        cli.command,
+        Command::Eval { .. } | Command::Predict { .. } | Command::Merge { .. }
+    ) && DistEnv::from_env()?.is_some_and(|e| e.world_size > 1)
+    {
+        bail!("eval, predict and merge run in one process: start them without torchrun / `peftkit launch` (every rank would write the same output)");
+    }
     match cli.command {
         Command::List => {
             for (name, path) in list_configs(&dir)? {
@@ -366,7 +381,9 @@ fn run(cli: Cli) -> Result<()> {
                 opts.group = group.clone();
                 match run_one(&cfg, opts) {
                     Ok(_) => {}
-                    Err(e) if names.len() > 1 => {
+                    // Distributed, one rank's failure ends the job: its collectives would pair
+                    // with the next experiment's on the other ranks.
+                    Err(e) if names.len() > 1 && group.is_none() => {
                         eprintln!(
                             "peftkit: {} failed: {}",
                             cfg.name,

@@ -454,11 +454,13 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
     }
     let device_spec = opts.device.as_deref().unwrap_or(&cfg.model.device);
     let mut device = parse_device(device_spec)?;
-    if let (Some(g), Device::Cuda(_)) = (group, device) {
+    if let (Some(g), Device::Cuda(i)) = (group, device) {
         // Like torchrun users' `cuda:LOCAL_RANK`: each rank of a machine on its own GPU.
-        if !device_spec.contains(':') {
-            device = Device::Cuda(g.env().local_rank);
+        let local = g.env().local_rank;
+        if device_spec.contains(':') && i != local && g.env().local_world_size > 1 {
+            bail!("--device {device_spec}: with {} ranks on this machine each rank uses cuda:LOCAL_RANK (this is rank {local}); give `--device cuda`", g.env().local_world_size);
         }
+        device = Device::Cuda(local);
     }
     say!(
         main,

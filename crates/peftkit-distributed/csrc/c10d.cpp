@@ -143,11 +143,35 @@ int pkd_group_allreduce(pkd_group* g, at::Tensor** tensors, size_t n, int op, ch
     o.timeout = g->timeout;
     std::vector<c10::intrusive_ptr<c10d::Work>> works;
     works.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
+    std::exception_ptr start_error;
+    for (size_t i = 0; i < n && !start_error; ++i) {
       std::vector<at::Tensor> one{*tensors[i]};
-      works.push_back(g->backend->allreduce(one, o));
+      try {
+        works.push_back(g->backend->allreduce(one, o));
+      } catch (...) {
+        start_error = std::current_exception();
+      }
     }
-    for (auto& w : works) wait_for(g, w);
+    if (start_error) {
+      for (auto& w : works) {
+        try {
+          wait_for(g, w);
+        } catch (...) {
+        }
+      }
+      std::rethrow_exception(start_error);
+    }
+    // Every started bucket is waited for before an error is reported, so none still writes
+    // into the caller's tensors afterwards.
+    std::exception_ptr first;
+    for (auto& w : works) {
+      try {
+        wait_for(g, w);
+      } catch (...) {
+        if (!first) first = std::current_exception();
+      }
+    }
+    if (first) std::rethrow_exception(first);
   });
 }
 

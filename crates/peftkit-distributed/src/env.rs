@@ -32,6 +32,8 @@ pub struct DistEnv {
     pub store_host: StoreHost,
     /// `GLOO_SOCKET_IFNAME`: the network interfaces Gloo uses, if set.
     pub gloo_interfaces: Option<String>,
+    /// `TORCHELASTIC_RESTART_COUNT`: which attempt of a restarted torchrun job this is (0).
+    pub restart_count: usize,
 }
 
 impl fmt::Display for DistEnv {
@@ -121,6 +123,10 @@ impl DistEnv {
             master_port,
             store_host,
             gloo_interfaces: get("GLOO_SOCKET_IFNAME"),
+            restart_count: get("TORCHELASTIC_RESTART_COUNT")
+                .map(|v| number("TORCHELASTIC_RESTART_COUNT", v))
+                .transpose()?
+                .unwrap_or(0),
         }))
     }
 

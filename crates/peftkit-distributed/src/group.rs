@@ -63,6 +63,10 @@ pub struct GroupOptions {
     pub timeout: Duration,
     /// How often each rank tells the store it is alive.
     pub heartbeat: Duration,
+    /// Checked equal on every rank (`(what, value)`, see [`ProcessGroup::agree`]) after the
+    /// rendezvous and before the backend is built, so that ranks set up differently (another
+    /// backend or timeout) get the mismatch, not a hang.
+    pub agreement: Option<(String, String)>,
 }
 
 impl Default for GroupOptions {
@@ -71,6 +75,7 @@ impl Default for GroupOptions {
             backend: Backend::Gloo,
             timeout: Duration::from_secs(1800),
             heartbeat: Duration::from_millis(500),
+            agreement: None,
         }
     }
 }
@@ -151,14 +156,19 @@ impl ProcessGroup {
             )?,
             _ => Store::connect(&env.master_addr, env.master_port, options.timeout)?,
         };
-        let store = root.prefixed("peftkit")?;
+        // Keys of one launch attempt: a torchrun restart reuses its agent store.
+        let namespace = format!("peftkit/attempt_{}", env.restart_count);
+        let store = root.prefixed(&namespace)?;
         // The health beats use a connection of their own: a long `get` on the main one holds
         // the client's lock.
         let health_store = Arc::new(
             Store::connect(&env.master_addr, env.master_port, options.timeout)?
-                .prefixed("peftkit/health")?,
+                .prefixed(&format!("{namespace}/health"))?,
         );
         Self::join(&store, env, options.timeout)?;
+        if let Some((what, value)) = &options.agreement {
+            agree_on(&store, "setup", env, what, value)?;
+        }
         let pg_store = store.prefixed("pg")?;
         let host = env
             .is_loopback()
@@ -335,8 +345,12 @@ impl ProcessGroup {
             self.env.master_port,
             Duration::from_secs(3),
         )
-        .and_then(|s| s.prefixed("peftkit/health"))
-        {
+        .and_then(|s| {
+            s.prefixed(&format!(
+                "peftkit/attempt_{}/health",
+                self.env.restart_count
+            ))
+        }) {
             Ok(store) => health::diagnose(&store, self.env.rank, self.env.world_size, seq, wait),
             Err(_) => vec![match self.env.store_host {
                 StoreHost::Rank0 => format!(
@@ -468,29 +482,34 @@ impl ProcessGroup {
     /// and the first line where it does.
     pub fn agree(&self, what: &str, value: &str) -> Result<()> {
         let n = self.agreements.fetch_add(1, Ordering::Relaxed);
-        let key = |r: usize| format!("agree/{n}/{r}");
-        self.store.set(&key(self.rank()), value.as_bytes())?;
-        let values: Vec<String> = (0..self.world_size())
-            .map(|r| {
-                self.store
-                    .get(&key(r))
-                    .map(|v| String::from_utf8_lossy(&v).into_owned())
-            })
-            .collect::<Result<_>>()?;
-        for (r, v) in values.iter().enumerate().skip(1) {
-            if *v != values[0] {
-                let line = values[0]
-                    .lines()
-                    .zip(v.lines())
-                    .find(|(a, b)| a != b)
-                    .map(|(a, b)| format!("rank 0 has `{a}`, rank {r} has `{b}`"))
-                    .unwrap_or_else(|| format!("rank 0 and rank {r} differ in length"));
-                return Err(DistError::Mismatch {
-                    what: what.to_string(),
-                    detail: line,
-                });
-            }
-        }
-        Ok(())
+        agree_on(&self.store, &n.to_string(), &self.env, what, value)
     }
+}
+
+/// [`ProcessGroup::agree`] over a store, under the key `agree/<id>`.
+fn agree_on(store: &Store, id: &str, env: &DistEnv, what: &str, value: &str) -> Result<()> {
+    let key = |r: usize| format!("agree/{id}/{r}");
+    store.set(&key(env.rank), value.as_bytes())?;
+    let values: Vec<String> = (0..env.world_size)
+        .map(|r| {
+            store
+                .get(&key(r))
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+        })
+        .collect::<Result<_>>()?;
+    for (r, v) in values.iter().enumerate().skip(1) {
+        if *v != values[0] {
+            let line = values[0]
+                .lines()
+                .zip(v.lines())
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("rank 0 has `{a}`, rank {r} has `{b}`"))
+                .unwrap_or_else(|| format!("rank 0 and rank {r} differ in length"));
+            return Err(DistError::Mismatch {
+                what: what.to_string(),
+                detail: line,
+            });
+        }
+    }
+    Ok(())
 }

@@ -113,23 +113,19 @@ impl Dataset {
             return batches.to_vec();
         }
         let mut all = batches.to_vec();
-        let mut initial: Vec<usize> = batches.iter().take(world).flatten().copied().collect();
+        let initial: Vec<usize> = batches.iter().take(world).flatten().copied().collect();
         if !initial.is_empty() {
-            // Tiny datasets: fewer rows than one full round of batches.
-            while initial.len() < world * batch_size {
-                initial.extend_from_within(..);
-            }
-            let mut cycle = 0;
-            if let Some(last) = all.last_mut() {
-                if last.len() < batch_size {
-                    let need = batch_size - last.len();
-                    last.extend_from_slice(&initial[cycle..cycle + need]);
-                    cycle += need;
-                }
+            // The rows that complete batches, taken in turn from the first batches' rows
+            // (repeated for tiny datasets).
+            let mut fill = initial.iter().copied().cycle();
+            // The short batch is the last one, except after length grouping, which moves the
+            // longest batch first.
+            for short in all.iter_mut().filter(|b| b.len() < batch_size) {
+                let need = batch_size - short.len();
+                short.extend(fill.by_ref().take(need));
             }
             while !all.len().is_multiple_of(world) {
-                all.push(initial[cycle..cycle + batch_size].to_vec());
-                cycle += batch_size;
+                all.push(fill.by_ref().take(batch_size).collect());
             }
         }
         all.into_iter().skip(rank).step_by(world).collect()
@@ -249,5 +245,18 @@ mod tests {
         let order = batches(1, 2);
         assert_eq!(Dataset::shard_batches(&order, 2, 0, 2), vec![vec![0, 0]]);
         assert_eq!(Dataset::shard_batches(&order, 2, 1, 2), vec![vec![0, 0]]);
+    }
+
+    #[test]
+    fn a_short_batch_moved_first_by_length_grouping_is_completed_too() {
+        let order = vec![vec![9], vec![0, 1], vec![2, 3], vec![4, 5]];
+        assert_eq!(
+            Dataset::shard_batches(&order, 2, 0, 2),
+            vec![vec![9, 9], vec![2, 3]]
+        );
+        assert_eq!(
+            Dataset::shard_batches(&order, 2, 1, 2),
+            vec![vec![0, 1], vec![4, 5]]
+        );
     }
 }

@@ -140,7 +140,9 @@ impl<'a> Ddp<'a> {
         .to_device(g.collective_device());
         let all: Vec<f64> = Vec::try_from(&g.all_gather(&fingerprint)?.to_device(tch::Device::Cpu))
             .map_err(peftkit_models::ModelError::from)?;
-        if let Some(r) = (1..g.world_size()).find(|&r| all[3 * r..3 * r + 3] != all[..3]) {
+        // Bitwise: a NaN on every rank is still in step.
+        let bits: Vec<u64> = all.iter().map(|v| v.to_bits()).collect();
+        if let Some(r) = (1..g.world_size()).find(|&r| bits[3 * r..3 * r + 3] != bits[..3]) {
             return Err(peftkit_distributed::DistError::Mismatch {
                 what: "the trained parameters".into(),
                 detail: format!(

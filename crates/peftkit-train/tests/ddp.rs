@@ -61,8 +61,14 @@ fn sharded_evaluation_equals_a_single_process_bit_for_bit() {
                         master_port: port,
                         store_host: StoreHost::Launcher,
                         gloo_interfaces: None,
+                        restart_count: 0,
                     };
-                    let pg = ProcessGroup::init(&env, &GroupOptions::default()).unwrap();
+                    // A short timeout: a failing thread must not leave the other waiting.
+                    let opts = GroupOptions {
+                        timeout: Duration::from_secs(60),
+                        ..GroupOptions::default()
+                    };
+                    let pg = ProcessGroup::init(&env, &opts).unwrap();
                     let (model, _) =
                         SequenceClassifier::load(dir, &LoadOptions::new(Device::Cpu)).unwrap();
                     evaluate_sharded(&model, data, 3, 2, None, Some(&pg)).unwrap()
