@@ -20,6 +20,7 @@ mod args;
 mod data;
 mod ddp;
 mod eval;
+mod nonfinite;
 mod optim;
 mod trainer;
 
@@ -37,6 +38,9 @@ pub enum TrainError {
     /// Invalid arguments.
     #[error("training arguments: {0}")]
     Config(String),
+    /// The training loss stopped being finite (NaN or infinite).
+    #[error("training stopped: {0}")]
+    NonFinite(String),
     /// A checkpoint that cannot be resumed from or loaded.
     #[error("checkpoint: {0}")]
     Checkpoint(String),

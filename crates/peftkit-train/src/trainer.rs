@@ -356,6 +356,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
         let start_step = state.global_step;
         let mut samples = 0usize;
         let mut evaluated_at = None;
+        let mut guard = crate::nonfinite::NonFiniteGuard::new(device);
         let mut interrupted = false;
 
         while state.global_step < total && !state.stopped_early && !interrupted {
@@ -392,6 +393,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                         )
                     })?;
                     tch::no_grad(|| loss_since_log += &loss / group_len as f64);
+                    guard.observe(&loss, state.global_step + 1);
                     samples += b.size;
                     samples_since_log += b.size;
                     if micro - group_start + 1 < group_len {
@@ -420,6 +422,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                         // the loss averaged over the ranks, as HF logs it).
                         loss_since_log = ddp.mean(&loss_since_log)?;
                         let loss_value = loss_since_log.double_value(&[]) / steps_since_log as f64;
+                        guard.check("training loss", loss_value, state.global_step, lr)?;
                         tch::no_grad(|| loss_total += &loss_since_log);
                         loss_since_log = Tensor::zeros([], (Kind::Float, device));
                         let grad_norm = opt.last_grad_norm().map(|n| n.double_value(&[]));
@@ -455,9 +458,19 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                             .then(|| ddp.mean(&(&loss_total + &loss_since_log)))
                             .transpose()?
                             .map(|t| t.double_value(&[]));
+                        // No checkpoint of parameters a non-finite loss has reached.
+                        if let Some(p) = pending {
+                            guard.check("summed training loss", p, state.global_step, lr)?;
+                        }
                         self.evaluate_and_save(
                             &mut state, &mut opt, eval, at_eval, pending, fraction, &bar,
                         )?;
+                        if at_save {
+                            guard.last_checkpoint = Some(
+                                self.checkpoint_dir
+                                    .join(format!("checkpoint-{}", state.global_step)),
+                            );
+                        }
                         evaluated_at = Some(state.global_step);
                     }
                     if self.stop_after.is_some_and(|s| state.global_step >= s) {
@@ -488,9 +501,25 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                     .then(|| ddp.mean(&(&loss_total + &loss_since_log)))
                     .transpose()?
                     .map(|t| t.double_value(&[]));
+                if let Some(p) = pending {
+                    let lr = args.learning_rate
+                        * lr_factor(
+                            args.lr_scheduler_type,
+                            state.global_step.saturating_sub(1),
+                            warmup,
+                            total,
+                        );
+                    guard.check("summed training loss", p, state.global_step, lr)?;
+                }
                 self.evaluate_and_save(
                     &mut state, &mut opt, eval, at_eval, pending, fraction, &bar,
                 )?;
+                if at_save {
+                    guard.last_checkpoint = Some(
+                        self.checkpoint_dir
+                            .join(format!("checkpoint-{}", state.global_step)),
+                    );
+                }
                 evaluated_at = Some(state.global_step);
             }
         }

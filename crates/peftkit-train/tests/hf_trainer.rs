@@ -451,3 +451,63 @@ fn evaluation_batches_by_length_but_predicts_in_row_order() {
         assert_eq!(alone.predictions, vec![p], "row {i}");
     }
 }
+
+#[test]
+fn a_non_finite_loss_stops_training_naming_the_step_and_the_last_checkpoint() {
+    let _serial = serial();
+    let dir = fixtures().join("tiny-bert");
+    let (m, _) = SequenceClassifier::load(&dir, &LoadOptions::new(Device::Cpu)).unwrap();
+    let data = repeated("bert", 5);
+    let eval = golden_dataset("bert");
+    // SGD at an absurd learning rate: the weights overflow and the loss becomes NaN / inf.
+    let args = TrainingArgs {
+        learning_rate: 1e30,
+        lr_scheduler_type: peftkit_train::Scheduler::Constant,
+        warmup_ratio: 0.0,
+        warmup_steps: 0,
+        optim: peftkit_train::Optim::Sgd,
+        max_grad_norm: 0.0,
+        max_steps: Some(30),
+        save_strategy: Strategy::Steps,
+        save_steps: 1,
+        eval_strategy: Strategy::Steps,
+        eval_steps: 1,
+        logging_steps: 1,
+        load_best_model_at_end: false,
+        ..long_args()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let err = Trainer::new(&m, args, tmp.path())
+        .unwrap()
+        .with_progress(false)
+        .train(&data, Some(&eval), None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("training stopped: the training loss is")
+            && err.contains("learning rate 1.000e30"),
+        "{err}"
+    );
+    // The run stopped at the first bad step: every checkpoint it left is of finite weights, and
+    // the message names the newest.
+    let step: usize = err
+        .split(" at step ")
+        .nth(1)
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(step < 30);
+    if step > 1 {
+        let last = tmp.path().join(format!("checkpoint-{}", step - 1));
+        assert!(err.contains(&last.display().to_string()), "{err}");
+        for (name, t) in read_safetensors(&last.join("trainable.safetensors")).unwrap() {
+            assert!(
+                bool::try_from(t.isfinite().all()).unwrap(),
+                "{name} is not finite"
+            );
+        }
+    }
+}
