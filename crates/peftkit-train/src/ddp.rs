@@ -153,12 +153,4 @@ impl<'a> Ddp<'a> {
         }
         Ok(())
     }
-
-    /// Waits for every rank (after rank 0 has written something the others will read).
-    pub(crate) fn barrier(&self) -> Result<()> {
-        match self.group {
-            Some(g) => Ok(g.barrier()?),
-            None => Ok(()),
-        }
-    }
 }

@@ -205,8 +205,9 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
         self
     }
 
-    fn ddp(&self) -> Ddp<'a> {
-        Ddp::new(self.group, self.args.ddp_bucket_cap_mb)
+    /// Rank 0 (or the only process): the one that logs and writes.
+    fn is_main(&self) -> bool {
+        self.group.is_none_or(ProcessGroup::is_main)
     }
 
     /// Appends every log record to this `metrics.jsonl`.
@@ -234,11 +235,8 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
     }
 
     fn record(&mut self, state: &mut TrainerState, record: serde_json::Value) -> Result<()> {
-        if let Some(log) = self
-            .log
-            .as_mut()
-            .filter(|_| self.group.is_none_or(ProcessGroup::is_main))
-        {
+        let main = self.is_main();
+        if let Some(log) = self.log.as_mut().filter(|_| main) {
             log.append(&record)?;
         }
         state.log_history.push(record);
@@ -275,7 +273,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
             ));
         }
         let args = self.args.clone();
-        let ddp = self.ddp();
+        let ddp = Ddp::new(self.group, args.ddp_bucket_cap_mb);
         let world = ddp.world();
         let main = ddp.is_main();
         let device = self.model.device();
@@ -603,7 +601,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                 "eval_samples_per_second": out.samples_per_second,
             });
             bar.suspend(|| {
-                if !self.ddp().is_main() {
+                if !self.is_main() {
                     return;
                 }
                 eprintln!(
@@ -639,7 +637,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                     .is_some_and(|p| state.patience >= p)
                 {
                     state.stopped_early = true;
-                    let main = self.ddp().is_main();
+                    let main = self.is_main();
                     bar.suspend(|| {
                         if main {
                             eprintln!(
@@ -676,12 +674,14 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                 train_loss_total: state.train_loss_total + pending_loss,
                 ..state.clone()
             };
-            if self.ddp().is_main() {
+            if self.is_main() {
                 self.save_checkpoint(&dir, &saved, opt)?;
                 self.rotate_checkpoints(state)?;
             }
             // Nobody reads a checkpoint before it is complete.
-            self.ddp().barrier()?;
+            if let Some(g) = self.group {
+                g.barrier()?;
+            }
         } else if let Some(v) = metric {
             if state.best_metric.is_none_or(|b| {
                 if self.args.greater_is_better() {
