@@ -167,7 +167,7 @@ impl ProcessGroup {
         );
         Self::join(&store, env, options.timeout)?;
         if let Some((what, value)) = &options.agreement {
-            agree_on(&store, "setup", env, what, value)?;
+            agree_on(&store, "setup", env, what, value, options.timeout)?;
         }
         let pg_store = store.prefixed("pg")?;
         let host = env
@@ -482,12 +482,26 @@ impl ProcessGroup {
     /// and the first line where it does.
     pub fn agree(&self, what: &str, value: &str) -> Result<()> {
         let n = self.agreements.fetch_add(1, Ordering::Relaxed);
-        agree_on(&self.store, &n.to_string(), &self.env, what, value)
+        agree_on(
+            &self.store,
+            &n.to_string(),
+            &self.env,
+            what,
+            value,
+            self.options.timeout,
+        )
     }
 }
 
 /// [`ProcessGroup::agree`] over a store, under the key `agree/<id>`.
-fn agree_on(store: &Store, id: &str, env: &DistEnv, what: &str, value: &str) -> Result<()> {
+fn agree_on(
+    store: &Store,
+    id: &str,
+    env: &DistEnv,
+    what: &str,
+    value: &str,
+    timeout: Duration,
+) -> Result<()> {
     let key = |r: usize| format!("agree/{id}/{r}");
     store.set(&key(env.rank), value.as_bytes())?;
     let values: Vec<String> = (0..env.world_size)
@@ -497,6 +511,14 @@ fn agree_on(store: &Store, id: &str, env: &DistEnv, what: &str, value: &str) -> 
                 .map(|v| String::from_utf8_lossy(&v).into_owned())
         })
         .collect::<Result<_>>()?;
+    // Nobody leaves (rank 0 may take the store with it) before every rank has read every value,
+    // so each one reports the difference itself.
+    let read = format!("agree/{id}/read");
+    store.add(&read, 1)?;
+    let start = Instant::now();
+    while (store.add(&read, 0)? as usize) < env.world_size && start.elapsed() < timeout {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     for (r, v) in values.iter().enumerate().skip(1) {
         if *v != values[0] {
             let line = values[0]
