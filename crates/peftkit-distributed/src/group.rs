@@ -513,11 +513,18 @@ fn agree_on(
         .collect::<Result<_>>()?;
     // Nobody leaves (rank 0 may take the store with it) before every rank has read every value,
     // so each one reports the difference itself.
+    // Once this rank holds every value the wait is only a courtesy to the others: if the store
+    // goes away meanwhile (rank 0 saw the count complete first and left with it), the values
+    // already read still decide, and a store that is really gone fails the next operation.
     let read = format!("agree/{id}/read");
-    store.add(&read, 1)?;
     let start = Instant::now();
-    while (store.add(&read, 0)? as usize) < env.world_size && start.elapsed() < timeout {
+    let mut count = store.add(&read, 1).ok();
+    while let Some(c) = count {
+        if c as usize >= env.world_size || start.elapsed() >= timeout {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(10));
+        count = store.add(&read, 0).ok();
     }
     for (r, v) in values.iter().enumerate().skip(1) {
         if *v != values[0] {
