@@ -4,5 +4,8 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod infer;
 pub mod pipeline;
+pub mod predict;
 pub mod report;
+pub mod serve;

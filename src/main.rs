@@ -4,6 +4,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use peftkit::config::{configs_dir, find_config, list_configs, ExperimentConfig};
 use peftkit::pipeline::{encode, load_tuned, load_tuned_model, run_experiment, RunOptions, Tuned};
+use peftkit::predict::{predict_file, FileOptions, Predictor};
 use peftkit_train::distributed::{Backend, DistEnv, DistError, GroupOptions, ProcessGroup};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -94,32 +95,104 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Classify texts.
+    /// Classify texts: those given with `--text`, or every row of a file (`--input`).
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["texts", "input"])))]
     Predict {
         /// Hub id or checkpoint directory.
         #[arg(long)]
         model: String,
         /// A peft adapter directory to load on top of the model; `NAME=DIR` (repeatable) loads
-        /// several adapters on the one base, and `--text-adapter` chooses per text.
+        /// several adapters on the one base, and `--text-adapter` (or the input's adapter
+        /// column) chooses per text.
         #[arg(long = "adapter")]
         adapters: Vec<String>,
         /// A text to classify (repeatable).
-        #[arg(long = "text", required = true)]
+        #[arg(long = "text")]
         texts: Vec<String>,
         /// The adapter (a NAME of `--adapter NAME=DIR`, or `__base__` for none) for each `--text`
-        /// in order (repeatable; once: for every text). Default: the first adapter. The texts
-        /// are classified in one mixed-adapter batch.
-        #[arg(long = "text-adapter")]
+        /// in order (repeatable; once: for every text). Default: the first adapter.
+        #[arg(long = "text-adapter", requires = "texts")]
         text_adapters: Vec<String>,
+        /// Classify every row of this file: `.txt` (one text a line), `.jsonl` (a `text` field,
+        /// the other fields passed through), `.csv` or `.parquet` (a `text` or `sentence`
+        /// column, or `--text-column`). Streamed; answers in input order.
+        #[arg(long, conflicts_with = "texts")]
+        input: Option<PathBuf>,
+        /// Where `--input`'s answers go: a new `.jsonl` or `.parquet` file (default: JSONL on
+        /// standard output). An existing file is never replaced.
+        #[arg(long, requires = "input")]
+        output: Option<PathBuf>,
+        /// The text column or field of `--input`.
+        #[arg(long, requires = "input")]
+        text_column: Option<String>,
+        /// The column or field of `--input` naming each row's adapter (empty: the default).
+        #[arg(long, default_value = "adapter", requires = "input")]
+        adapter_column: String,
+        /// Rows per forward pass (length-sorted batches).
+        #[arg(long, default_value_t = 32)]
+        batch_size: usize,
         /// Truncation length.
         #[arg(long, default_value_t = 512)]
         max_length: usize,
         /// `cpu`, `cuda`, `cuda:N` or `auto`.
         #[arg(long, default_value = "auto")]
         device: String,
-        /// One JSON object per line: text, label, label_id, probabilities, logits.
+        /// One JSON object per line: text, label, label_id, probabilities, logits (always so
+        /// with `--input`).
         #[arg(long)]
         json: bool,
+        /// Hide the progress bar of `--input`.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Serve the model and its adapters over HTTP, compatible with text-embeddings-inference's
+    /// classification routes: `POST /predict {"inputs": ..., "adapter": NAME}`, `GET /info`,
+    /// `GET /health`, `GET /metrics`, and `GET|POST /adapters`, `DELETE /adapters/NAME` to
+    /// change the adapters at run time. SIGTERM or Ctrl-C: the requests in flight are answered,
+    /// then it exits 0.
+    Serve {
+        /// Hub id or checkpoint directory of the base model.
+        #[arg(long)]
+        model: String,
+        /// `NAME=DIR` (repeatable): adapters to load at start; the first is the default of
+        /// requests naming none. A bare `DIR` is named `default`.
+        #[arg(long = "adapter")]
+        adapters: Vec<String>,
+        /// Address to listen on (the admin routes load directories of this machine: keep it on
+        /// a trusted network).
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Port (0: any free port; the address is printed as `listening on http://...`).
+        #[arg(long, short, default_value_t = 3000)]
+        port: u16,
+        /// `cpu`, `cuda`, `cuda:N` or `auto`.
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Padded tokens per forward pass.
+        #[arg(long, default_value_t = 16384)]
+        max_batch_tokens: usize,
+        /// Inputs per forward pass.
+        #[arg(long, default_value_t = 64)]
+        max_batch_requests: usize,
+        /// How long (ms) the first request of a batch waits for others to join it.
+        #[arg(long, default_value_t = 2)]
+        max_batch_wait_ms: u64,
+        /// Requests that may wait for the model; more are answered 503 with Retry-After.
+        #[arg(long, default_value_t = 512)]
+        max_concurrent_requests: usize,
+        /// Inputs one request may hold; more are answered 413.
+        #[arg(long, default_value_t = 32)]
+        max_client_batch_size: usize,
+        /// Request body bytes; more are answered 413.
+        #[arg(long, default_value_t = 2_000_000)]
+        payload_limit: usize,
+        /// Truncate inputs longer than the model takes when a request does not say
+        /// (`"truncate"`); else such inputs are answered 413.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        auto_truncate: bool,
+        /// A request not answered within this many ms is answered 504.
+        #[arg(long, default_value_t = 60_000)]
+        request_timeout_ms: u64,
     },
     /// Fold a peft adapter into its base model and write a plain HF checkpoint directory.
     Merge {
@@ -160,83 +233,12 @@ enum Command {
     },
 }
 
-/// `--adapter` values as `(NAME, DIR)` when given as `NAME=DIR` (all or none of them).
-fn named_adapters(values: &[String]) -> Result<Vec<(String, PathBuf)>> {
-    let named: Vec<(String, PathBuf)> = values
-        .iter()
-        .filter_map(|v| {
-            // A directory whose path holds `=` is a path, not NAME=DIR.
-            let (n, d) = v.split_once('=')?;
-            if n.contains('/') || std::path::Path::new(v).is_dir() {
-                return None;
-            }
-            Some((n.to_string(), PathBuf::from(d)))
-        })
-        .collect();
-    if !named.is_empty() && named.len() != values.len() {
-        bail!("--adapter: give every adapter as NAME=DIR when several are loaded");
-    }
-    if named.is_empty() && values.len() > 1 {
-        bail!(
-            "--adapter given {} times: name them, --adapter NAME=DIR",
-            values.len()
-        );
-    }
-    if let Some((n, _)) = named.iter().find(|(n, _)| n.is_empty()) {
-        bail!("--adapter {n}=…: empty adapter name");
-    }
-    Ok(named)
-}
-
-/// Prints one prediction: `label  probability  text` or, with `json`, one JSON object.
-fn print_prediction(
-    text: &str,
-    names: &[String],
-    logits: &tch::Tensor,
-    json: bool,
-    adapter: Option<&str>,
-) -> Result<()> {
-    let probs: Vec<f64> = Vec::try_from(
-        &logits
-            .softmax(-1, tch::Kind::Double)
-            .view([-1])
-            .to_device(tch::Device::Cpu),
-    )?;
-    let logits: Vec<f64> = Vec::try_from(
-        &logits
-            .to_kind(tch::Kind::Double)
-            .view([-1])
-            .to_device(tch::Device::Cpu),
-    )?;
-    let id = probs
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i)
-        .unwrap_or(0);
-    let label = names
-        .get(id)
-        .cloned()
-        .unwrap_or_else(|| format!("LABEL_{id}"));
-    if json {
-        let mut v = serde_json::json!({"text": text, "label": label, "label_id": id, "probabilities": probs, "logits": logits});
-        if let Some(a) = adapter {
-            v["adapter"] = serde_json::json!(a);
-        }
-        println!("{v}");
-    } else {
-        match adapter {
-            Some(a) => println!("{:<10} {:.4}  [{a}] {text}", label, probs[id]),
-            None => println!("{:<10} {:.4}  {text}", label, probs[id]),
-        }
-    }
-    Ok(())
-}
-
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            // `serve` logs one line per request at info.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,peftkit::serve=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -479,94 +481,103 @@ fn run(cli: Cli) -> Result<()> {
             adapters,
             texts,
             text_adapters,
+            input,
+            output,
+            text_column,
+            adapter_column,
+            batch_size,
             max_length,
             device,
             json,
+            quiet,
         } => {
             let device = peftkit_models::parse_device(&device)?;
-            let named = named_adapters(&adapters)?;
-            if named.is_empty() {
-                if !text_adapters.is_empty() {
-                    bail!("--text-adapter needs adapters given as --adapter NAME=DIR");
-                }
-                let adapter = adapters.first().map(PathBuf::from);
-                let (m, tok) = load_tuned(&model, None, adapter.as_deref(), device)?;
-                let virtual_positions = match &m {
-                    Tuned::Peft(p) => p.virtual_positions(),
-                    Tuned::Plain(_) => 0,
-                };
-                let tok = tok.with_truncation(peftkit_tokenize::Truncation::MaxLength(
-                    max_length.min((m.classifier().max_length() - virtual_positions) as usize),
-                ));
-                let names = m.label_names();
-                let ids = tok.encode_batch(&texts).context("tokenizing")?;
-                for (text, row) in texts.iter().zip(&ids) {
-                    let batch = peftkit_tokenize::collate(
-                        &[row],
-                        &[0],
-                        peftkit_tokenize::Padding::Longest,
-                        tok.pad_id(),
-                    );
-                    let b = peftkit_train::DeviceBatch::new(&batch, device);
-                    let logits =
-                        tch::no_grad(|| m.model().logits(&b.input_ids, &b.attention_mask, false))?;
-                    print_prediction(text, &names, &logits, json, None)?;
-                }
+            let mut p = Predictor::load(&model, &adapters, device, max_length, batch_size)?;
+            if let Some(input) = input {
+                predict_file(
+                    &mut p,
+                    &FileOptions {
+                        input,
+                        output,
+                        text_column,
+                        adapter_column,
+                        quiet,
+                    },
+                )?;
                 return Ok(());
             }
-            let (mut m, tok, labels) = peftkit::pipeline::load_adapters(&model, &named, device)?;
-            let choice: Vec<String> = match text_adapters.len() {
-                0 => vec![named[0].0.clone(); texts.len()],
-                1 => vec![text_adapters[0].clone(); texts.len()],
-                n if n == texts.len() => text_adapters,
+            if !text_adapters.is_empty() && !p.named() {
+                bail!("--text-adapter needs adapters given as --adapter NAME=DIR");
+            }
+            let choice: Vec<Option<String>> = match text_adapters.len() {
+                0 => vec![None; texts.len()],
+                1 => vec![Some(text_adapters[0].clone()); texts.len()],
+                n if n == texts.len() => text_adapters.into_iter().map(Some).collect(),
                 n => bail!(
                     "{n} --text-adapter values for {} texts (give one per text, or one for all)",
                     texts.len()
                 ),
             };
-            for c in &choice {
-                if c != peftkit_adapters::BASE_ADAPTER && !labels.contains_key(c) {
-                    bail!(
-                        "--text-adapter {c}: no such adapter (given: {}; or {})",
-                        labels.keys().cloned().collect::<Vec<_>>().join(", "),
-                        peftkit_adapters::BASE_ADAPTER
-                    );
+            for c in choice.iter().flatten() {
+                if let Err(e) = p.check_adapter(c) {
+                    bail!("--text-adapter {c}: no such adapter ({e})");
                 }
             }
-            let tok = tok.with_truncation(peftkit_tokenize::Truncation::MaxLength(
-                max_length.min((m.base().max_length() - m.virtual_positions()) as usize),
-            ));
-            let ids = tok.encode_batch(&texts).context("tokenizing")?;
-            let batch = peftkit_tokenize::collate(
-                &ids,
-                &vec![0; ids.len()],
-                peftkit_tokenize::Padding::Longest,
-                tok.pad_id(),
-            );
-            let b = peftkit_train::DeviceBatch::new(&batch, device);
-            let route: Vec<&str> = choice.iter().map(String::as_str).collect();
-            let one =
-                route.iter().all(|c| *c == route[0]) && route[0] != peftkit_adapters::BASE_ADAPTER;
-            let logits = if one {
-                // One adapter for every text (any method, prompt learning included).
-                m.set_adapter(route[0])?;
-                tch::no_grad(|| {
-                    m.forward(
-                        &b.input_ids,
-                        &b.attention_mask,
-                        &peftkit_models::ForwardOptions::eval(),
-                    )
-                })?
-                .logits
-            } else {
-                m.forward_mixed(&b.input_ids, &b.attention_mask, &route)?
-                    .logits
-            };
-            for (i, text) in texts.iter().enumerate() {
-                let names = labels.get(&choice[i]).unwrap_or(&labels[&named[0].0]);
-                print_prediction(text, names, &logits.get(i as i64), json, Some(&choice[i]))?;
+            for (text, (adapter, answer)) in texts.iter().zip(p.predict(&texts, &choice)?) {
+                let adapter = p.named().then_some(adapter.as_str());
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::Value::Object(answer.to_json(text, adapter))
+                    );
+                } else {
+                    let prob = answer.probabilities[answer.label_id];
+                    match adapter {
+                        Some(a) => println!("{:<10} {prob:.4}  [{a}] {text}", answer.label),
+                        None => println!("{:<10} {prob:.4}  {text}", answer.label),
+                    }
+                }
             }
             Ok(())
+        }
+        Command::Serve {
+            model,
+            adapters,
+            host,
+            port,
+            device,
+            max_batch_tokens,
+            max_batch_requests,
+            max_batch_wait_ms,
+            max_concurrent_requests,
+            max_client_batch_size,
+            payload_limit,
+            auto_truncate,
+            request_timeout_ms,
+        } => {
+            let named = peftkit::predict::named_adapters(&adapters)?;
+            let adapters = if named.is_empty() {
+                adapters
+                    .first()
+                    .map(|d| vec![("default".to_string(), PathBuf::from(d))])
+                    .unwrap_or_default()
+            } else {
+                named
+            };
+            peftkit::serve::serve(peftkit::serve::ServeOptions {
+                model,
+                adapters,
+                addr: std::net::SocketAddr::new(host, port),
+                device: peftkit_models::parse_device(&device)?,
+                max_batch_requests,
+                max_batch_tokens,
+                max_batch_wait: std::time::Duration::from_millis(max_batch_wait_ms),
+                max_concurrent_requests,
+                max_client_batch_size,
+                payload_limit,
+                auto_truncate,
+                request_timeout: std::time::Duration::from_millis(request_timeout_ms),
+            })
         }
         Command::Merge {
             model,

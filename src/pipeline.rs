@@ -222,7 +222,7 @@ pub fn load_tuned_model(
 }
 
 /// The label names saved beside an adapter (`id2label.json`), or `LABEL_i` for its head's size.
-fn adapter_labels(adapter: &Path) -> Result<Option<Vec<String>>> {
+pub fn adapter_labels(adapter: &Path) -> Result<Option<Vec<String>>> {
     let labels_file = adapter.join(ADAPTER_LABELS_FILE);
     Ok(if labels_file.is_file() {
         let text = std::fs::read_to_string(&labels_file)

@@ -7,7 +7,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::peftkit;
+use common::{peftkit, random_minilm_adapter};
 fn run_ok(args: &[&str]) -> Output {
     let out = peftkit().args(args).output().unwrap();
     assert!(
@@ -697,28 +697,6 @@ fn prefix_run_saves_a_peft_prefix_adapter_that_reloads_identically() {
 }
 
 /// Saves an adapter made of `config` with random weights on MiniLM (2 labels), with labels.
-fn random_minilm_adapter(dir: &Path, config: peftkit_adapters::AdapterConfig) {
-    let minilm = std::env::var("PEFTKIT_MINILM_DIR").unwrap();
-    let (base, _) = peftkit_models::SequenceClassifier::load(
-        Path::new(&minilm),
-        &peftkit_models::LoadOptions::new(tch::Device::Cpu)
-            .with_labels(vec!["negative".into(), "positive".into()]),
-    )
-    .unwrap();
-    tch::manual_seed(5);
-    let model = peftkit_adapters::PeftModel::new(base, config).unwrap();
-    use peftkit_models::TrainModel;
-    for (_, mut t) in model.trainable_parameters() {
-        tch::no_grad(|| t.copy_(&(&t + t.randn_like() * 0.05)));
-    }
-    model.save_pretrained(dir, Some("minilm"), None).unwrap();
-    std::fs::write(
-        dir.join("id2label.json"),
-        r#"{"0": "negative", "1": "positive"}"#,
-    )
-    .unwrap();
-}
-
 fn predictions(args: &[&str]) -> Vec<serde_json::Value> {
     let out = run_ok(args);
     String::from_utf8_lossy(&out.stdout)

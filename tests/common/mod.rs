@@ -28,3 +28,29 @@ pub fn peftkit() -> Command {
     }
     c
 }
+
+/// Saves an adapter of `config` on MiniLM (two labels, `negative` / `positive`) with its
+/// trainable tensors nudged away from their initialisation (seeded), so that it changes the
+/// logits; `id2label.json` beside it.
+#[allow(dead_code)]
+pub fn random_minilm_adapter(dir: &Path, config: peftkit_adapters::AdapterConfig) {
+    let minilm = std::env::var("PEFTKIT_MINILM_DIR").unwrap();
+    let (base, _) = peftkit_models::SequenceClassifier::load(
+        Path::new(&minilm),
+        &peftkit_models::LoadOptions::new(tch::Device::Cpu)
+            .with_labels(vec!["negative".into(), "positive".into()]),
+    )
+    .unwrap();
+    tch::manual_seed(5);
+    let model = peftkit_adapters::PeftModel::new(base, config).unwrap();
+    use peftkit_models::TrainModel;
+    for (_, mut t) in model.trainable_parameters() {
+        tch::no_grad(|| t.copy_(&(&t + t.randn_like() * 0.05)));
+    }
+    model.save_pretrained(dir, Some("minilm"), None).unwrap();
+    std::fs::write(
+        dir.join("id2label.json"),
+        r#"{"0": "negative", "1": "positive"}"#,
+    )
+    .unwrap();
+}

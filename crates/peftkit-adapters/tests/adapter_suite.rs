@@ -432,6 +432,27 @@ pub fn disable_restores_base_logits(kind: &AdapterKind, arch: &str) {
     );
 }
 
+pub fn unload_returns_the_base(kind: &AdapterKind, arch: &str) {
+    let g = inputs(arch);
+    let plain = logits(&(kind.reference_base)(arch), &g);
+    let mut model = wrap(kind, arch);
+    if kind.merges {
+        model.merge_adapter(); // unloading must also undo a merge
+    }
+    let base = model.unload();
+    let d = diff(&logits(&base, &g), &plain);
+    assert!(
+        d <= 1e-6,
+        "{} {arch}: the unloaded base differs from the base model by {d}",
+        kind.name
+    );
+    assert!(
+        base.linears().iter().all(|l| l.hook().is_none()),
+        "{} {arch}: a hook stayed behind",
+        kind.name
+    );
+}
+
 pub fn only_adapter_and_head_receive_gradients(kind: &AdapterKind, arch: &str) {
     let g = inputs(arch);
     let model = wrap(kind, arch);
@@ -578,6 +599,10 @@ macro_rules! adapter_suite {
             #[test]
             fn disable_restores_base_logits() {
                 super::disable_restores_base_logits(&$kind, $arch)
+            }
+            #[test]
+            fn unload_returns_the_base() {
+                super::unload_returns_the_base(&$kind, $arch)
             }
             #[test]
             fn only_adapter_and_head_receive_gradients() {

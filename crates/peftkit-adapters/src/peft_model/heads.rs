@@ -39,7 +39,7 @@ impl HeadCopy {
 
 /// The hook on a head linear: per-adapter copies.
 #[derive(Debug)]
-struct HeadCopies {
+pub(crate) struct HeadCopies {
     /// The module that was listed (`classifier`) and the linear's path below it (`dense`, or
     /// empty when the linear is the module): peft's in-model name is
     /// `{module}.modules_to_save.{adapter}.{rest}`.

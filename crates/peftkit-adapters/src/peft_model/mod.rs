@@ -182,6 +182,25 @@ impl PeftModel {
         Ok(())
     }
 
+    /// Removes every adapter without merging and returns the base with its original head
+    /// (peft's `unload()`). A quantized base stays quantized.
+    pub fn unload(mut self) -> SequenceClassifier {
+        self.unmerge_adapter();
+        for name in self.adapters() {
+            let mut tuner = self.tuners.remove(&name).expect("listed");
+            tuner.remove(&mut self.base);
+            Heads::remove(&mut self.base, &name);
+        }
+        for linear in self.base.linears_mut() {
+            if linear.hook_as::<AdapterLayer>().is_some()
+                || linear.hook_as::<heads::HeadCopies>().is_some()
+            {
+                linear.take_hook();
+            }
+        }
+        self.base
+    }
+
     pub(crate) fn no_adapter(&self, name: &str) -> AdapterError {
         AdapterError::Invalid(format!(
             "no adapter `{name}` (there are: {})",

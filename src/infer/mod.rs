@@ -1,0 +1,519 @@
+//! Inference shared by `peftkit predict` and `peftkit serve`: a model host holding one base
+//! and any number of named adapters, the encoding of texts against the model's positions, and
+//! batched forward passes whose rows may each name their adapter.
+
+pub mod batch;
+
+use crate::pipeline::{adapter_labels, load_adapters, load_tuned, Tuned};
+use anyhow::{bail, Context, Result};
+use peftkit_adapters::{PeftModel, BASE_ADAPTER};
+use peftkit_models::{ForwardOptions, SequenceClassifier, TrainModel};
+use peftkit_tokenize::{Padding, TextTokenizer, Truncation};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+/// One input: a text or a text pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text {
+    /// One text.
+    Single(String),
+    /// A pair (sentence A, sentence B), encoded as the tokenizer encodes pairs.
+    Pair(String, String),
+}
+
+impl Text {
+    /// Characters in the input.
+    pub fn chars(&self) -> usize {
+        match self {
+            Text::Single(a) => a.chars().count(),
+            Text::Pair(a, b) => a.chars().count() + b.chars().count(),
+        }
+    }
+}
+
+/// Encodes inputs for a model with `limit` positions.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    full: TextTokenizer,
+    cut: TextTokenizer,
+    limit: usize,
+    pad_id: u32,
+}
+
+/// An input longer than the model takes, when truncation is off.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("input {index} has {tokens} tokens but the model takes at most {limit}")]
+pub struct TooLong {
+    /// Which input (0-based).
+    pub index: usize,
+    /// Its tokens.
+    pub tokens: usize,
+    /// The model's limit.
+    pub limit: usize,
+}
+
+/// Why inputs could not be encoded.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// Over the limit with truncation off.
+    #[error(transparent)]
+    TooLong(#[from] TooLong),
+    /// The tokenizer failed.
+    #[error("tokenizing input {index}: {message}")]
+    Tokenizer {
+        /// Which input.
+        index: usize,
+        /// The tokenizer's message.
+        message: String,
+    },
+}
+
+impl Encoder {
+    /// An encoder truncating to `limit` tokens (at least 2: room for the special tokens).
+    pub fn new(tokenizer: &TextTokenizer, limit: usize) -> Self {
+        let limit = limit.max(2);
+        Self {
+            full: tokenizer.clone().with_truncation(Truncation::None),
+            cut: tokenizer
+                .clone()
+                .with_truncation(Truncation::MaxLength(limit)),
+            limit,
+            pad_id: tokenizer.pad_id(),
+        }
+    }
+
+    /// The most tokens an input may have.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The pad id.
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    fn encode_with(tok: &TextTokenizer, text: &Text) -> std::result::Result<Vec<u32>, String> {
+        let enc = match text {
+            Text::Single(a) => tok.inner().encode_fast(a.as_str(), true),
+            Text::Pair(a, b) => tok.inner().encode_fast((a.as_str(), b.as_str()), true),
+        };
+        enc.map(|e| e.get_ids().to_vec()).map_err(|e| e.to_string())
+    }
+
+    /// Encodes `texts` (special tokens added, unpadded). Longer than [`Encoder::limit`]: cut to
+    /// it when `truncate`, else [`TooLong`]. A text with no tokens at all (an empty text for
+    /// GPT-2, whose tokenizer adds none) becomes the one pad token (GPT-2's `<|endoftext|>`), so
+    /// that every input has a position to classify from.
+    pub fn encode(
+        &self,
+        texts: &[Text],
+        truncate: bool,
+    ) -> std::result::Result<Vec<Vec<u32>>, EncodeError> {
+        use rayon::prelude::*;
+        texts
+            .par_iter()
+            .enumerate()
+            .map(|(index, text)| {
+                let err = |message| EncodeError::Tokenizer { index, message };
+                let mut ids = Self::encode_with(&self.full, text).map_err(err)?;
+                if ids.len() > self.limit {
+                    if !truncate {
+                        return Err(TooLong {
+                            index,
+                            tokens: ids.len(),
+                            limit: self.limit,
+                        }
+                        .into());
+                    }
+                    ids = Self::encode_with(&self.cut, text).map_err(err)?;
+                    ids.truncate(self.limit);
+                }
+                if ids.is_empty() {
+                    ids.push(self.pad_id);
+                }
+                Ok(ids)
+            })
+            .collect()
+    }
+}
+
+/// What is known of a loaded adapter.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterInfo {
+    /// Its name.
+    pub name: String,
+    /// The directory it came from.
+    pub path: PathBuf,
+    /// peft's `peft_type` (`LORA`, `PREFIX_TUNING`, …).
+    pub peft_type: String,
+    /// The rank `r`, for methods that have one.
+    pub r: Option<u64>,
+    /// The label names in id order (its `id2label`).
+    pub labels: Vec<String>,
+    /// Prefix or prompt tuning: its rows run in batches of their own.
+    pub prompt_learning: bool,
+}
+
+/// The keys of `adapter_config.json` the host checks.
+fn adapter_config(dir: &Path) -> Result<serde_json::Value> {
+    let file = dir.join("adapter_config.json");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", file.display()))
+}
+
+/// One base model and its adapters, for inference. Rows of one batch may each name an
+/// adapter (or [`BASE_ADAPTER`]).
+pub struct Host {
+    model: Option<Tuned>,
+    model_id: String,
+    device: Device,
+    tokenizer: TextTokenizer,
+    adapters: BTreeMap<String, AdapterInfo>,
+    base_labels: Vec<String>,
+}
+
+impl Host {
+    /// Loads `model_id` with the named adapters (`NAME`, `DIR`) on `device`.
+    pub fn load(model_id: &str, adapters: &[(String, PathBuf)], device: Device) -> Result<Self> {
+        let (model, tokenizer, labels) = if adapters.is_empty() {
+            let (m, tok) = load_tuned(model_id, None, None, device)?;
+            (m, tok, BTreeMap::new())
+        } else {
+            for (name, dir) in adapters {
+                check_name(name)?;
+                if adapters.len() > 1 {
+                    check_shareable(dir)?;
+                }
+            }
+            let (m, tok, labels) = load_adapters(model_id, adapters, device)?;
+            (Tuned::Peft(m), tok, labels)
+        };
+        let base_labels = model.classifier().label_names();
+        let mut host = Self {
+            model: Some(model),
+            model_id: model_id.to_string(),
+            device,
+            tokenizer,
+            adapters: BTreeMap::new(),
+            base_labels,
+        };
+        for (name, dir) in adapters {
+            let info = host.describe(name, dir, labels[name].clone())?;
+            host.adapters.insert(name.clone(), info);
+        }
+        Ok(host)
+    }
+
+    fn describe(&mut self, name: &str, dir: &Path, labels: Vec<String>) -> Result<AdapterInfo> {
+        let cfg = adapter_config(dir)?;
+        let Some(Tuned::Peft(m)) = &mut self.model else {
+            bail!("no adapters are loaded");
+        };
+        let previous = m.active_adapter().to_string();
+        m.set_adapter(name)?;
+        let prompt_learning = m.active_prefix().is_some() || m.active_prompt().is_some();
+        m.set_adapter(&previous)?;
+        Ok(AdapterInfo {
+            name: name.to_string(),
+            path: dir.to_path_buf(),
+            peft_type: cfg["peft_type"].as_str().unwrap_or("UNKNOWN").to_string(),
+            r: cfg["r"].as_u64(),
+            labels,
+            prompt_learning,
+        })
+    }
+
+    fn model(&self) -> &Tuned {
+        self.model.as_ref().expect("the host always holds a model")
+    }
+
+    /// The model argument it was loaded from.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// The device.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The tokenizer (untruncated).
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// The base classifier.
+    pub fn classifier(&self) -> &SequenceClassifier {
+        self.model().classifier()
+    }
+
+    /// The adapters, by name.
+    pub fn adapters(&self) -> &BTreeMap<String, AdapterInfo> {
+        &self.adapters
+    }
+
+    /// The base's own labels (for [`BASE_ADAPTER`] rows).
+    pub fn base_labels(&self) -> &[String] {
+        &self.base_labels
+    }
+
+    /// The labels of `adapter`'s rows.
+    pub fn labels(&self, adapter: &str) -> &[String] {
+        self.adapters
+            .get(adapter)
+            .map_or(&self.base_labels, |a| &a.labels)
+    }
+
+    /// The most tokens an input may have: the model's positions less any adapter's virtual
+    /// tokens.
+    pub fn max_input_length(&self) -> usize {
+        let virtual_positions = match self.model() {
+            Tuned::Peft(p) => p.virtual_positions(),
+            Tuned::Plain(_) => 0,
+        };
+        (self.classifier().max_length() - virtual_positions).max(2) as usize
+    }
+
+    /// An encoder for this host's limit.
+    pub fn encoder(&self) -> Encoder {
+        Encoder::new(&self.tokenizer, self.max_input_length())
+    }
+
+    /// Loads adapter `dir` as `name`. Refused, with the model unchanged, when the name is taken,
+    /// the adapter does not fit the base (another architecture, label count, quantization), or
+    /// it trains biases the other adapters share.
+    pub fn add_adapter(&mut self, name: &str, dir: &Path) -> Result<AdapterInfo> {
+        check_name(name)?;
+        if self.adapters.contains_key(name) {
+            bail!("an adapter named `{name}` is loaded already");
+        }
+        let labels = adapter_labels(dir)?
+            .with_context(|| format!("{}: no adapter head to read labels from", dir.display()))?;
+        let num_labels = self.classifier().num_labels();
+        if labels.len() != num_labels {
+            bail!(
+                "{}: the adapter has {} labels but the model's head {num_labels}: adapters on one base share the label count",
+                dir.display(),
+                labels.len()
+            );
+        }
+        let quantized_adapter = dir.join("quantization_config.json").is_file();
+        let quantized_base = matches!(self.model(), Tuned::Peft(p) if p.quantization().is_some());
+        if !self.adapters.is_empty() {
+            check_shareable(dir)?;
+            for other in self.adapters.values() {
+                check_shareable(&other.path)?;
+            }
+            if quantized_adapter != quantized_base {
+                bail!(
+                    "{}: the adapter was trained on a {} base but this base is {}",
+                    dir.display(),
+                    if quantized_adapter {
+                        "4-bit (QLoRA)"
+                    } else {
+                        "full-precision"
+                    },
+                    if quantized_base {
+                        "4-bit"
+                    } else {
+                        "full-precision"
+                    }
+                );
+            }
+        }
+        match self.model.take().expect("held") {
+            Tuned::Peft(mut m) => {
+                let loaded = m.load_adapter(dir, name);
+                self.model = Some(Tuned::Peft(m));
+                loaded.with_context(|| format!("loading the adapter {}", dir.display()))?;
+            }
+            Tuned::Plain(base) => match PeftModel::from_pretrained_as(base, dir, name) {
+                Ok(m) => self.model = Some(Tuned::Peft(m)),
+                Err(e) => {
+                    // `from_pretrained` consumed the base: load it again.
+                    let (m, _) = load_tuned(&self.model_id, None, None, self.device)
+                        .context("reloading the base after a failed adapter load")?;
+                    self.model = Some(m);
+                    return Err(anyhow::Error::new(e)
+                        .context(format!("loading the adapter {}", dir.display())));
+                }
+            },
+        }
+        let info = self.describe(name, dir, labels)?;
+        self.adapters.insert(name.to_string(), info.clone());
+        Ok(info)
+    }
+
+    /// Removes adapter `name`; the last one leaves the plain base.
+    pub fn remove_adapter(&mut self, name: &str) -> Result<()> {
+        if !self.adapters.contains_key(name) {
+            bail!("no adapter `{name}`");
+        }
+        match self.model.take().expect("held") {
+            Tuned::Peft(mut m) => {
+                if self.adapters.len() == 1 {
+                    self.model = Some(Tuned::Plain(m.unload()));
+                } else {
+                    let removed = (|| {
+                        if m.active_adapter() == name {
+                            let other = self.adapters.keys().find(|k| *k != name).expect("2+");
+                            m.set_adapter(other)?;
+                        }
+                        m.delete_adapter(name)
+                    })();
+                    self.model = Some(Tuned::Peft(m));
+                    removed?;
+                }
+            }
+            plain => self.model = Some(plain),
+        }
+        self.adapters.remove(name);
+        Ok(())
+    }
+
+    /// Whether `adapter`'s rows run in batches of their own (prompt learning).
+    pub fn runs_alone(&self, adapter: &str) -> bool {
+        self.adapters
+            .get(adapter)
+            .is_some_and(|a| a.prompt_learning)
+    }
+
+    /// Logits `[rows, labels]` (float32, on the CPU) of encoded rows, row `i` through adapter
+    /// `adapters[i]` ([`BASE_ADAPTER`]: none). Rows are padded to the longest. Non-finite
+    /// logits are an error, never a label.
+    pub fn logits(&mut self, rows: &[&[u32]], adapters: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = peftkit_tokenize::collate(
+            rows,
+            &vec![0; rows.len()],
+            Padding::Longest,
+            self.tokenizer.pad_id(),
+        );
+        let b = peftkit_train::DeviceBatch::new(&batch, self.device);
+        let logits: Tensor = match self.model.as_mut().expect("held") {
+            Tuned::Plain(m) => {
+                if let Some(a) = adapters.iter().find(|a| **a != BASE_ADAPTER) {
+                    bail!("no adapter `{a}`: this model has no adapters");
+                }
+                tch::no_grad(|| m.logits(&b.input_ids, &b.attention_mask, false))?
+            }
+            Tuned::Peft(m) => {
+                let first = adapters[0];
+                if first != BASE_ADAPTER && adapters.iter().all(|a| *a == first) {
+                    // One adapter for every row: any method, prompt learning included.
+                    m.set_adapter(first)?;
+                    tch::no_grad(|| {
+                        m.forward(&b.input_ids, &b.attention_mask, &ForwardOptions::eval())
+                    })?
+                    .logits
+                } else {
+                    m.forward_mixed(&b.input_ids, &b.attention_mask, adapters)?
+                        .logits
+                }
+            }
+        };
+        let logits = logits.to_kind(Kind::Float).to_device(Device::Cpu);
+        let labels = logits.size().get(1).copied().unwrap_or(1).max(1) as usize;
+        let flat: Vec<f32> = Vec::try_from(&logits.view([-1]))?;
+        if let Some(i) = flat.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "the model produced a non-finite logit ({}) for input {} (adapter `{}`): its weights may hold NaN or infinity",
+                flat[i],
+                i / labels,
+                adapters[i / labels]
+            );
+        }
+        Ok(flat.chunks(labels).map(<[f32]>::to_vec).collect())
+    }
+}
+
+impl Host {
+    /// Logits of many rows, in order: length-sorted batches of at most `batch_size` rows
+    /// (prompt-learning adapters' rows by themselves), as `predict` and `serve` both run them.
+    pub fn classify(
+        &mut self,
+        rows: &[(Vec<u32>, &str)],
+        batch_size: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let shape: Vec<(usize, batch::Group)> = rows
+            .iter()
+            .map(|(ids, a)| (ids.len(), self.runs_alone(a).then(|| a.to_string())))
+            .collect();
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; rows.len()];
+        for b in batch::plan(&shape, batch_size, usize::MAX) {
+            let ids: Vec<&[u32]> = b.iter().map(|&i| rows[i].0.as_slice()).collect();
+            let adapters: Vec<&str> = b.iter().map(|&i| rows[i].1).collect();
+            for (&i, l) in b.iter().zip(self.logits(&ids, &adapters)?) {
+                out[i] = Some(l);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|l| l.expect("every row planned"))
+            .collect())
+    }
+}
+
+/// Adapter names are path-free words (they appear in URLs and metrics).
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name != BASE_ADAPTER
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        bail!(
+            "adapter name `{name}`: expected 1–64 of A–Z a–z 0–9 - _ . (and not `{BASE_ADAPTER}`)"
+        );
+    }
+    Ok(())
+}
+
+/// Adapters that train the base's biases (`bias = "all"` / `"lora_only"`) write them into the
+/// base every adapter shares: such an adapter can only be served alone.
+fn check_shareable(dir: &Path) -> Result<()> {
+    let cfg = adapter_config(dir)?;
+    match cfg["bias"].as_str() {
+        None | Some("none") => Ok(()),
+        Some(b) => bail!(
+            "{}: `bias = \"{b}\"` trains the base model's biases, which all adapters share: serve this adapter alone",
+            dir.join("adapter_config.json").display()
+        ),
+    }
+}
+
+/// Softmax probabilities of one row's logits (float64, as `predict --json` prints them).
+pub fn probabilities(logits: &[f32]) -> Vec<f64> {
+    let max = logits
+        .iter()
+        .map(|&l| l as f64)
+        .fold(f64::NEG_INFINITY, f64::max);
+    let exp: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("sst2-lora_v1.2").is_ok());
+        for bad in ["", "a/b", "__base__", "x y", &"n".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn probabilities_sum_to_one() {
+        let p = probabilities(&[1.0, 2.0, 3.0]);
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!(p[2] > p[1] && p[1] > p[0]);
+    }
+}
