@@ -244,8 +244,8 @@ fn concurrent_clients_on_different_adapters_get_predicts_results() {
     assert_eq!(types, ["LORA", "IA3", "PREFIX_TUNING"]);
     assert_eq!(info["adapters"][0]["r"], 4);
     assert_eq!(info["adapters"][0]["id2label"]["1"], "positive");
-    // Prefix tuning takes no positions: MiniLM's 512 remain.
-    assert_eq!(info["max_input_length"], 512);
+    // Real tokens take positions after the 6 virtual ones (as in peft): 512 - 6 remain.
+    assert_eq!(info["max_input_length"], 506);
     assert_eq!(server.get("/health").0, 200);
 
     // 8 clients, each sending every text to every adapter, singly and in batches, raw and
