@@ -91,6 +91,8 @@ def serve(args):
             self.end_headers()
             self.wfile.write(data)
 
+    # A listen backlog for 32 concurrent clients (the standard library's default is 5).
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(f"listening on http://127.0.0.1:{server.server_address[1]}", flush=True)

@@ -233,6 +233,17 @@ enum Command {
     },
 }
 
+/// A command printing to standard output ends quietly when the reader goes away
+/// (`peftkit info | head`), as Unix tools do, instead of panicking in `println!`. Only for those
+/// commands: servers and training keep ignoring SIGPIPE (their sockets report it as an error).
+fn stdout_closed_ends_quietly() {
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -242,7 +253,14 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(err) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::List | Command::Info { .. } | Command::Predict { .. } | Command::Eval { .. }
+    ) {
+        stdout_closed_ends_quietly();
+    }
+    if let Err(err) = run(cli) {
         let message = format!("{err:#}").replace('\n', " ");
         eprintln!("peftkit: error: {message}");
         record_for_torchrun(&message);

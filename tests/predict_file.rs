@@ -265,3 +265,37 @@ fn every_input_format_answers_like_text_in_input_order() {
         .collect();
     assert!(stray.is_empty(), "{stray:?}");
 }
+
+#[test]
+fn a_closed_stdout_ends_predict_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let txt = tmp.path().join("many.txt");
+    std::fs::write(&txt, "a fine film\n".repeat(3000)).unwrap();
+    let minilm = std::env::var("PEFTKIT_MINILM_DIR").unwrap();
+    let mut child = peftkit()
+        .args([
+            "predict", "--model", &minilm, "--device", "cpu", "--quiet", "--input",
+        ])
+        .arg(&txt)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // `| head -1`: read one line, then close the pipe.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("\"label\""), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
+}

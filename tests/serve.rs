@@ -474,6 +474,28 @@ fn adapters_are_added_and_removed_at_run_time() {
     let (s, b) = add("three", &three);
     assert_eq!(s, 422, "{b}");
     assert!(b.contains("3 labels but the model's head 2"), "{b}");
+    // An adapter whose weights hold NaN loads, but its answers are errors, never labels.
+    let nan = tmp.path().join("nan");
+    random_minilm_adapter(
+        &nan,
+        peftkit_adapters::LoraConfig::new(&["query"], 2, 4.0).into(),
+    );
+    let file = nan.join("adapter_model.safetensors");
+    let tensors: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(&file)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.fill(f64::NAN)))
+        .collect();
+    tch::Tensor::write_safetensors(&tensors, &file).unwrap();
+    assert_eq!(add("nan", &nan).0, 201);
+    let (s, b) = server.predict(&json!({"inputs": "x", "adapter": "nan"}));
+    assert_eq!(s, 500, "{b}");
+    assert_eq!(b["error_type"], "Backend", "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("non-finite logit"),
+        "{b}"
+    );
+    assert_eq!(server.delete("/adapters/nan").0, 200);
     // A request in flight on an adapter being removed is answered first.
     let long = "word ".repeat(500);
     let inflight = {
