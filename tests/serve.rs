@@ -354,6 +354,11 @@ fn every_bad_request_gets_its_status_and_the_server_stays_up() {
         404,
         "no adapter `nope` (loaded: s; or `__base__` for none)",
     );
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        !metrics.contains("nope"),
+        "a made-up name became a metrics label:\n{metrics}"
+    );
     let (s, b) = server.post(
         "/predict",
         &json!({"inputs": ["a", "b", "c", "d", "e"]}).to_string(),
@@ -501,10 +506,12 @@ fn adapters_are_added_and_removed_at_run_time() {
     let inflight = {
         let (server, long) = (server.clone(), long.clone());
         std::thread::spawn(move || {
-            server.predict(&json!({"inputs": [[long], [long], [long], [long]], "adapter": "e"}))
+            let inputs = vec![vec![long]; 8];
+            server.predict(&json!({"inputs": inputs, "adapter": "e"}))
         })
     };
-    std::thread::sleep(Duration::from_millis(30));
+    // Long enough for the request to arrive, short of its ~1 s forward pass.
+    std::thread::sleep(Duration::from_millis(150));
     let (s, b) = server.delete("/adapters/e");
     assert_eq!(s, 200, "{b}");
     let (s, got) = inflight.join().unwrap();
@@ -542,7 +549,7 @@ fn sigterm_answers_the_requests_in_flight_then_exits_0() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(150));
+    std::thread::sleep(Duration::from_millis(300));
     let status = server.lock().unwrap().terminate();
     let answers: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
     assert_eq!(answers, [200; 4]);

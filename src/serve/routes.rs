@@ -120,7 +120,12 @@ async fn predict_inner(
             Some(a) => a.clone(),
             None => reg.default_adapter().unwrap_or(BASE_ADAPTER).to_string(),
         };
-        *adapter_out = name.clone();
+        // Metrics label only names that exist (a client's made-up names would grow them).
+        *adapter_out = if name == BASE_ADAPTER || reg.adapters.contains_key(&name) {
+            name.clone()
+        } else {
+            "(unknown)".into()
+        };
         if name == BASE_ADAPTER {
             (name, None)
         } else {
@@ -450,8 +455,13 @@ async fn remove_adapter(State(s): State<Shared>, Path(name): Path<String>) -> Re
     let out = remove_inner(&s, &name).await;
     let response = out.unwrap_or_else(IntoResponse::into_response);
     let status = response.status().as_u16();
+    let label = if status == 404 {
+        "(unknown)"
+    } else {
+        name.as_str()
+    };
     s.metrics
-        .answered("/adapters", &name, status, start.elapsed().as_secs_f64());
+        .answered("/adapters", label, status, start.elapsed().as_secs_f64());
     tracing::info!(target: "peftkit::serve", route = "DELETE /adapters", adapter = %name, status, latency_ms = start.elapsed().as_secs_f64() * 1e3, "request");
     response
 }
