@@ -7,7 +7,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{peftkit, random_minilm_adapter};
+use common::{nan_weights, peftkit, random_minilm_adapter};
 fn run_ok(args: &[&str]) -> Output {
     let out = peftkit().args(args).output().unwrap();
     assert!(
@@ -830,4 +830,35 @@ fn new_methods_run_through_the_pipeline_and_reload_identically() {
             }
         }
     }
+}
+
+#[test]
+fn non_finite_logits_in_eval_are_an_error_not_a_label() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nan = tmp.path().join("nan");
+    random_minilm_adapter(
+        &nan,
+        peftkit_adapters::LoraConfig::new(&["query"], 2, 4.0).into(),
+    );
+    nan_weights(&nan);
+    let minilm = std::env::var("PEFTKIT_MINILM_DIR").unwrap();
+    let err = run_err(&[
+        "eval",
+        "--model",
+        &minilm,
+        "--adapter",
+        nan.to_str().unwrap(),
+        "--dataset",
+        "nyu-mll/glue",
+        "--dataset-config",
+        "sst2",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "128",
+    ]);
+    assert!(
+        err.contains("non-finite logits (NaN or infinity) for 872 of 872 rows"),
+        "{err}"
+    );
 }

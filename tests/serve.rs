@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{peftkit, random_minilm_adapter};
+use common::{nan_weights, peftkit, random_minilm_adapter};
 
 fn minilm() -> String {
     std::env::var("PEFTKIT_MINILM_DIR").expect("PEFTKIT_MINILM_DIR (cargo xtask sets it)")
@@ -485,13 +485,7 @@ fn adapters_are_added_and_removed_at_run_time() {
         &nan,
         peftkit_adapters::LoraConfig::new(&["query"], 2, 4.0).into(),
     );
-    let file = nan.join("adapter_model.safetensors");
-    let tensors: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(&file)
-        .unwrap()
-        .into_iter()
-        .map(|(k, t)| (k, t.fill(f64::NAN)))
-        .collect();
-    tch::Tensor::write_safetensors(&tensors, &file).unwrap();
+    nan_weights(&nan);
     assert_eq!(add("nan", &nan).0, 201);
     let (s, b) = server.predict(&json!({"inputs": "x", "adapter": "nan"}));
     assert_eq!(s, 500, "{b}");

@@ -54,3 +54,15 @@ pub fn random_minilm_adapter(dir: &Path, config: peftkit_adapters::AdapterConfig
     )
     .unwrap();
 }
+
+/// Replaces every tensor of the adapter in `dir` by NaN.
+#[allow(dead_code)]
+pub fn nan_weights(dir: &Path) {
+    let file = dir.join("adapter_model.safetensors");
+    let tensors: Vec<(String, tch::Tensor)> = tch::Tensor::read_safetensors(&file)
+        .unwrap()
+        .into_iter()
+        .map(|(k, t)| (k, t.fill(f64::NAN)))
+        .collect();
+    tch::Tensor::write_safetensors(&tensors, &file).unwrap();
+}

@@ -3,7 +3,7 @@
 
 use crate::data::{for_each_batch, Dataset, DeviceBatch};
 use crate::trainer::EvalOutput;
-use crate::Result;
+use crate::{Result, TrainError};
 use peftkit_distributed::ProcessGroup;
 use peftkit_eval::Metrics;
 use peftkit_models::{ModelError, TrainModel};
@@ -70,8 +70,16 @@ pub fn evaluate_sharded<M: TrainModel + ?Sized>(
     // has them.
     let mut batch_loss = vec![0f64; batches.len()];
     let mut predictions = vec![0i64; data.len()];
+    // Rows with a non-finite logit: counted everywhere, so every rank stops together.
+    let mut nonfinite = [0i64];
     if !logits.is_empty() {
         let all = Tensor::cat(&logits, 0);
+        nonfinite[0] = all
+            .isfinite()
+            .logical_not()
+            .any_dim(-1, false)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
         let in_batch_order: Vec<i64> = Vec::try_from(&all.argmax(-1, false).to_device(Device::Cpu))
             .map_err(ModelError::from)?;
         let loss_values: Vec<f64> =
@@ -88,9 +96,17 @@ pub fn evaluate_sharded<M: TrainModel + ?Sized>(
         let at = g.collective_device();
         let p = Tensor::from_slice(&predictions).to_device(at);
         let l = Tensor::from_slice(&batch_loss).to_device(at);
-        g.all_reduce_sum(&[&p, &l])?;
+        let n = Tensor::from_slice(&nonfinite).to_device(at);
+        g.all_reduce_sum(&[&p, &l, &n])?;
         predictions = Vec::try_from(&p.to_device(Device::Cpu)).map_err(ModelError::from)?;
         batch_loss = Vec::try_from(&l.to_device(Device::Cpu)).map_err(ModelError::from)?;
+        nonfinite[0] = n.int64_value(&[0]);
+    }
+    if nonfinite[0] > 0 {
+        return Err(TrainError::NonFiniteLogits {
+            rows: nonfinite[0],
+            total: data.len(),
+        });
     }
     // Summed in batch order, as a single process does.
     let loss = batch_loss.iter().fold(0f64, |acc, l| acc + l) / data.len().max(1) as f64;

@@ -41,6 +41,14 @@ pub enum TrainError {
     /// The training loss stopped being finite (NaN or infinite).
     #[error("training stopped: {0}")]
     NonFinite(String),
+    /// Evaluation met logits that are not finite: never turned into predictions.
+    #[error("evaluation: the model produced non-finite logits (NaN or infinity) for {rows} of {total} rows: its weights may hold NaN or infinity")]
+    NonFiniteLogits {
+        /// Rows with a non-finite logit.
+        rows: i64,
+        /// Rows evaluated.
+        total: usize,
+    },
     /// A checkpoint that cannot be resumed from or loaded.
     #[error("checkpoint: {0}")]
     Checkpoint(String),

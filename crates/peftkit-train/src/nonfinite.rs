@@ -43,6 +43,23 @@ impl NonFiniteGuard {
             self.last_finite = Some((step, value));
             return Ok(());
         }
+        Err(self.stop(&format!("the {what} is {value}"), step, lr))
+    }
+
+    /// An evaluation that met non-finite logits during training stops the run like a
+    /// non-finite loss (the weights went bad at this step); other errors pass through.
+    pub(crate) fn on_eval_error(&self, e: TrainError, step: usize, lr: f64) -> TrainError {
+        match e {
+            TrainError::NonFiniteLogits { rows, total } => self.stop(
+                &format!("the evaluation's logits are non-finite for {rows} of {total} rows"),
+                step,
+                lr,
+            ),
+            other => other,
+        }
+    }
+
+    fn stop(&self, what: &str, step: usize, lr: f64) -> TrainError {
         let first = self.first_bad.double_value(&[]);
         let first = if first >= 0.0 {
             format!(" (first at step {first:.0} on this rank)")
@@ -57,8 +74,8 @@ impl NonFiniteGuard {
             Some(c) => format!("the last good checkpoint is {}", c.display()),
             None => "no checkpoint was saved before it".into(),
         };
-        Err(TrainError::NonFinite(format!(
-            "the {what} is {value} at step {step}{first}, learning rate {lr:.3e}; {last}; {checkpoint} (lower the learning rate or check the data, then resume or restart)"
-        )))
+        TrainError::NonFinite(format!(
+            "{what} at step {step}{first}, learning rate {lr:.3e}; {last}; {checkpoint} (lower the learning rate or check the data, then resume or restart)"
+        ))
     }
 }

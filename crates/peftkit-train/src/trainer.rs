@@ -462,7 +462,8 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                         }
                         self.evaluate_and_save(
                             &mut state, &mut opt, eval, at_eval, pending, fraction, &bar,
-                        )?;
+                        )
+                        .map_err(|e| guard.on_eval_error(e, state.global_step, lr))?;
                         if at_save {
                             guard.last_checkpoint = Some(
                                 self.checkpoint_dir
@@ -499,19 +500,20 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                     .then(|| ddp.mean(&(&loss_total + &loss_since_log)))
                     .transpose()?
                     .map(|t| t.double_value(&[]));
+                let lr = args.learning_rate
+                    * lr_factor(
+                        args.lr_scheduler_type,
+                        state.global_step.saturating_sub(1),
+                        warmup,
+                        total,
+                    );
                 if let Some(p) = pending {
-                    let lr = args.learning_rate
-                        * lr_factor(
-                            args.lr_scheduler_type,
-                            state.global_step.saturating_sub(1),
-                            warmup,
-                            total,
-                        );
                     guard.check("summed training loss", p, state.global_step, lr)?;
                 }
                 self.evaluate_and_save(
                     &mut state, &mut opt, eval, at_eval, pending, fraction, &bar,
-                )?;
+                )
+                .map_err(|e| guard.on_eval_error(e, state.global_step, lr))?;
                 if at_save {
                     guard.last_checkpoint = Some(
                         self.checkpoint_dir
