@@ -85,6 +85,11 @@ fn every_input_format_answers_like_text_in_input_order() {
         &b,
     ];
 
+    let with = |extra: &[&str]| {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend(extra);
+        run(&args)
+    };
     // The reference: --text, each text with its adapter (empty: the first, `s`).
     let mut args: Vec<&str> = base.to_vec();
     args.push("--json");
@@ -145,9 +150,7 @@ fn every_input_format_answers_like_text_in_input_order() {
     };
     for input in [&jsonl, &csv, &parquet] {
         let inp = input.display().to_string();
-        let mut args: Vec<&str> = base.to_vec();
-        args.extend(["--input", &inp, "--batch-size", "3"]);
-        let out = run(&args);
+        let out = with(&["--input", &inp, "--batch-size", "3"]);
         assert!(
             out.status.success(),
             "{}",
@@ -188,9 +191,7 @@ fn every_input_format_answers_like_text_in_input_order() {
     let out_jsonl = d.join("out.jsonl").display().to_string();
     let out_parquet = d.join("out.parquet").display().to_string();
     for o in [&out_jsonl, &out_parquet] {
-        let mut args: Vec<&str> = base.to_vec();
-        args.extend(["--input", &inp, "--output", o, "--quiet"]);
-        let out = run(&args);
+        let out = with(&["--input", &inp, "--output", o, "--quiet"]);
         assert!(
             out.status.success(),
             "{}",
@@ -226,9 +227,7 @@ fn every_input_format_answers_like_text_in_input_order() {
         assert_eq!(adapters.value(i), want[i]["adapter"].as_str().unwrap());
     }
     let before = std::fs::read(&out_jsonl).unwrap();
-    let mut args: Vec<&str> = base.to_vec();
-    args.extend(["--input", &inp, "--output", &out_jsonl]);
-    let out = run(&args);
+    let out = with(&["--input", &inp, "--output", &out_jsonl]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -244,9 +243,7 @@ fn every_input_format_answers_like_text_in_input_order() {
     )
     .unwrap();
     let bad_out = d.join("bad.jsonl").display().to_string();
-    let mut args: Vec<&str> = base.to_vec();
-    args.extend(["--input", &inp, "--output", &bad_out]);
-    let out = run(&args);
+    let out = with(&["--input", &inp, "--output", &bad_out]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

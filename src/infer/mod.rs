@@ -88,11 +88,6 @@ impl Encoder {
         self.limit
     }
 
-    /// The pad id.
-    pub fn pad_id(&self) -> u32 {
-        self.pad_id
-    }
-
     fn encode_with(tok: &TextTokenizer, text: &Text) -> std::result::Result<Vec<u32>, String> {
         let enc = match text {
             Text::Single(a) => tok.inner().encode_fast(a.as_str(), true),
@@ -153,6 +148,9 @@ pub struct AdapterInfo {
     pub labels: Vec<String>,
     /// Prefix or prompt tuning: its rows run in batches of their own.
     pub prompt_learning: bool,
+    /// Its `bias` trains the base model's biases, which every adapter shares: it can only be
+    /// served alone.
+    pub trains_base_biases: bool,
 }
 
 /// The keys of `adapter_config.json` the host checks.
@@ -184,7 +182,7 @@ impl Host {
             for (name, dir) in adapters {
                 check_name(name)?;
                 if adapters.len() > 1 {
-                    check_shareable(dir)?;
+                    check_shareable(dir, &adapter_config(dir)?)?;
                 }
             }
             let (m, tok, labels) = load_adapters(model_id, adapters, device)?;
@@ -200,14 +198,19 @@ impl Host {
             base_labels,
         };
         for (name, dir) in adapters {
-            let info = host.describe(name, dir, labels[name].clone())?;
+            let info = host.describe(name, dir, &adapter_config(dir)?, labels[name].clone())?;
             host.adapters.insert(name.clone(), info);
         }
         Ok(host)
     }
 
-    fn describe(&mut self, name: &str, dir: &Path, labels: Vec<String>) -> Result<AdapterInfo> {
-        let cfg = adapter_config(dir)?;
+    fn describe(
+        &mut self,
+        name: &str,
+        dir: &Path,
+        cfg: &serde_json::Value,
+        labels: Vec<String>,
+    ) -> Result<AdapterInfo> {
         let Some(Tuned::Peft(m)) = &mut self.model else {
             bail!("no adapters are loaded");
         };
@@ -222,21 +225,12 @@ impl Host {
             r: cfg["r"].as_u64(),
             labels,
             prompt_learning,
+            trains_base_biases: trains_base_biases(cfg).is_some(),
         })
     }
 
     fn model(&self) -> &Tuned {
         self.model.as_ref().expect("the host always holds a model")
-    }
-
-    /// The model argument it was loaded from.
-    pub fn model_id(&self) -> &str {
-        &self.model_id
-    }
-
-    /// The device.
-    pub fn device(&self) -> Device {
-        self.device
     }
 
     /// The tokenizer (untruncated).
@@ -276,11 +270,6 @@ impl Host {
         (self.classifier().max_length() - virtual_positions).max(2) as usize
     }
 
-    /// An encoder for this host's limit.
-    pub fn encoder(&self) -> Encoder {
-        Encoder::new(&self.tokenizer, self.max_input_length())
-    }
-
     /// Loads adapter `dir` as `name`. Refused, with the model unchanged, when the name is taken,
     /// the adapter does not fit the base (another architecture, label count, quantization), or
     /// it trains biases the other adapters share.
@@ -301,10 +290,14 @@ impl Host {
         }
         let quantized_adapter = dir.join("quantization_config.json").is_file();
         let quantized_base = matches!(self.model(), Tuned::Peft(p) if p.quantization().is_some());
+        let cfg = adapter_config(dir)?;
         if !self.adapters.is_empty() {
-            check_shareable(dir)?;
-            for other in self.adapters.values() {
-                check_shareable(&other.path)?;
+            check_shareable(dir, &cfg)?;
+            if let Some(other) = self.adapters.values().find(|a| a.trains_base_biases) {
+                bail!(
+                    "adapter `{}` trains the base model's biases, which all adapters share: it is served alone",
+                    other.name
+                );
             }
             if quantized_adapter != quantized_base {
                 bail!(
@@ -341,7 +334,7 @@ impl Host {
                 }
             },
         }
-        let info = self.describe(name, dir, labels)?;
+        let info = self.describe(name, dir, &cfg, labels)?;
         self.adapters.insert(name.to_string(), info.clone());
         Ok(info)
     }
@@ -474,12 +467,17 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Adapters that train the base's biases (`bias = "all"` / `"lora_only"`) write them into the
-/// base every adapter shares: such an adapter can only be served alone.
-fn check_shareable(dir: &Path) -> Result<()> {
-    let cfg = adapter_config(dir)?;
-    match cfg["bias"].as_str() {
-        None | Some("none") => Ok(()),
+/// The `bias` setting of an adapter config when it trains the base's biases (`"all"` /
+/// `"lora_only"`).
+fn trains_base_biases(cfg: &serde_json::Value) -> Option<&str> {
+    cfg["bias"].as_str().filter(|b| *b != "none")
+}
+
+/// Adapters that train the base's biases write them into the base every adapter shares: such an
+/// adapter can only be served alone.
+fn check_shareable(dir: &Path, cfg: &serde_json::Value) -> Result<()> {
+    match trains_base_biases(cfg) {
+        None => Ok(()),
         Some(b) => bail!(
             "{}: `bias = \"{b}\"` trains the base model's biases, which all adapters share: serve this adapter alone",
             dir.join("adapter_config.json").display()

@@ -111,10 +111,10 @@ pub fn predictions(logits: &[f32], labels: &[String], raw: bool) -> Vec<Predicti
     } else if logits.len() == 1 {
         vec![1.0 / (1.0 + (-logits[0]).exp())]
     } else {
-        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let exp: Vec<f32> = logits.iter().map(|l| (l - max).exp()).collect();
-        let sum: f32 = exp.iter().sum();
-        exp.iter().map(|e| e / sum).collect()
+        crate::infer::probabilities(logits)
+            .into_iter()
+            .map(|p| p as f32)
+            .collect()
     };
     let mut out: Vec<Prediction> = scores
         .into_iter()
@@ -189,11 +189,6 @@ impl ApiError {
             kind,
             message: message.into(),
         }
-    }
-
-    /// The `error` label of the metrics.
-    pub fn kind_name(&self) -> &'static str {
-        self.kind.name()
     }
 }
 
