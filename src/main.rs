@@ -260,12 +260,29 @@ fn main() {
     ) {
         stdout_closed_ends_quietly();
     }
-    if let Err(err) = run(cli) {
+    if let Err(err) = attention_kernels().and_then(|()| run(cli)) {
         let message = format!("{err:#}").replace('\n', " ");
         eprintln!("peftkit: error: {message}");
         record_for_torchrun(&message);
         std::process::exit(1);
     }
+}
+
+/// The attention kernels the process may not use: `PEFTKIT_SDPA_DISABLE` (a comma list of
+/// `flash`, `mem_efficient`, `math`, `cudnn`; empty: none), by default `cudnn`. On an H200 with
+/// torch 2.11, cuDNN's fused attention — libtorch's first choice for fp16/bf16 — made training
+/// with dynamic padding 2.8× (bf16 LoRA) to 5× (fp16 prefix) slower than the memory-efficient
+/// kernel, which is chosen instead (BENCHMARKS.md, "GPU"); fp32 never uses it. Python's
+/// `torch.backends.cuda.enable_cudnn_sdp(False)` is the same switch.
+fn attention_kernels() -> Result<()> {
+    let list = std::env::var("PEFTKIT_SDPA_DISABLE").unwrap_or_else(|_| "cudnn".into());
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let backend: peftkit_models::SdpaBackend = name
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("PEFTKIT_SDPA_DISABLE: {e}"))?;
+        peftkit_models::set_sdpa_backend(backend, false);
+    }
+    Ok(())
 }
 
 /// Under torchrun, the failure goes to the error file it named, so that its summary shows the

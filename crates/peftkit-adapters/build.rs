@@ -6,5 +6,5 @@ include!("../../build-support/link_torch_cuda.rs");
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../../build-support/link_torch_cuda.rs");
-    link_torch_cuda(&["-benches", "-examples"]);
+    link_torch_cuda(&["-benches", "-examples", "-tests"]);
 }

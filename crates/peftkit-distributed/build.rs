@@ -71,6 +71,8 @@ fn main() {
             .include(nccl_h);
         println!("cargo:rustc-link-search=native={}", lib_dir.display());
         println!("cargo:rustc-link-lib=dylib=torch_cuda");
+        // `c10::cuda::set_device` and the CUDA stream guards live in libc10_cuda.
+        println!("cargo:rustc-link-lib=dylib=c10_cuda");
     }
     nccl.file("csrc/nccl.cpp").compile("peftkit_nccl");
     // Test binaries spawn themselves as ranks: they find libtorch without LD_LIBRARY_PATH.

@@ -9,7 +9,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=../../build-support/link_torch_cuda.rs");
     // Benches and examples may run on a GPU machine: link libtorch_cuda (tch-rs #980).
-    let lib_dir = link_torch_cuda(&["-benches", "-examples"])
+    let lib_dir = link_torch_cuda(&["-benches", "-examples", "-tests"])
         .expect("torch-sys did not export DEP_TCH_LIBTORCH_LIB (the libtorch lib directory)");
     println!("cargo:rerun-if-changed=csrc");
     // The headers sit beside the lib directory (a libtorch zip and a PyTorch wheel have the same
@@ -30,5 +30,6 @@ fn main() {
         .file("csrc/recomputed_linear.cpp")
         .file("csrc/device_memory.cpp")
         .file("csrc/error.cpp")
+        .file("csrc/sdpa.cpp")
         .compile("peftkit_ops");
 }

@@ -41,12 +41,15 @@ Tasks:
   launch --nproc-per-node N -- CMD...
                                   data-parallel: N local ranks of `peftkit CMD` (Gloo), as torchrun
   env                             print the libtorch environment as shell exports
+  gpu-pack [--out DIR]            build target/gpu-pack: binaries, data and script for one run on
+                                  a lent GPU machine (bash target/gpu-pack/run.sh [--dry-run])
 ";
 
 /// The default experiment of `cargo xtask reproduce` with no name: real data, a real pretrained
 /// model, offline, minutes on a CPU.
 const DEFAULT_EXPERIMENT: &str = "minilm-sst2-lora";
 
+mod gpu_pack;
 mod load;
 mod serve_bench;
 
@@ -176,11 +179,39 @@ fn run() -> Result<()> {
             exec(cmd)
         }
         "fixtures" => fixtures(&root, &rest),
+        "gpu-pack" => {
+            let env = TorchEnv::bootstrap(&root)?;
+            let python = env
+                .python
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("python3"));
+            ensure_cuda_headers(&env, &python);
+            gpu_pack::run(&root, &|args| env.cargo(&root, args), &python, &rest)
+        }
         "" | "help" | "-h" | "--help" => {
             print!("{HELP}");
             Ok(())
         }
         other => bail!("unknown task `{other}`\n\n{HELP}"),
+    }
+}
+
+/// The NCCL backend of `peftkit-distributed` compiles only where a CUDA toolkit's headers are
+/// found; the torch wheel ships all but `crt/` and CCCL's `nv/` — installs the toolkit's own
+/// `nvidia-cuda-crt` and `nvidia-cuda-cccl` (headers only, the versions `cuda-toolkit` 13.0.2
+/// pins) into peftkit's environment, before its build script runs.
+fn ensure_cuda_headers(env: &TorchEnv, python: &Path) {
+    let include = env.lib_dir.join("../../nvidia/cu13/include");
+    let complete = include.join("crt/host_config.h").is_file() && include.join("nv/target").is_file();
+    if env.venv.is_none() || !include.is_dir() || complete {
+        return;
+    }
+    let status = Command::new(python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args(["--no-deps", "nvidia-cuda-crt==13.0.88", "nvidia-cuda-cccl==13.0.85"])
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("xtask: warning: nvidia-cuda-crt not installed: the NCCL backend is built as a stub");
     }
 }
 

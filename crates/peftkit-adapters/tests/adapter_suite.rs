@@ -4,6 +4,9 @@
 mod common;
 use common::*;
 
+#[path = "suite/cuda.rs"]
+mod cuda;
+
 use peftkit_adapters::prompt::Reparameterization;
 use peftkit_adapters::quant::{quantize_model, BnbConfig, QuantType};
 use peftkit_adapters::{
@@ -12,7 +15,7 @@ use peftkit_adapters::{
 };
 use peftkit_models::{SequenceClassifier, TrainModel};
 use peftkit_tokenize::Padding;
-use peftkit_train::{Dataset, Strategy, Trainer, TrainingArgs};
+use peftkit_train::{Dataset, Precision, Strategy, Trainer, TrainingArgs};
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
@@ -529,8 +532,21 @@ pub fn an_invalid_config_is_an_error(kind: &AdapterKind, arch: &str) {
 }
 
 pub fn a_few_training_steps_lower_the_loss(kind: &AdapterKind, arch: &str) {
-    let g = inputs(arch);
-    let model = wrap(kind, arch);
+    let (before, after) = train_a_few_steps(wrap(kind, arch), arch, Precision::Fp32);
+    assert!(
+        after < before,
+        "{} {arch}: loss {before} -> {after}",
+        kind.name
+    );
+}
+
+/// The golden batch's eval loss before and after 5 Trainer steps of `model` (on its device).
+fn train_a_few_steps(model: PeftModel, arch: &str, precision: Precision) -> (f64, f64) {
+    let device = model.base().device();
+    let g: HashMap<String, Tensor> = inputs(arch)
+        .into_iter()
+        .map(|(k, v)| (k, v.to_device(device)))
+        .collect();
     let eval_loss = || {
         tch::no_grad(|| {
             model
@@ -544,10 +560,11 @@ pub fn a_few_training_steps_lower_the_loss(kind: &AdapterKind, arch: &str) {
         })
     };
     let before = eval_loss();
+    let cpu = |k: &str| g[k].to_device(tch::Device::Cpu);
     let data = Dataset::from_padded(
-        &g["input_ids"],
-        &g["attention_mask"],
-        &g["labels"],
+        &cpu("input_ids"),
+        &cpu("attention_mask"),
+        &cpu("labels"),
         vec!["neg".into(), "neu".into(), "pos".into()],
         Padding::Longest,
         match arch {
@@ -564,6 +581,7 @@ pub fn a_few_training_steps_lower_the_loss(kind: &AdapterKind, arch: &str) {
         eval_strategy: Strategy::No,
         save_strategy: Strategy::No,
         load_best_model_at_end: false,
+        precision,
         ..TrainingArgs::default()
     };
     let tmp = tempfile::tempdir().unwrap();
@@ -572,12 +590,7 @@ pub fn a_few_training_steps_lower_the_loss(kind: &AdapterKind, arch: &str) {
         .with_progress(false)
         .train(&data, None, None)
         .unwrap();
-    let after = eval_loss();
-    assert!(
-        after < before,
-        "{} {arch}: loss {before} -> {after}",
-        kind.name
-    );
+    (before, eval_loss())
 }
 
 macro_rules! adapter_suite {
@@ -619,6 +632,14 @@ macro_rules! adapter_suite {
             #[test]
             fn a_few_training_steps_lower_the_loss() {
                 super::a_few_training_steps_lower_the_loss(&$kind, $arch)
+            }
+            #[test]
+            fn cuda_equals_cpu() {
+                super::cuda::cuda_equals_cpu(&$kind, $arch)
+            }
+            #[test]
+            fn cuda_trains_in_mixed_precision() {
+                super::cuda::cuda_trains_in_mixed_precision(&$kind, $arch)
             }
         }
     };

@@ -181,6 +181,18 @@ impl ProcessGroup {
                     .map_err(|_| DistError::Env("GLOO_SOCKET_IFNAME contains a NUL byte".into()))
             })
             .transpose()?;
+        if options.backend == Backend::Nccl {
+            let gpus = tch::Cuda::device_count();
+            if gpus <= env.local_rank as i64 {
+                return Err(DistError::Rendezvous {
+                    addr: store.addr().to_string(),
+                    message: format!(
+                        "creating the Nccl group: local rank {} needs cuda:{} but {gpus} CUDA GPU(s) are available",
+                        env.local_rank, env.local_rank
+                    ),
+                });
+            }
+        }
         let mut error: *mut c_char = std::ptr::null_mut();
         let raw = match options.backend {
             // SAFETY: live store; the strings outlive the call.

@@ -13,6 +13,7 @@ extern "C" {
     ) -> *mut C_tensor;
     pub(crate) fn pk_cuda_memory(device: c_int, out: *mut i64, error: *mut *mut c_char) -> c_int;
     pub(crate) fn pk_cuda_reset_peak(device: c_int, error: *mut *mut c_char) -> c_int;
+    pub(crate) fn pk_set_sdp_backend(backend: c_int, enabled: c_int) -> c_int;
     fn pk_free_error(error: *mut c_char);
 }
 

@@ -40,6 +40,7 @@ mod ops;
 mod precision;
 mod prefix;
 pub mod roberta;
+mod sdpa;
 mod train_model;
 
 pub use checkpoint::{read_safetensors, save_safetensors, write_dir_atomically, LoadReport};
@@ -55,6 +56,7 @@ pub use memory::{
 pub use ops::recomputed_linear;
 pub use precision::{compute_dtype, with_compute_dtype};
 pub use prefix::{PrefixProvider, PromptProvider};
+pub use sdpa::{set_sdpa_backend, SdpaBackend};
 pub use train_model::TrainModel;
 
 /// Errors of this crate; each names the file, key or value and what was expected.

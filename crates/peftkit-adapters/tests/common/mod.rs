@@ -8,9 +8,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-/// `data/fixtures/`.
+/// `data/fixtures/` (`PEFTKIT_FIXTURES` where the test binary runs away from its checkout, as on
+/// a GPU machine through `cargo xtask gpu-pack`).
 pub fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures")
+    match std::env::var_os("PEFTKIT_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/fixtures"),
+    }
 }
 
 /// A safetensors file's tensors by name.
@@ -30,9 +34,22 @@ pub fn base(arch: &str) -> SequenceClassifier {
     load(&format!("tiny-{arch}"))
 }
 
+/// The tiny random checkpoint of `arch` on `device`.
+pub fn base_on(arch: &str, device: Device) -> SequenceClassifier {
+    let dir = fixtures().join(format!("tiny-{arch}"));
+    SequenceClassifier::load(&dir, &LoadOptions::new(device))
+        .unwrap()
+        .0
+}
+
 /// The tiny checkpoint of `arch` with every dropout off (a copy in a temporary directory, kept
 /// alive by the returned guard).
 pub fn without_dropout(arch: &str) -> (tempfile::TempDir, SequenceClassifier) {
+    without_dropout_on(arch, Device::Cpu)
+}
+
+/// [`without_dropout`] on `device`.
+pub fn without_dropout_on(arch: &str, device: Device) -> (tempfile::TempDir, SequenceClassifier) {
     let tmp = tempfile::tempdir().unwrap();
     let src = fixtures().join(format!("tiny-{arch}"));
     std::fs::copy(
@@ -52,7 +69,7 @@ pub fn without_dropout(arch: &str) -> (tempfile::TempDir, SequenceClassifier) {
         cfg[k] = serde_json::json!(0.0);
     }
     std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
-    let m = SequenceClassifier::load(tmp.path(), &LoadOptions::new(Device::Cpu))
+    let m = SequenceClassifier::load(tmp.path(), &LoadOptions::new(device))
         .unwrap()
         .0;
     (tmp, m)

@@ -1,0 +1,149 @@
+//! The suite's CUDA half: every (model × adapter kind) pair on a GPU gives the CPU's logits and
+//! gradients, trains under gradient checkpointing (QLoRA: the recomputed 4-bit product's autograd
+//! node on the device), and trains in fp16 (dynamic loss scaling) and bf16. Each test returns at
+//! once where no CUDA device is present (CI), and runs on a lent GPU machine through
+//! `cargo xtask gpu-pack`.
+
+use super::*;
+use peftkit_models::{memory_usage, MemorySource};
+use tch::Device;
+
+const CUDA: Device = Device::Cuda(0);
+
+/// `true` where a CUDA device is present; says so on stderr where not.
+fn have_cuda(what: &str) -> bool {
+    let ok = tch::Cuda::is_available();
+    if !ok {
+        eprintln!("{what}: skipped (no CUDA device)");
+    }
+    ok
+}
+
+/// `kind` built on `arch`'s tiny checkpoint with every dropout off, on `device`, its trainable
+/// tensors copied from `from` (the CPU model) so both sides hold the same values.
+fn build_on(
+    kind: &AdapterKind,
+    arch: &str,
+    device: Device,
+    from: Option<&PeftModel>,
+) -> (tempfile::TempDir, PeftModel) {
+    tch::manual_seed(7);
+    let (dir, base) = without_dropout_on(arch, device);
+    let model = (kind.build)(arch, base).unwrap();
+    if let Some(src) = from {
+        let values: HashMap<String, Tensor> = src.trainable_parameters().into_iter().collect();
+        tch::no_grad(|| {
+            for (name, mut t) in model.trainable_parameters() {
+                let v = values
+                    .get(&name)
+                    .unwrap_or_else(|| panic!("{} {arch}: {name} is not on the CPU", kind.name));
+                t.copy_(v);
+            }
+        });
+    }
+    (dir, model)
+}
+
+/// Clears the trainable tensors' gradients.
+fn zero_grads(model: &PeftModel) {
+    for (_, t) in model.trainable_parameters() {
+        let mut g = t.grad();
+        if g.defined() {
+            let _ = g.zero_();
+        }
+    }
+}
+
+/// Logits and the gradients of the eval-mode loss (no dropout anywhere, so both devices compute
+/// the same function). cuDNN's LSTM refuses a backward pass in eval mode ("cudnn RNN backward
+/// can only be called in training mode", seen on the H200): the LSTM prompt encoder, which has no
+/// dropout here, runs in train mode instead — the same function.
+fn logits_and_grads(model: &PeftModel, arch: &str, kind: &AdapterKind) -> (Tensor, Vec<(String, Tensor)>) {
+    let train = kind.name.starts_with("ptuning_lstm");
+    let device = model.base().device();
+    let g = inputs(arch);
+    let (ids, mask, labels) = (
+        g["input_ids"].to_device(device),
+        g["attention_mask"].to_device(device),
+        g["labels"].to_device(device),
+    );
+    zero_grads(model);
+    let logits = model.logits(&ids, &mask, train).unwrap();
+    model.loss(&logits, &labels).backward();
+    let grads = model
+        .trainable_parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.grad().to_device(Device::Cpu)))
+        .collect();
+    (logits.detach().to_device(Device::Cpu), grads)
+}
+
+pub fn cuda_equals_cpu(kind: &AdapterKind, arch: &str) {
+    if !have_cuda(kind.name) {
+        return;
+    }
+    let (_c, cpu) = build_on(kind, arch, Device::Cpu, None);
+    let (_g, gpu) = build_on(kind, arch, CUDA, Some(&cpu));
+    assert_eq!(gpu.base().device(), CUDA);
+    let (want_logits, want) = logits_and_grads(&cpu, arch, kind);
+    let (got_logits, got) = logits_and_grads(&gpu, arch, kind);
+    let scale = want_logits.abs().max().double_value(&[]);
+    let d = diff(&want_logits, &got_logits);
+    assert!(
+        d <= 1e-5 + 1e-4 * scale,
+        "{} {arch}: CUDA logits differ from the CPU's by {d}",
+        kind.name
+    );
+    assert_grads_close(
+        &want,
+        &got,
+        |a| 1e-6 + 1e-4 * a.abs().max().double_value(&[]),
+        &format!("{} {arch} on CUDA", kind.name),
+    );
+    // Gradient checkpointing on the device: the same gradients as without it.
+    if gpu.enable_gradient_checkpointing() {
+        let factor = Tensor::from(1.0f32).to_device(CUDA);
+        let g = inputs(arch);
+        zero_grads(&gpu);
+        let loss = gpu
+            .loss_backward(
+                &g["input_ids"].to_device(CUDA),
+                &g["attention_mask"].to_device(CUDA),
+                &g["labels"].to_device(CUDA),
+                &factor,
+            )
+            .unwrap();
+        assert!(loss.double_value(&[]).is_finite());
+        for (name, t) in gpu.trainable_parameters() {
+            let grad = t.grad();
+            assert!(grad.defined(), "{} {arch}: {name} got no gradient", kind.name);
+            assert!(
+                bool::try_from(grad.isfinite().all()).unwrap(),
+                "{} {arch}: {name}'s checkpointed gradient is not finite",
+                kind.name
+            );
+        }
+    }
+    let mem = memory_usage(CUDA).unwrap();
+    assert_eq!(mem.source, MemorySource::CudaAllocated);
+    assert!(
+        mem.current_bytes > 0 && mem.peak_bytes >= mem.current_bytes,
+        "{mem:?}"
+    );
+}
+
+pub fn cuda_trains_in_mixed_precision(kind: &AdapterKind, arch: &str) {
+    if !have_cuda(kind.name) {
+        return;
+    }
+    for precision in [Precision::Fp16, Precision::Bf16] {
+        tch::manual_seed(7);
+        let model = (kind.build)(arch, base_on(arch, CUDA)).unwrap();
+        let (before, after) = train_a_few_steps(model, arch, precision);
+        assert!(
+            after.is_finite() && after < before,
+            "{} {arch} {precision:?} on CUDA: loss {before} -> {after}",
+            kind.name
+        );
+    }
+}
