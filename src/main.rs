@@ -149,7 +149,7 @@ enum Command {
     /// classification routes: `POST /predict {"inputs": ..., "adapter": NAME}`, `GET /info`,
     /// `GET /health`, `GET /metrics`, and `GET|POST /adapters`, `DELETE /adapters/NAME` to
     /// change the adapters at run time. SIGTERM or Ctrl-C: the requests in flight are answered,
-    /// then it exits 0.
+    /// then it exits 0 (1 past `--shutdown-timeout-secs`).
     Serve {
         /// Hub id or checkpoint directory of the base model.
         #[arg(long)]
@@ -177,7 +177,8 @@ enum Command {
         /// How long (ms) the first request of a batch waits for others to join it.
         #[arg(long, default_value_t = 2)]
         max_batch_wait_ms: u64,
-        /// Requests that may wait for the model; more are answered 503 with Retry-After.
+        /// Requests that may be in flight at once (arrival to answer); more are answered 503
+        /// with Retry-After.
         #[arg(long, default_value_t = 512)]
         max_concurrent_requests: usize,
         /// Inputs one request may hold; more are answered 413.
@@ -190,9 +191,13 @@ enum Command {
         /// (`"truncate"`); else such inputs are answered 413.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         auto_truncate: bool,
-        /// A request not answered within this many ms is answered 504.
+        /// A request (or an adapter change) not answered within this many ms is answered 504.
         #[arg(long, default_value_t = 60_000)]
         request_timeout_ms: u64,
+        /// Seconds the requests in flight have after SIGTERM or Ctrl-C; past them the process
+        /// exits 1 with an error.
+        #[arg(long, default_value_t = 30)]
+        shutdown_timeout_secs: u64,
     },
     /// Fold a peft adapter into its base model and write a plain HF checkpoint directory.
     Merge {
@@ -589,6 +594,7 @@ fn run(cli: Cli) -> Result<()> {
             payload_limit,
             auto_truncate,
             request_timeout_ms,
+            shutdown_timeout_secs,
         } => {
             let named = peftkit::predict::named_adapters(&adapters)?;
             let adapters = if named.is_empty() {
@@ -612,6 +618,7 @@ fn run(cli: Cli) -> Result<()> {
                 payload_limit,
                 auto_truncate,
                 request_timeout: std::time::Duration::from_millis(request_timeout_ms),
+                shutdown_timeout: std::time::Duration::from_secs(shutdown_timeout_secs),
             })
         }
         Command::Merge {

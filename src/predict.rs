@@ -2,6 +2,8 @@
 //! (`--input`: `.txt`, `.jsonl`, `.csv`, `.parquet`) streamed in chunks, each chunk's rows run
 //! in length-sorted batches, the answers written in input order (JSONL, or parquet).
 
+mod columns;
+mod parquet_sink;
 mod sink;
 mod source;
 

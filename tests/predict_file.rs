@@ -1,6 +1,7 @@
 //! `peftkit predict --input` on MiniLM: the four input formats give the answers `--text`
-//! gives, in input order, with the adapter column choosing per row; JSONL and parquet outputs;
-//! an existing output is never replaced; bad rows are named.
+//! gives, in input order across chunks, with the adapter column choosing per row; JSONL and
+//! parquet outputs (the input's other fields passed through); an existing output is never
+//! replaced, a `.json` one refused; bad rows are named.
 
 use serde_json::Value;
 use std::path::Path;
@@ -19,6 +20,8 @@ const TEXTS: [&str; 7] = [
     "\"quoted\", with commas",
 ];
 const ROUTE: [&str; 7] = ["s", "e", "s", "", "e", "__base__", "s"];
+/// Rows of the input files: with `--batch-size 3` a chunk is 256 rows, so three chunks.
+const ROWS: usize = 600;
 
 fn run(args: &[&str]) -> std::process::Output {
     peftkit().args(args).output().unwrap()
@@ -36,15 +39,19 @@ fn write_parquet(path: &Path) {
     let batch = RecordBatch::try_from_iter([
         (
             "id",
-            Arc::new(Int64Array::from_iter_values(0..7)) as ArrayRef,
+            Arc::new(Int64Array::from_iter_values(0..ROWS as i64)) as ArrayRef,
         ),
         (
             "sentence",
-            Arc::new(StringArray::from_iter_values(TEXTS)) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(
+                (0..ROWS).map(|i| TEXTS[i % 7]),
+            )) as ArrayRef,
         ),
         (
             "adapter",
-            Arc::new(StringArray::from_iter_values(ROUTE)) as ArrayRef,
+            Arc::new(StringArray::from_iter_values(
+                (0..ROWS).map(|i| ROUTE[i % 7]),
+            )) as ArrayRef,
         ),
     ])
     .unwrap();
@@ -112,29 +119,30 @@ fn every_input_format_answers_like_text_in_input_order() {
 
     let d = tmp.path();
     let jsonl = d.join("in.jsonl");
-    let lines: Vec<String> = TEXTS
-        .iter()
-        .zip(ROUTE)
-        .enumerate()
-        .map(|(i, (t, r))| serde_json::json!({"text": t, "adapter": r, "id": i}).to_string())
+    let lines: Vec<String> = (0..ROWS)
+        .map(|i| {
+            serde_json::json!({"text": TEXTS[i % 7], "adapter": ROUTE[i % 7], "id": i}).to_string()
+        })
         .collect();
     std::fs::write(&jsonl, lines.join("\n") + "\n").unwrap();
     let csv = d.join("in.csv");
     let mut w = csv::Writer::from_path(&csv).unwrap();
     w.write_record(["id", "text", "adapter"]).unwrap();
-    for (i, (t, r)) in TEXTS.iter().zip(ROUTE).enumerate() {
-        w.write_record([i.to_string().as_str(), t, r]).unwrap();
+    for i in 0..ROWS {
+        w.write_record([i.to_string().as_str(), TEXTS[i % 7], ROUTE[i % 7]])
+            .unwrap();
     }
     w.flush().unwrap();
     let parquet = d.join("in.parquet");
     write_parquet(&parquet);
 
     let check = |got: &[Value], what: &str| {
-        assert_eq!(got.len(), 7, "{what}");
-        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert_eq!(g["text"], TEXTS[i], "{what} row {i}");
+        assert_eq!(got.len(), ROWS, "{what}");
+        for (i, g) in got.iter().enumerate() {
+            let w = &want[i % 7];
+            assert_eq!(g["text"], TEXTS[i % 7], "{what} row {i}");
             assert_eq!(g["adapter"], w["adapter"], "{what} row {i}");
-            if ROUTE[i] == "__base__" {
+            if ROUTE[i % 7] == "__base__" {
                 // MiniLM has no head: each process initialises one afresh (as transformers).
                 continue;
             }
@@ -160,6 +168,10 @@ fn every_input_format_answers_like_text_in_input_order() {
         check(&got, &inp);
         // Other fields pass through (JSONL as given, CSV as strings, parquet as numbers).
         assert!(!got[3]["id"].is_null(), "{inp}: {}", got[3]);
+        assert_eq!(
+            got[ROWS - 1]["id"].to_string().trim_matches('"'),
+            (ROWS - 1).to_string()
+        );
     }
     // txt: one text a line, all through the default adapter.
     let txt = d.join("in.txt");
@@ -191,7 +203,15 @@ fn every_input_format_answers_like_text_in_input_order() {
     let out_jsonl = d.join("out.jsonl").display().to_string();
     let out_parquet = d.join("out.parquet").display().to_string();
     for o in [&out_jsonl, &out_parquet] {
-        let out = with(&["--input", &inp, "--output", o, "--quiet"]);
+        let out = with(&[
+            "--input",
+            &inp,
+            "--output",
+            o,
+            "--quiet",
+            "--batch-size",
+            "3",
+        ]);
         assert!(
             out.status.success(),
             "{}",
@@ -210,22 +230,41 @@ fn every_input_format_answers_like_text_in_input_order() {
     .unwrap();
     let batches: Vec<_> = reader.map(Result::unwrap).collect();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    assert_eq!(rows, 7);
+    assert_eq!(rows, ROWS);
     use arrow::array::AsArray;
-    let labels = batches[0]
-        .column_by_name("label")
-        .unwrap()
-        .as_string::<i32>();
-    let adapters = batches[0]
-        .column_by_name("adapter")
-        .unwrap()
-        .as_string::<i32>();
-    for i in 0..7 {
-        if ROUTE[i] != "__base__" {
-            assert_eq!(labels.value(i), want[i]["label"].as_str().unwrap());
+    use arrow::datatypes::Int64Type;
+    let mut first = 0;
+    for batch in &batches {
+        let labels = batch.column_by_name("label").unwrap().as_string::<i32>();
+        let adapters = batch.column_by_name("adapter").unwrap().as_string::<i32>();
+        // The input's `id` passes through, as a number.
+        let ids = batch
+            .column_by_name("id")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        for r in 0..batch.num_rows() {
+            let i = first + r;
+            let w = &want[i % 7];
+            if ROUTE[i % 7] != "__base__" {
+                assert_eq!(labels.value(r), w["label"].as_str().unwrap(), "row {i}");
+            }
+            assert_eq!(adapters.value(r), w["adapter"].as_str().unwrap(), "row {i}");
+            assert_eq!(ids.value(r), i as i64, "row {i}");
         }
-        assert_eq!(adapters.value(i), want[i]["adapter"].as_str().unwrap());
+        first += batch.num_rows();
     }
+    // A `.json` path is refused (the answers are JSON lines), naming it; nothing is written.
+    let out_json = d.join("out.json").display().to_string();
+    let out = with(&["--input", &inp, "--output", &out_json]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "--output {out_json}: expected a .jsonl or .parquet file"
+        )),
+        "{err}"
+    );
+    assert!(!Path::new(&out_json).exists());
     let before = std::fs::read(&out_jsonl).unwrap();
     let out = with(&["--input", &inp, "--output", &out_jsonl]);
     assert!(!out.status.success());

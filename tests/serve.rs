@@ -89,6 +89,32 @@ impl Server {
         answer(ureq::delete(&self.url(route)).call())
     }
 
+    /// The value of an unlabelled measure of `GET /metrics`.
+    fn measure(&self, name: &str) -> u64 {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {name} in\n{text}")) as u64
+    }
+
+    /// Polls `GET /metrics` until measure `name` exceeds `floor`: requests have got that far.
+    fn wait_above(&self, name: &str, floor: u64) {
+        let start = Instant::now();
+        while self.measure(name) <= floor {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{name} stayed at {floor} or less"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     fn rss_kb(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
         status
@@ -125,6 +151,10 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Requests tokenized so far: a request counted here holds its adapter and its permit until it
+/// is answered.
+const TOKENIZED: &str = "peftkit_tokenization_duration_seconds_count";
 
 fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
     match r {
@@ -452,6 +482,27 @@ fn every_bad_request_gets_its_status_and_the_server_stays_up() {
         answers.iter().all(|a| a.0 == 200 || a.0 == 503),
         "{answers:?}"
     );
+    // A request counts from its arrival to its answer, not only while queued: with one in
+    // flight (being computed, the queue empty) the next is refused.
+    let tokenized = server.measure(TOKENIZED);
+    let first = {
+        let server = server.clone();
+        let inputs = vec![vec!["word ".repeat(500)]; 8];
+        std::thread::spawn(move || server.predict(&json!({ "inputs": inputs })))
+    };
+    server.wait_above(TOKENIZED, tokenized);
+    let r = ureq::post(&server.url("/predict")).send_json(json!({"inputs": "x"}));
+    match r {
+        Err(ureq::Error::Status(503, r)) => {
+            assert_eq!(r.header("retry-after"), Some("1"));
+            let b: Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+            assert_eq!(b["error_type"], "Overloaded", "{b}");
+        }
+        other => panic!("a second request in flight was not refused: {other:?}"),
+    }
+    let (s, b) = first.join().unwrap();
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(server.predict(&json!({"inputs": "x"})).0, 200);
     drop(server);
     let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
     all.extend(["--request-timeout-ms", "1"]);
@@ -517,6 +568,7 @@ fn adapters_are_added_and_removed_at_run_time() {
     assert_eq!(server.delete("/adapters/nan").0, 200);
     // A request in flight on an adapter being removed is answered first.
     let long = "word ".repeat(500);
+    let tokenized = server.measure(TOKENIZED);
     let inflight = {
         let (server, long) = (server.clone(), long.clone());
         std::thread::spawn(move || {
@@ -524,8 +576,8 @@ fn adapters_are_added_and_removed_at_run_time() {
             server.predict(&json!({"inputs": inputs, "adapter": "e"}))
         })
     };
-    // Long enough for the request to arrive, short of its ~1 s forward pass.
-    std::thread::sleep(Duration::from_millis(150));
+    // Tokenized: it holds the adapter until its ~1 s forward pass is answered.
+    server.wait_above(TOKENIZED, tokenized);
     let (s, b) = server.delete("/adapters/e");
     assert_eq!(s, 200, "{b}");
     let (s, got) = inflight.join().unwrap();
@@ -543,6 +595,79 @@ fn adapters_are_added_and_removed_at_run_time() {
     let (s, got) = server.predict(&json!({"inputs": TEXTS[0], "raw_scores": true}));
     assert_eq!(s, 200);
     check(&got, &want[0], true, "e2", 0);
+}
+
+/// Sends a request and hangs up without reading the answer (a client that gives up).
+fn send_and_hang_up(server: &Server, method: &str, route: &str, body: &str) {
+    use std::io::Write;
+    let host = server.base.strip_prefix("http://").unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "{method} {route} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s.flush().unwrap();
+    // Long enough for the server to read it and start, short of the worker's step.
+    std::thread::sleep(Duration::from_millis(5));
+}
+
+#[test]
+fn a_client_hanging_up_mid_change_leaves_the_adapters_consistent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("h");
+    random_minilm_adapter(
+        &dir,
+        peftkit_adapters::LoraConfig::new(&["query", "value"], 4, 8.0).into(),
+    );
+    let server = Server::start(&[]);
+    let body = json!({"name": "h", "path": dir}).to_string();
+    send_and_hang_up(&server, "POST", "/adapters", &body);
+    // The add either never began (then a new one is 201) or runs to its end: 409 while it
+    // loads, then the adapter is listed. Never 409 for ever with nothing listed.
+    let start = Instant::now();
+    loop {
+        let (s, b) = server.post("/adapters", &body);
+        if s == 201 {
+            break;
+        }
+        assert_eq!(s, 409, "{b}");
+        let (_, listed) = server.get("/adapters");
+        if listed.contains("\"name\":\"h\"") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "`h` stayed half-added: {b}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (s, b) = server.predict(&json!({"inputs": "x", "adapter": "h"}));
+    assert_eq!(s, 200, "{b}");
+    // The same for a removal: it never began (`h` still listed) or runs to its end (409 while
+    // it runs, then the name is free). Never unlisted yet loaded (the worker refuses: 422).
+    send_and_hang_up(&server, "DELETE", "/adapters/h", "");
+    let start = Instant::now();
+    loop {
+        let (s, b) = server.post("/adapters", &body);
+        if s == 201 {
+            break;
+        }
+        assert_eq!(s, 409, "{b}");
+        let (_, listed) = server.get("/adapters");
+        if listed.contains("\"name\":\"h\"") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "`h` stayed half-removed: {b}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (s, b) = server.predict(&json!({"inputs": "x", "adapter": "h"}));
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(server.get("/health").0, 200);
 }
 
 #[test]
@@ -563,7 +688,8 @@ fn sigterm_answers_the_requests_in_flight_then_exits_0() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // All four have arrived (and been tokenized): SIGTERM finds them in flight.
+    server.lock().unwrap().wait_above(TOKENIZED, 3);
     let status = server.lock().unwrap().terminate();
     let answers: Vec<u16> = clients.into_iter().map(|c| c.join().unwrap()).collect();
     assert_eq!(answers, [200; 4]);

@@ -8,6 +8,7 @@
 //! forward pass never blocks the async runtime. The worker gathers what arrives within
 //! `max_batch_wait` into length-sorted batches across adapters ([`crate::infer::batch`]).
 
+mod admin;
 pub mod api;
 pub mod metrics;
 mod routes;
@@ -18,11 +19,13 @@ use anyhow::{Context, Result};
 use metrics::Metrics;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use worker::{BatchLimits, Work};
 
 /// How to serve.
@@ -42,7 +45,7 @@ pub struct ServeOptions {
     pub max_batch_tokens: usize,
     /// How long the first request of a batch waits for others.
     pub max_batch_wait: Duration,
-    /// Requests that may wait for the model; more are answered 503.
+    /// Requests that may be in flight (from arrival to answer); more are answered 503.
     pub max_concurrent_requests: usize,
     /// Inputs one request may hold; more are answered 413.
     pub max_client_batch_size: usize,
@@ -50,8 +53,11 @@ pub struct ServeOptions {
     pub payload_limit: usize,
     /// Truncate over-long inputs when a request does not say.
     pub auto_truncate: bool,
-    /// A request not answered in this time is answered 504.
+    /// A request (or an adapter change) not answered in this time is answered 504.
     pub request_timeout: Duration,
+    /// After SIGTERM or Ctrl-C, how long the requests in flight may take; past it the process
+    /// exits 1 (a stuck request or model cannot hold it up).
+    pub shutdown_timeout: Duration,
 }
 
 /// The adapters the routes know, and which is the default.
@@ -62,6 +68,8 @@ struct Registry {
     order: Vec<String>,
     /// Being added.
     pending: BTreeSet<String>,
+    /// Being removed (no longer in `adapters`: new requests do not find them).
+    removing: BTreeSet<String>,
 }
 
 impl Registry {
@@ -70,9 +78,25 @@ impl Registry {
         self.adapters.insert(info.name.clone(), Arc::new(info));
     }
 
-    fn remove(&mut self, name: &str) -> Option<Arc<AdapterInfo>> {
-        self.order.retain(|n| n != name);
-        self.adapters.remove(name)
+    /// Takes `name` out (new requests no longer find it) and marks it as being removed; returns
+    /// its position and description, to put back should the removal fail.
+    fn start_removal(&mut self, name: &str) -> Option<(usize, Arc<AdapterInfo>)> {
+        let at = self.order.iter().position(|n| n == name)?;
+        let info = self.adapters.remove(name)?;
+        self.order.remove(at);
+        self.removing.insert(name.to_string());
+        Some((at, info))
+    }
+
+    /// Ends a removal; `failed` puts the adapter back where it was (the default again if it
+    /// was the default).
+    fn end_removal(&mut self, name: &str, failed: Option<(usize, Arc<AdapterInfo>)>) {
+        self.removing.remove(name);
+        if let Some((at, info)) = failed {
+            self.order
+                .insert(at.min(self.order.len()), name.to_string());
+            self.adapters.insert(name.to_string(), info);
+        }
     }
 
     fn default_adapter(&self) -> Option<&str> {
@@ -91,6 +115,8 @@ struct AppState {
     model_dtype: String,
     metrics: Arc<Metrics>,
     worker_alive: Arc<AtomicBool>,
+    /// One per request in flight, held from its arrival to its answer.
+    permits: Semaphore,
 }
 
 impl AppState {
@@ -117,11 +143,18 @@ struct Ready {
 }
 
 /// Loads the model on a worker thread, then serves until SIGTERM or Ctrl-C, after which the
-/// requests in flight are answered and it returns.
+/// requests in flight are answered and it returns. Past `shutdown_timeout` after the signal the
+/// process exits 1 with a one-line error; a worker that stops on its own (the model lost) ends
+/// the server the same way and is an error.
 pub fn serve(opts: ServeOptions) -> Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let (queue, rx) = std::sync::mpsc::sync_channel::<Work>(opts.max_concurrent_requests.max(1));
+    let concurrency = opts
+        .max_concurrent_requests
+        .clamp(1, Semaphore::MAX_PERMITS);
+    let (queue, rx) = std::sync::mpsc::sync_channel::<Work>(concurrency);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Ready>>();
+    // Why the worker stopped; dropped unsent if it never started serving.
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<String>();
     let worker_alive = Arc::new(AtomicBool::new(true));
     let limits = BatchLimits {
         max_rows: opts.max_batch_requests.max(1),
@@ -141,7 +174,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
                         self.0.store(false, Ordering::SeqCst);
                     }
                 }
-                let _dead = Dead(alive);
+                let dead = Dead(alive);
                 let host = match Host::load(&model, &adapters, device) {
                     Ok(h) => h,
                     Err(e) => {
@@ -162,7 +195,15 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
                 };
                 metrics.adapters.set(adapters.len() as i64);
                 let _ = ready_tx.send(Ok(ready));
-                worker::run(host, rx, limits, metrics);
+                let ended =
+                    catch_unwind(AssertUnwindSafe(|| worker::run(host, rx, limits, metrics)));
+                let why = match ended {
+                    Ok(Ok(())) => "its queue closed".to_string(),
+                    Ok(Err(e)) => e,
+                    Err(p) => format!("it panicked: {}", worker::panic_message(p)),
+                };
+                drop(dead);
+                let _ = stopped_tx.send(why);
             })
             .context("starting the model thread")?
     };
@@ -186,6 +227,7 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         queue,
         metrics,
         worker_alive,
+        permits: Semaphore::new(concurrency),
         opts: opts.clone(),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -193,6 +235,25 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         .thread_name("peftkit-http")
         .build()
         .context("starting the async runtime")?;
+    // Set when the worker stopped on its own: the server stops, and that is an error.
+    let worker_failure: Arc<Mutex<Option<String>>> = Arc::default();
+    let stop = {
+        let failure = worker_failure.clone();
+        let deadline = opts.shutdown_timeout;
+        async move {
+            tokio::select! {
+                _ = shutdown_signal() => eprintln!(
+                    "peftkit serve: signal received, answering the requests in flight, then stopping"
+                ),
+                why = stopped_rx => {
+                    let why = why.unwrap_or_else(|_| "it ended".to_string());
+                    eprintln!("peftkit serve: the model worker stopped ({why}): answering the requests in flight, then exiting");
+                    *failure.lock().expect("not poisoned") = Some(why);
+                }
+            }
+            arm_deadline(deadline);
+        }
+    };
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(opts.addr)
             .await
@@ -202,15 +263,44 @@ pub fn serve(opts: ServeOptions) -> Result<()> {
         eprintln!("peftkit serve: listening on http://{addr}");
         tracing::info!(%addr, model = %opts.model, "serving");
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(stop)
             .await
             .context("serving HTTP")
     })?;
     // The routes (and with them the queue's sender) are gone: the worker finishes and stops.
     runtime.shutdown_timeout(Duration::from_secs(5));
     let _ = worker.join();
+    if let Some(why) = worker_failure.lock().expect("not poisoned").take() {
+        anyhow::bail!("serve: the model worker stopped: {why}");
+    }
     eprintln!("peftkit serve: stopped");
     Ok(())
+}
+
+/// The hard deadline of a shutdown: `after` it, whatever is still running (a wedged forward
+/// pass, a request that does not end), the process exits 1 with a one-line error.
+fn arm_deadline(after: Duration) {
+    let started = std::thread::Builder::new()
+        .name("peftkit-deadline".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            eprintln!(
+                "peftkit: error: serve: still stopping {} s after the shutdown began (--shutdown-timeout-secs): a request or the model is stuck; exiting",
+                after.as_secs_f64()
+            );
+            // Not `exit`: C++ static destructors must not run under a forward pass still in
+            // libtorch.
+            #[cfg(unix)]
+            // SAFETY: ends the process at once; nothing of it is used afterwards.
+            unsafe {
+                libc::_exit(1)
+            };
+            #[cfg(not(unix))]
+            std::process::exit(1);
+        });
+    if let Err(e) = started {
+        tracing::warn!(target: "peftkit::serve", error = %e, "no shutdown deadline: its thread did not start");
+    }
 }
 
 async fn shutdown_signal() {
@@ -232,5 +322,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    eprintln!("peftkit serve: signal received, answering the requests in flight, then stopping");
 }

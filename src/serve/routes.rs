@@ -1,12 +1,14 @@
-//! The HTTP routes. Nothing a client sends stops the server: every failure is an answer.
+//! The HTTP routes: `/predict` and the read-only ones here, the adapter changes in
+//! [`super::admin`]. Nothing a client sends stops the server: every failure is an answer.
 
+use super::admin::{add_adapter, list_adapters, remove_adapter};
 use super::api::{parse_inputs, predictions, ApiError, ErrorKind, PredictRequest, Prediction};
-use super::worker::{Changed, Job, Work};
+use super::worker::{Job, Work};
 use super::AppState;
 use crate::infer::{AdapterInfo, EncodeError};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -17,7 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-type Shared = Arc<AppState>;
+/// The state every route shares.
+pub(super) type Shared = Arc<AppState>;
 
 /// Every route, with the body limit.
 pub(super) fn router(state: Shared) -> Router {
@@ -41,7 +44,8 @@ async fn not_found() -> ApiError {
     )
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(
+/// A JSON body, or the answer saying what is wrong with it (400 not JSON, 422 off the schema).
+pub(super) fn read_json<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<T, ApiError> {
     let bytes = body.map_err(|r| ApiError::validation(r.status(), r.body_text()))?;
@@ -92,6 +96,18 @@ async fn predict_inner(
     start: Instant,
     adapter_out: &mut String,
 ) -> Result<(Response, usize), ApiError> {
+    // Held from arrival to answer, as TEI's permits: what is tokenizing or being computed
+    // counts, not only what waits in the queue.
+    let Ok(_permit) = s.permits.try_acquire() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Overloaded,
+            format!(
+                "the model is overloaded ({} requests in flight): retry later",
+                s.opts.max_concurrent_requests
+            ),
+        ));
+    };
     let req: PredictRequest = read_json(body)?;
     let inputs = parse_inputs(&req.inputs)
         .map_err(|e| ApiError::validation(StatusCode::UNPROCESSABLE_ENTITY, e))?;
@@ -261,7 +277,8 @@ fn device_kind(s: &AppState) -> &'static str {
     }
 }
 
-fn unhealthy() -> ApiError {
+/// 503: the model worker has stopped.
+pub(super) fn unhealthy() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::Unhealthy,
@@ -278,7 +295,8 @@ fn id2label(labels: &[String]) -> serde_json::Value {
         .into()
 }
 
-fn adapter_json(a: &AdapterInfo, default: bool) -> serde_json::Value {
+/// An adapter as `GET /adapters` lists it.
+pub(super) fn adapter_json(a: &AdapterInfo, default: bool) -> serde_json::Value {
     serde_json::json!({
         "name": a.name,
         "path": a.path,
@@ -290,7 +308,8 @@ fn adapter_json(a: &AdapterInfo, default: bool) -> serde_json::Value {
     })
 }
 
-fn adapters_json(s: &AppState) -> Vec<serde_json::Value> {
+/// Every adapter, in order (the first is the default).
+pub(super) fn adapters_json(s: &AppState) -> Vec<serde_json::Value> {
     let reg = s.registry.read().expect("not poisoned");
     let default = reg.default_adapter();
     reg.order
@@ -355,148 +374,4 @@ async fn metrics(State(s): State<Shared>) -> Response {
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     r
-}
-
-/// `GET /adapters`.
-async fn list_adapters(State(s): State<Shared>) -> Json<Vec<serde_json::Value>> {
-    Json(adapters_json(&s))
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddAdapter {
-    name: String,
-    path: std::path::PathBuf,
-}
-
-/// Sends admin work to the worker (waiting for room in the queue) and awaits its answer.
-async fn admin(
-    s: &Shared,
-    work: Work,
-    answer: oneshot::Receiver<Changed>,
-) -> Result<Changed, ApiError> {
-    let queue = s.queue.clone();
-    tokio::task::spawn_blocking(move || queue.send(work))
-        .await
-        .map_err(|_| unhealthy())?
-        .map_err(|_| unhealthy())?;
-    answer.await.map_err(|_| unhealthy())
-}
-
-/// `POST /adapters` `{"name": ..., "path": ...}`: loads an adapter directory (on the server's
-/// file system) as `name`.
-async fn add_adapter(State(s): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
-    let start = Instant::now();
-    let out = add_inner(&s, body).await;
-    let response = out.unwrap_or_else(IntoResponse::into_response);
-    let status = response.status().as_u16();
-    s.metrics
-        .answered("/adapters", "", status, start.elapsed().as_secs_f64());
-    tracing::info!(target: "peftkit::serve", route = "POST /adapters", status, latency_ms = start.elapsed().as_secs_f64() * 1e3, "request");
-    response
-}
-
-async fn add_inner(s: &Shared, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let req: AddAdapter = read_json(body)?;
-    if !req.path.join("adapter_config.json").is_file() {
-        return Err(ApiError::validation(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "{}: not an adapter directory (no adapter_config.json)",
-                req.path.display()
-            ),
-        ));
-    }
-    {
-        let mut reg = s.registry.write().expect("not poisoned");
-        if reg.adapters.contains_key(&req.name)
-            || reg.pending.contains(&req.name)
-            || req.name == BASE_ADAPTER
-        {
-            return Err(ApiError::validation(
-                StatusCode::CONFLICT,
-                format!(
-                    "an adapter named `{}` exists already (remove it first)",
-                    req.name
-                ),
-            ));
-        }
-        reg.pending.insert(req.name.clone());
-    }
-    let (reply, answer) = oneshot::channel();
-    let work = Work::Add {
-        name: req.name.clone(),
-        path: req.path.clone(),
-        reply,
-    };
-    let out = admin(s, work, answer).await;
-    let mut reg = s.registry.write().expect("not poisoned");
-    reg.pending.remove(&req.name);
-    match out? {
-        Ok((Some(info), limit)) => {
-            s.set_limit(limit);
-            let json = adapter_json(&info, reg.order.is_empty());
-            reg.insert(info);
-            tracing::info!(target: "peftkit::serve", adapter = %req.name, path = %req.path.display(), "adapter added");
-            Ok((StatusCode::CREATED, Json(json)).into_response())
-        }
-        Ok((None, _)) => unreachable!("an added adapter is described"),
-        Err(e) => Err(ApiError::validation(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("the adapter {} was refused: {e}", req.path.display()),
-        )),
-    }
-}
-
-/// `DELETE /adapters/NAME`: new requests for it are refused at once; those in flight are
-/// answered first, then it is unloaded.
-async fn remove_adapter(State(s): State<Shared>, Path(name): Path<String>) -> Response {
-    let start = Instant::now();
-    let out = remove_inner(&s, &name).await;
-    let response = out.unwrap_or_else(IntoResponse::into_response);
-    let status = response.status().as_u16();
-    let label = if status == 404 {
-        "(unknown)"
-    } else {
-        name.as_str()
-    };
-    s.metrics
-        .answered("/adapters", label, status, start.elapsed().as_secs_f64());
-    tracing::info!(target: "peftkit::serve", route = "DELETE /adapters", adapter = %name, status, latency_ms = start.elapsed().as_secs_f64() * 1e3, "request");
-    response
-}
-
-async fn remove_inner(s: &Shared, name: &str) -> Result<Response, ApiError> {
-    let Some(info) = s.registry.write().expect("not poisoned").remove(name) else {
-        return Err(ApiError::validation(
-            StatusCode::NOT_FOUND,
-            format!("no adapter `{name}`"),
-        ));
-    };
-    // Every request that resolved the adapter holds a clone until it is answered.
-    let deadline = Instant::now() + s.opts.request_timeout + Duration::from_secs(1);
-    while Arc::strong_count(&info) > 1 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let (reply, answer) = oneshot::channel();
-    let work = Work::Remove {
-        name: name.to_string(),
-        reply,
-    };
-    match admin(s, work, answer).await? {
-        Ok((_, limit)) => {
-            s.set_limit(limit);
-            Ok(Json(serde_json::json!({"removed": name})).into_response())
-        }
-        Err(e) => {
-            // Still loaded: known again.
-            let info = Arc::try_unwrap(info).unwrap_or_else(|a| (*a).clone());
-            s.registry.write().expect("not poisoned").insert(info);
-            Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorKind::Backend,
-                format!("removing `{name}`: {e}"),
-            ))
-        }
-    }
 }

@@ -70,22 +70,30 @@ pub struct BatchLimits {
     pub wait: Duration,
 }
 
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+/// The message of a caught panic.
+pub(crate) fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>()
         .cloned()
         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Serves `rx` until every sender is gone.
-pub fn run(mut host: Host, rx: Receiver<Work>, limits: BatchLimits, metrics: Arc<Metrics>) {
+/// Serves `rx` until every sender is gone (`Ok`), or until the model is lost: an adapter change
+/// failed half-way and the base could not be loaded again (`Err`, saying why; the change's
+/// client is answered first).
+pub fn run(
+    mut host: Host,
+    rx: Receiver<Work>,
+    limits: BatchLimits,
+    metrics: Arc<Metrics>,
+) -> Result<(), String> {
     let mut carried: Option<Work> = None;
     loop {
         let work = match carried.take() {
             Some(w) => w,
             None => match rx.recv() {
                 Ok(w) => w,
-                Err(_) => return,
+                Err(_) => return Ok(()),
             },
         };
         match work {
@@ -120,26 +128,54 @@ pub fn run(mut host: Host, rx: Receiver<Work>, limits: BatchLimits, metrics: Arc
             }
             Work::Add { name, path, reply } => {
                 let added = catch_unwind(AssertUnwindSafe(|| host.add_adapter(&name, &path)))
-                    .map_err(panic_message)
+                    .map_err(|p| format!("the model panicked: {}", panic_message(p)))
                     .and_then(|r| r.map_err(|e| format!("{e:#}")));
-                if added.is_ok() {
-                    metrics.adapters.inc();
+                if let Err(e) = mend(&mut host) {
+                    let _ = reply.send(Err(e.clone()));
+                    return Err(e);
                 }
+                metrics.adapters.set(host.adapters().len() as i64);
                 let limit = host.max_input_length();
                 let _ = reply.send(added.map(|info| (Some(info), limit)));
             }
             Work::Remove { name, reply } => {
                 let removed = catch_unwind(AssertUnwindSafe(|| host.remove_adapter(&name)))
-                    .map_err(panic_message)
+                    .map_err(|p| format!("the model panicked: {}", panic_message(p)))
                     .and_then(|r| r.map_err(|e| format!("{e:#}")));
-                if removed.is_ok() {
-                    metrics.adapters.dec();
+                if let Err(e) = mend(&mut host) {
+                    let _ = reply.send(Err(e.clone()));
+                    return Err(e);
                 }
+                // Gone is gone: a failed removal that lost the adapter anyway (the base was
+                // reloaded) is a removal.
+                let removed = match removed {
+                    Err(e) if !host.adapters().contains_key(&name) => {
+                        tracing::warn!(target: "peftkit::serve", adapter = %name, error = %e, "the adapter is gone although its removal failed");
+                        Ok(())
+                    }
+                    r => r,
+                };
+                metrics.adapters.set(host.adapters().len() as i64);
                 let limit = host.max_input_length();
                 let _ = reply.send(removed.map(|()| (None, limit)));
             }
         }
     }
+}
+
+/// After an adapter change: a host that lost its model (the change panicked, or failed and
+/// could not reload the base) loads the plain base again, or the worker cannot go on.
+fn mend(host: &mut Host) -> Result<(), String> {
+    if host.is_whole() {
+        return Ok(());
+    }
+    tracing::warn!(target: "peftkit::serve", "an adapter change lost the model: reloading the base");
+    catch_unwind(AssertUnwindSafe(|| host.restore()))
+        .map_err(panic_message)
+        .and_then(|r| r.map_err(|e| format!("{e:#}")))
+        .map_err(|e| {
+            format!("an adapter change lost the model, and reloading the base failed: {e}")
+        })
 }
 
 /// Runs the rows of `jobs` in planned batches and answers each job.
