@@ -613,6 +613,28 @@ fn send_and_hang_up(server: &Server, method: &str, route: &str, body: &str) {
     std::thread::sleep(Duration::from_millis(5));
 }
 
+/// Posts `body` (an adapter named `h`) until it is added (201) or `h` is listed, accepting 409
+/// only meanwhile: a change cut off by a client's hang-up must not leave the name half-`what`.
+fn settles(server: &Server, body: &str, what: &str) {
+    let start = Instant::now();
+    loop {
+        let (s, b) = server.post("/adapters", body);
+        if s == 201 {
+            return;
+        }
+        assert_eq!(s, 409, "{b}");
+        let (_, listed) = server.get("/adapters");
+        if listed.contains("\"name\":\"h\"") {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "`h` stayed half-{what}: {b}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_client_hanging_up_mid_change_leaves_the_adapters_consistent() {
     let tmp = tempfile::tempdir().unwrap();
@@ -626,45 +648,13 @@ fn a_client_hanging_up_mid_change_leaves_the_adapters_consistent() {
     send_and_hang_up(&server, "POST", "/adapters", &body);
     // The add either never began (then a new one is 201) or runs to its end: 409 while it
     // loads, then the adapter is listed. Never 409 for ever with nothing listed.
-    let start = Instant::now();
-    loop {
-        let (s, b) = server.post("/adapters", &body);
-        if s == 201 {
-            break;
-        }
-        assert_eq!(s, 409, "{b}");
-        let (_, listed) = server.get("/adapters");
-        if listed.contains("\"name\":\"h\"") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "`h` stayed half-added: {b}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    settles(&server, &body, "added");
     let (s, b) = server.predict(&json!({"inputs": "x", "adapter": "h"}));
     assert_eq!(s, 200, "{b}");
     // The same for a removal: it never began (`h` still listed) or runs to its end (409 while
     // it runs, then the name is free). Never unlisted yet loaded (the worker refuses: 422).
     send_and_hang_up(&server, "DELETE", "/adapters/h", "");
-    let start = Instant::now();
-    loop {
-        let (s, b) = server.post("/adapters", &body);
-        if s == 201 {
-            break;
-        }
-        assert_eq!(s, 409, "{b}");
-        let (_, listed) = server.get("/adapters");
-        if listed.contains("\"name\":\"h\"") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "`h` stayed half-removed: {b}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    settles(&server, &body, "removed");
     let (s, b) = server.predict(&json!({"inputs": "x", "adapter": "h"}));
     assert_eq!(s, 200, "{b}");
     assert_eq!(server.get("/health").0, 200);

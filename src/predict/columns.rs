@@ -113,30 +113,9 @@ impl Column {
             )
         };
         let array: ArrayRef = match self.kind {
-            Kind::Bool => Arc::new(BooleanArray::from(
-                values
-                    .map(|(row, v)| {
-                        v.map(|v| v.as_bool().ok_or_else(|| misfit(row, v)))
-                            .transpose()
-                    })
-                    .collect::<Result<Vec<Option<bool>>>>()?,
-            )),
-            Kind::Int => Arc::new(Int64Array::from(
-                values
-                    .map(|(row, v)| {
-                        v.map(|v| v.as_i64().ok_or_else(|| misfit(row, v)))
-                            .transpose()
-                    })
-                    .collect::<Result<Vec<Option<i64>>>>()?,
-            )),
-            Kind::Float => Arc::new(Float64Array::from(
-                values
-                    .map(|(row, v)| {
-                        v.map(|v| v.as_f64().ok_or_else(|| misfit(row, v)))
-                            .transpose()
-                    })
-                    .collect::<Result<Vec<Option<f64>>>>()?,
-            )),
+            Kind::Bool => Arc::new(BooleanArray::from(typed(values, Value::as_bool, misfit)?)),
+            Kind::Int => Arc::new(Int64Array::from(typed(values, Value::as_i64, misfit)?)),
+            Kind::Float => Arc::new(Float64Array::from(typed(values, Value::as_f64, misfit)?)),
             Kind::Text => Arc::new(StringArray::from(
                 values
                     .map(|(_, v)| {
@@ -150,6 +129,17 @@ impl Column {
         };
         Ok(array)
     }
+}
+
+/// A column's values through `get`, a value `get` refuses named by `misfit`.
+fn typed<'a, T>(
+    values: impl Iterator<Item = (usize, Option<&'a Value>)>,
+    get: impl Fn(&Value) -> Option<T>,
+    misfit: impl Fn(usize, &Value) -> anyhow::Error,
+) -> Result<Vec<Option<T>>> {
+    values
+        .map(|(row, v)| v.map(|v| get(v).ok_or_else(|| misfit(row, v))).transpose())
+        .collect()
 }
 
 #[cfg(test)]

@@ -19,28 +19,19 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A model's files the rows read (its config and tokenizer; no weights are needed).
+const MODEL_FILES: &[&str] = &[
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+];
+
 /// The hub repositories the rows read, and for each the files kept (`None`: all of them).
 const HUB_REPOS: &[(&str, Option<&[&str]>)] = &[
-    (
-        "models--gpt2",
-        Some(&[
-            "config.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "vocab.json",
-            "merges.txt",
-        ]),
-    ),
-    (
-        "models--roberta-base",
-        Some(&[
-            "config.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "vocab.json",
-            "merges.txt",
-        ]),
-    ),
+    ("models--gpt2", Some(MODEL_FILES)),
+    ("models--roberta-base", Some(MODEL_FILES)),
     ("datasets--nyu-mll--glue", None),
     // Not trained on here, but the HF script resolves its snapshot when it starts.
     ("datasets--cornell-movie-review-data--rotten_tomatoes", None),
@@ -135,9 +126,13 @@ pub fn run(
     for (from, to) in [
         (root.join("bench/gpu/run.sh"), "run.sh"),
         (root.join("bench/gpu/summary.py"), "summary.py"),
-        (shared.join("bench/hf_peft_throughput.py"), "hf_peft_throughput.py"),
+        (
+            shared.join("bench/hf_peft_throughput.py"),
+            "hf_peft_throughput.py",
+        ),
     ] {
-        std::fs::copy(&from, out.join(to)).with_context(|| format!("copying {}", from.display()))?;
+        std::fs::copy(&from, out.join(to))
+            .with_context(|| format!("copying {}", from.display()))?;
     }
     let size = dir_size(&out)?;
     eprintln!(
@@ -228,9 +223,19 @@ fn cut_imdb(python: &Path, repo: &Path) -> Result<()> {
             .is_ok_and(|o| o.status.success())
     };
     if !has_pyarrow(python) {
-        eprintln!("xtask: gpu-pack: installing pyarrow into {}'s environment", python.display());
+        eprintln!(
+            "xtask: gpu-pack: installing pyarrow into {}'s environment",
+            python.display()
+        );
         let mut pip = Command::new(python);
-        pip.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "pyarrow"]);
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "pyarrow",
+        ]);
         crate::exec(pip).context("pip install pyarrow (needed to cut IMDB)")?;
     }
     let script = format!(

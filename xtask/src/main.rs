@@ -202,16 +202,29 @@ fn run() -> Result<()> {
 /// pins) into peftkit's environment, before its build script runs.
 fn ensure_cuda_headers(env: &TorchEnv, python: &Path) {
     let include = env.lib_dir.join("../../nvidia/cu13/include");
-    let complete = include.join("crt/host_config.h").is_file() && include.join("nv/target").is_file();
+    let complete =
+        include.join("crt/host_config.h").is_file() && include.join("nv/target").is_file();
     if env.venv.is_none() || !include.is_dir() || complete {
         return;
     }
     let status = Command::new(python)
-        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
-        .args(["--no-deps", "nvidia-cuda-crt==13.0.88", "nvidia-cuda-cccl==13.0.85"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .args([
+            "--no-deps",
+            "nvidia-cuda-crt==13.0.88",
+            "nvidia-cuda-cccl==13.0.85",
+        ])
         .status();
     if !status.is_ok_and(|s| s.success()) {
-        eprintln!("xtask: warning: nvidia-cuda-crt not installed: the NCCL backend is built as a stub");
+        eprintln!(
+            "xtask: warning: nvidia-cuda-crt not installed: the NCCL backend is built as a stub"
+        );
     }
 }
 

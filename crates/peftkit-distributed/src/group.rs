@@ -127,6 +127,9 @@ pub struct ProcessGroup {
     seq: Arc<AtomicU64>,
     options: GroupOptions,
     agreements: AtomicU64,
+    // ProcessGroupGloo::nextTag() bumps an unsynchronised counter: collectives on one group are
+    // serialised here so that `Sync` holds (and every rank sees the same tag order).
+    ops: std::sync::Mutex<()>,
     _heartbeat: Heartbeat,
 }
 
@@ -242,6 +245,7 @@ impl ProcessGroup {
             seq,
             options: options.clone(),
             agreements: AtomicU64::new(0),
+            ops: std::sync::Mutex::new(()),
             _heartbeat: heartbeat,
         })
     }
@@ -340,9 +344,12 @@ impl ProcessGroup {
     }
 
     fn run(&self, op: &'static str, f: impl FnOnce(*mut *mut c_char) -> c_int) -> Result<()> {
+        let guard = self.ops.lock().unwrap_or_else(|e| e.into_inner());
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let mut error: *mut c_char = std::ptr::null_mut();
-        if f(&mut error) == 0 {
+        let rc = f(&mut error);
+        drop(guard);
+        if rc == 0 {
             return Ok(());
         }
         let message = take_error(error);

@@ -58,7 +58,11 @@ fn zero_grads(model: &PeftModel) {
 /// the same function). cuDNN's LSTM refuses a backward pass in eval mode ("cudnn RNN backward
 /// can only be called in training mode", seen on the H200): the LSTM prompt encoder, which has no
 /// dropout here, runs in train mode instead — the same function.
-fn logits_and_grads(model: &PeftModel, arch: &str, kind: &AdapterKind) -> (Tensor, Vec<(String, Tensor)>) {
+fn logits_and_grads(
+    model: &PeftModel,
+    arch: &str,
+    kind: &AdapterKind,
+) -> (Tensor, Vec<(String, Tensor)>) {
     let train = kind.name.starts_with("ptuning_lstm");
     let device = model.base().device();
     let g = inputs(arch);
@@ -116,7 +120,11 @@ pub fn cuda_equals_cpu(kind: &AdapterKind, arch: &str) {
         assert!(loss.double_value(&[]).is_finite());
         for (name, t) in gpu.trainable_parameters() {
             let grad = t.grad();
-            assert!(grad.defined(), "{} {arch}: {name} got no gradient", kind.name);
+            assert!(
+                grad.defined(),
+                "{} {arch}: {name} got no gradient",
+                kind.name
+            );
             assert!(
                 bool::try_from(grad.isfinite().all()).unwrap(),
                 "{} {arch}: {name}'s checkpointed gradient is not finite",
