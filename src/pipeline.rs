@@ -133,6 +133,12 @@ fn load_base(
     opts.labels = labels;
     let (model, report) =
         SequenceClassifier::load(&dir, &opts).with_context(|| format!("loading `{model_id}`"))?;
+    if !report.non_finite.is_empty() {
+        eprintln!(
+            "peftkit: warning: the checkpoint of `{model_id}` holds NaN or infinite values in {}",
+            report.non_finite.join(", ")
+        );
+    }
     if warn_new_head && !report.newly_initialized.is_empty() {
         eprintln!(
             "Some weights of {} were not initialized from the checkpoint and are newly initialized: {}",
@@ -517,6 +523,14 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
     let train_split = train_split.map(|t| {
         let full = t.len();
         let t = subset(t, cfg.data.train_subset, &cfg.data);
+        if let Some(n) = cfg.data.train_subset.filter(|&n| n > full) {
+            let note = format!(
+                "data.train_subset = {n} exceeds the {full} rows of the `{}` split: all {full} are used.",
+                cfg.data.train_split
+            );
+            say!(main, "peftkit: note: {note}");
+            report.notes.push(note);
+        }
         if t.len() < full {
             report.notes.push(format!(
                 "Trained on a {} subset of {} of the {full} training rows (so that a CPU run takes minutes).",
@@ -755,7 +769,10 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
     if main {
         report.write(&run_dir)?;
     }
-    say!(main, "{}", ComparisonRow::table(&report.comparison));
+    // Printed only when there is something to compare (MiniLM runs have no published figures).
+    if !report.comparison.is_empty() {
+        say!(main, "{}", ComparisonRow::table(&report.comparison));
+    }
     say!(main, "run directory: {}", run_dir.display());
     Ok(report)
 }

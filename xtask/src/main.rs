@@ -135,10 +135,7 @@ fn run() -> Result<()> {
         }
         "reproduce" => {
             let env = TorchEnv::bootstrap(&root)?;
-            let mut cmd = env.cargo(
-                &root,
-                &["run", "--release", "--quiet", "-p", "peftkit", "--"],
-            );
+            let mut cmd = peftkit_run(&env, &root);
             cmd.arg("reproduce");
             if rest.is_empty() || rest[0].starts_with('-') {
                 eprintln!("xtask: no experiment named, running the offline default `{DEFAULT_EXPERIMENT}`");
@@ -149,27 +146,13 @@ fn run() -> Result<()> {
         }
         "launch" => {
             let env = TorchEnv::bootstrap(&root)?;
-            let mut cmd = env.cargo(
-                &root,
-                &[
-                    "run",
-                    "--release",
-                    "--quiet",
-                    "-p",
-                    "peftkit",
-                    "--",
-                    "launch",
-                ],
-            );
-            cmd.args(&rest);
+            let mut cmd = peftkit_run(&env, &root);
+            cmd.arg("launch").args(&rest);
             exec(cmd)
         }
         "run" => {
             let env = TorchEnv::bootstrap(&root)?;
-            let mut cmd = env.cargo(
-                &root,
-                &["run", "--release", "--quiet", "-p", "peftkit", "--"],
-            );
+            let mut cmd = peftkit_run(&env, &root);
             // `cargo xtask run -- list` and `cargo xtask run list` mean the same.
             let args = match rest.first().map(String::as_str) {
                 Some("--") => &rest[1..],
@@ -225,6 +208,26 @@ fn ensure_cuda_headers(env: &TorchEnv, python: &Path) {
         eprintln!(
             "xtask: warning: nvidia-cuda-crt not installed: the NCCL backend is built as a stub"
         );
+    }
+}
+
+/// `cargo run --release -p peftkit --`: quiet once the binary exists; the first time (a build of
+/// about 20 minutes on 2 cores) it says so and shows cargo's progress.
+fn peftkit_run(env: &TorchEnv, root: &Path) -> Command {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    if target.join("release/peftkit").is_file() {
+        env.cargo(
+            root,
+            &["run", "--release", "--quiet", "-p", "peftkit", "--"],
+        )
+    } else {
+        eprintln!(
+            "xtask: building the peftkit release binary first (the first build compiles every \
+             dependency: about 20 minutes on 2 cores; later runs start in seconds)"
+        );
+        env.cargo(root, &["run", "--release", "-p", "peftkit", "--"])
     }
 }
 

@@ -18,6 +18,9 @@ pub struct LoadReport {
     pub newly_initialized: Vec<String>,
     /// Checkpoint keys that belong to another head or are buffers, and were not used.
     pub unused: Vec<String>,
+    /// Loaded tensors holding NaN or ±Inf (a broken or diverged checkpoint: its logits will not
+    /// be finite, which evaluation and prediction refuse).
+    pub non_finite: Vec<String>,
 }
 
 impl std::fmt::Display for LoadReport {
@@ -37,6 +40,13 @@ impl std::fmt::Display for LoadReport {
         }
         if !self.unused.is_empty() {
             write!(f, "; unused checkpoint keys: {}", self.unused.join(", "))?;
+        }
+        if !self.non_finite.is_empty() {
+            write!(
+                f,
+                "; NaN or infinite values in: {}",
+                self.non_finite.join(", ")
+            )?;
         }
         Ok(())
     }
@@ -223,6 +233,9 @@ pub(crate) fn load_into(
                     model: var.size(),
                     hint,
                 });
+            }
+            if tensor.is_floating_point() && !bool::try_from(tensor.isfinite().all())? {
+                report.non_finite.push(key.clone());
             }
             let mut var = var.shallow_clone();
             tch::no_grad(|| var.f_copy_(&tensor))?;
