@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""HF transformers Trainer on the same workload as peftkit's `minilm-sst2-full` benchmark run.
+"""HF transformers Trainer on the same workload as peftkit's `minilm-sst2-full` / `minilm-sst2-lora`
+benchmark runs (`--lora`: peft's LoRA r 8, alpha 16, dropout 0.1 on query/key/value/dense, the
+classifier trained as `modules_to_save`, as peftkit's config).
 
 `cargo xtask bench` runs this right after peftkit's own run, on the same machine, with the same
 arguments: all-MiniLM-L6-v2, the first N rows of SST-2 train, batch 32, dynamic padding with
-length grouping, max_length 128, AdamW lr 5e-5 with weight decay 0.01 and 6 % warmup, fp32, the same
+length grouping, max_length 128, AdamW (`--lr`, 5e-5) with weight decay 0.01 and 6 % warmup, fp32, the same
 number of optimizer steps, no evaluation or saving during training; then one evaluation of the full
 validation split at batch 64. Prints one JSON object.
 
@@ -32,6 +34,8 @@ def main():
     ap.add_argument("--eval-batch-size", type=int, default=64)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--lora", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -61,8 +65,12 @@ def main():
     train = Rows(data / "train-00000-of-00001.parquet", args.train_rows)
     val = Rows(data / "validation-00000-of-00001.parquet")
     model = AutoModelForSequenceClassification.from_pretrained(args.model_dir, num_labels=2)
+    if args.lora:
+        from peft import LoraConfig, TaskType, get_peft_model
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.1,
+                                                 target_modules=["query", "key", "value", "dense"]))
     targs = TrainingArguments(
-        output_dir="/tmp/peftkit-hf-bench", learning_rate=5e-5, weight_decay=0.01, warmup_steps=0.06,  # v5: a float < 1 is the warmup ratio
+        output_dir="/tmp/peftkit-hf-bench", learning_rate=args.lr, weight_decay=0.01, warmup_steps=0.06,  # v5: a float < 1 is the warmup ratio
         max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
         per_device_eval_batch_size=args.eval_batch_size, train_sampling_strategy="group_by_length", eval_strategy="no",
         save_strategy="no", logging_steps=10, report_to=[], use_cpu=True, seed=42, disable_tqdm=True,
@@ -74,7 +82,7 @@ def main():
     train_wall = time.perf_counter() - t0
     ev = trainer.evaluate(val)
     print(json.dumps({
-        "framework": "transformers Trainer", "transformers": __import__("transformers").__version__,
+        "framework": "transformers Trainer" + (" + peft LoRA" if args.lora else ""), "transformers": __import__("transformers").__version__,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": out.global_step,
         "train_samples_per_second": out.metrics["train_samples_per_second"], "train_runtime": out.metrics["train_runtime"],
         "train_wall": train_wall, "eval_samples_per_second": ev["eval_samples_per_second"],

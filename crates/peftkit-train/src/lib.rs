@@ -22,6 +22,7 @@ mod ddp;
 mod eval;
 mod nonfinite;
 mod optim;
+mod tokens;
 mod trainer;
 
 pub use args::{lr_factor, Optim, Precision, Scheduler, Strategy, TrainingArgs};
@@ -30,6 +31,7 @@ pub use ddp::DistributedStats;
 pub use eval::{evaluate, evaluate_in, evaluate_sharded};
 pub use optim::{decays, FlatOptimizer, OptimConfig};
 pub use peftkit_distributed as distributed;
+pub use tokens::TokenCounts;
 pub use trainer::{trainable_summary, EvalOutput, TrainMemory, TrainModel, TrainOutput, Trainer};
 
 /// Errors of the trainer.

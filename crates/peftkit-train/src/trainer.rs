@@ -66,6 +66,9 @@ pub struct TrainOutput {
     /// The gradient all-reduce's cost in a distributed run (`None`: one process).
     #[serde(default)]
     pub distributed: Option<crate::ddp::DistributedStats>,
+    /// Real and padded tokens of the micro-batches trained on (this process, this run).
+    #[serde(default)]
+    pub tokens: crate::TokenCounts,
 }
 
 /// Memory on the training device: when training started, its peak during training (evaluations
@@ -353,6 +356,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
         let start = Instant::now();
         let start_step = state.global_step;
         let mut samples = 0usize;
+        let mut tokens = crate::TokenCounts::default();
         let mut evaluated_at = None;
         let mut guard = crate::nonfinite::NonFiniteGuard::new(device);
         let mut interrupted = false;
@@ -380,6 +384,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                         (micro - group_start) * world + ddp.rank(),
                     ));
                     let b = DeviceBatch::new(&batch, device);
+                    tokens.add(&batch);
                     // A device scalar: dividing it is a kernel, not a host-to-device copy.
                     let factor = scale.as_ref().unwrap_or(&unit) / group_len as f64;
                     let loss = peftkit_models::with_compute_dtype(compute, || {
@@ -559,6 +564,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
             stopped_early: state.stopped_early,
             log_history: state.log_history.clone(),
             distributed: ddp.stats(),
+            tokens,
             memory: memory_start.and_then(|start| {
                 let end = peftkit_models::memory_usage(device).ok()?;
                 Some(TrainMemory {
