@@ -13,8 +13,7 @@
 //!
 //! Every class of issue 14 has rows: the experiment TOML and `--set`, the model's `config.json`,
 //! safetensors weights (model and adapter), `adapter_config.json`, parquet data, the tokenizer,
-//! outputs, and `--device`. Inputs not yet refused cleanly are in `pending` (ignored), each with
-//! what goes wrong today. `the_unbroken_fixture_runs_every_command` shows that each command
+//! outputs, and `--device`. `the_unbroken_fixture_runs_every_command` shows that each command
 //! succeeds on the fixture as copied, so every row fails for its own reason.
 
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
@@ -97,7 +96,13 @@ fn rows() -> Vec<Row> {
             |r| put(r, "model/config.json", "{\"model_type\": \"bert\",");
         "config.json: missing field": MERGE [] ["model/config.json: missing field `hidden_act`"] NOTHING
             |r| patch(r, "model/config.json", |v| { v.as_object_mut().unwrap().remove("hidden_act"); });
-        "config.json: hidden_size 0": MERGE [] ["model/config.json: hidden size 0 is not a positive multiple of the 4 attention heads"] NOTHING
+        "config.json: vocab_size -1": MERGE [] ["model/config.json: `vocab_size` is -1: it must be a positive number"] NOTHING
+            |r| patch(r, "model/config.json", |v| v["vocab_size"] = json!(-1));
+        "config.json: num_hidden_layers -3": MERGE [] ["model/config.json: `num_hidden_layers` is -3"] NOTHING
+            |r| patch(r, "model/config.json", |v| v["num_hidden_layers"] = json!(-3));
+        "output: merge --output is a file": MERGE [] ["exists and is not a directory: refusing to replace it"] NOTHING
+            |r| put(r, "out", "precious\n");
+        "config.json: hidden_size 0": MERGE [] ["model/config.json: `hidden_size` is 0: it must be a positive number"] NOTHING
             |r| patch(r, "model/config.json", |v| v["hidden_size"] = json!(0));
         "config.json: heads do not divide": MERGE [] ["model/config.json: hidden size 32 is not a positive multiple of the 5 attention heads"] NOTHING
             |r| patch(r, "model/config.json", |v| v["num_attention_heads"] = json!(5));
@@ -166,30 +171,9 @@ fn rows() -> Vec<Row> {
     }
 }
 
-/// Inputs that are not refused cleanly today; each row says what happens instead.
-fn pending() -> Vec<Row> {
-    table! {
-        // Panics: `SequenceClassifier::from_config` (peftkit-models classifier.rs:221) builds the
-        // embedding with tch's unwrapping `nn::embedding` (bert.rs:27): a negative dimension.
-        "config.json: vocab_size -1": MERGE [] ["model/config.json", "vocab_size"] NOTHING
-            |r| patch(r, "model/config.json", |v| v["vocab_size"] = json!(-1));
-        // issue 14 §3: not refused yet. `write_dir_atomically` (peftkit-models checkpoint.rs:342)
-        // moves the file aside, puts the merged directory in its place and leaves the file as
-        // `.out.old-PID` (remove_dir_all fails on a file, and the error is dropped).
-        "output: merge --output is a file": MERGE [] ["exists"] NOTHING
-            |r| put(r, "out", "precious\n");
-    }
-}
-
 #[test]
 fn bad_inputs_fail_with_one_clear_line_and_write_nothing() {
     assert_rows(rows());
-}
-
-#[test]
-#[ignore = "known gaps of issue 14 (a panic, an existing --output replaced): see `pending`"]
-fn pending_bad_inputs() {
-    assert_rows(pending());
 }
 
 #[test]

@@ -330,6 +330,16 @@ where
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    // Only a directory is ever replaced: a file (the user's) at that path is refused untouched.
+    if dir.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+        return Err(E::from(io_err(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a directory: refusing to replace it (choose another output)",
+            ),
+        )));
+    }
     std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));

@@ -238,6 +238,10 @@ pub enum ModelConfig {
     Bert(BertConfig, serde_json::Value),
 }
 
+/// The most layers a `config.json` may ask for (the largest published encoders and decoders that
+/// are fine-tuned as classifiers have under 200).
+const MAX_LAYERS: i64 = 1024;
+
 impl ModelConfig {
     /// Reads and validates a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -279,6 +283,37 @@ impl ModelConfig {
     }
 
     fn validate(&self) -> std::result::Result<(), String> {
+        // Every size that allocates or indexes must be positive (a negative one would panic in
+        // libtorch or, cast to usize, ask for ~2^64 layers). Layer counts are also bounded.
+        let sizes: Vec<(&str, i64)> = match self {
+            ModelConfig::Gpt2(c, _) => vec![
+                ("vocab_size", c.vocab_size),
+                ("n_positions", c.n_positions),
+                ("n_embd", c.n_embd),
+                ("n_layer", c.n_layer),
+                ("n_head", c.n_head),
+                ("n_inner", c.n_inner.unwrap_or(1)),
+            ],
+            ModelConfig::Roberta(c, _) | ModelConfig::Bert(c, _) => vec![
+                ("vocab_size", c.vocab_size),
+                ("hidden_size", c.hidden_size),
+                ("num_hidden_layers", c.num_hidden_layers),
+                ("num_attention_heads", c.num_attention_heads),
+                ("intermediate_size", c.intermediate_size),
+                ("max_position_embeddings", c.max_position_embeddings),
+                ("type_vocab_size", c.type_vocab_size),
+            ],
+        };
+        for (key, v) in sizes {
+            if v <= 0 {
+                return Err(format!("`{key}` is {v}: it must be a positive number"));
+            }
+            if key.contains("layer") && v > MAX_LAYERS {
+                return Err(format!(
+                    "`{key}` is {v}: more than {MAX_LAYERS} layers is not a model peftkit can build"
+                ));
+            }
+        }
         let (hidden, heads) = match self {
             ModelConfig::Gpt2(c, _) => (c.n_embd, c.n_head),
             ModelConfig::Roberta(c, _) | ModelConfig::Bert(c, _) => {
