@@ -31,5 +31,6 @@ fn main() {
         .file("csrc/device_memory.cpp")
         .file("csrc/error.cpp")
         .file("csrc/sdpa.cpp")
+        .file("csrc/dropout.cpp")
         .compile("peftkit_ops");
 }

@@ -95,7 +95,7 @@ pub trait LayerAdapter: std::fmt::Debug + Send {
 /// An adapter's input: `dropout(x)` when training, in the compute dtype when one is set.
 pub(crate) fn adapter_input(x: &Tensor, dropout: f64, train: bool) -> Tensor {
     let x = if train && dropout > 0.0 {
-        x.dropout(dropout, true)
+        peftkit_models::dropout(x, dropout, true)
     } else {
         x.shallow_clone()
     };

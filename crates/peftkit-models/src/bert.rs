@@ -11,6 +11,7 @@ use crate::attention::{additive_mask, attend, merge_heads, split_heads};
 use crate::config::{Activation, BertConfig};
 use crate::linear::{Linear, WeightLayout};
 use crate::prefix::PrefixProvider;
+use crate::Dropout;
 use tch::{nn, Kind, Tensor};
 
 pub(crate) fn layer_norm(vs: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
@@ -148,13 +149,13 @@ impl Layer {
             1.0 / head_dim.sqrt(),
         ));
         let o = &self.attention_output;
-        let x = (o.dense.forward(&ctx, train).dropout(o.dropout, train) + x).apply(&o.layer_norm);
+        let x = (o.dense.forward(&ctx, train).dropped(o.dropout, train) + x).apply(&o.layer_norm);
         let h = self
             .intermediate
             .act
             .forward(&self.intermediate.dense.forward(&x, train));
         let out = &self.output;
-        (out.dense.forward(&h, train).dropout(out.dropout, train) + x).apply(&out.layer_norm)
+        (out.dense.forward(&h, train).dropped(out.dropout, train) + x).apply(&out.layer_norm)
     }
 
     fn linears_mut(&mut self) -> [&mut Linear; 6] {
@@ -298,7 +299,7 @@ impl Embeddings {
             + position_ids.apply(&self.position_embeddings)
             + token_types.apply(&self.token_type_embeddings))
         .apply(&self.layer_norm)
-        .dropout(self.dropout, train)
+        .dropped(self.dropout, train)
     }
 }
 
@@ -358,7 +359,7 @@ impl BertForSequenceClassification {
         let pooled = self.pooler.dense.forward(&first, train).tanh();
         let logits = self
             .classifier
-            .forward(&pooled.dropout(self.dropout, train), train);
+            .forward(&pooled.dropped(self.dropout, train), train);
         (states, pooled, logits)
     }
 
@@ -393,7 +394,7 @@ impl BertForSequenceClassification {
     pub(crate) fn head(&self, last: &Tensor, train: bool) -> Tensor {
         let pooled = self.pooler.dense.forward(&last.select(1, 0), train).tanh();
         self.classifier
-            .forward(&pooled.dropout(self.dropout, train), train)
+            .forward(&pooled.dropped(self.dropout, train), train)
     }
 
     pub(crate) fn linears(&self) -> Vec<&Linear> {

@@ -9,6 +9,7 @@ use crate::attention::{additive_mask, attend, merge_heads, split_heads};
 use crate::config::Gpt2Config;
 use crate::linear::{Linear, WeightLayout};
 use crate::prefix::PrefixProvider;
+use crate::Dropout;
 use tch::{nn, Kind, Tensor};
 
 fn layer_norm(vs: nn::Path, dim: i64, eps: f64) -> nn::LayerNorm {
@@ -99,7 +100,7 @@ impl Attention {
         );
         self.c_proj
             .forward(&merge_heads(&y), train)
-            .dropout(self.resid_pdrop, train)
+            .dropped(self.resid_pdrop, train)
     }
 }
 
@@ -140,7 +141,7 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
         let h = self.act.forward(&self.c_fc.forward(x, train));
-        self.c_proj.forward(&h, train).dropout(self.dropout, train)
+        self.c_proj.forward(&h, train).dropped(self.dropout, train)
     }
 }
 
@@ -263,7 +264,7 @@ impl Gpt2Model {
         let positions =
             Tensor::arange_start(offset, offset + len, (Kind::Int64, input_ids.device()))
                 .unsqueeze(0);
-        (words + positions.apply(&self.wpe)).dropout(self.embd_pdrop, train)
+        (words + positions.apply(&self.wpe)).dropped(self.embd_pdrop, train)
     }
 
     /// Maximum sequence length.

@@ -32,6 +32,7 @@ mod checkpoint;
 mod classifier;
 mod config;
 mod device;
+mod dropout;
 mod ffi;
 pub mod gpt2;
 mod linear;
@@ -49,6 +50,7 @@ pub use classifier::{
 };
 pub use config::{Activation, BertConfig, ClassifierConfig, Gpt2Config, ModelConfig, ProblemType};
 pub use device::parse_device;
+pub use dropout::{dropout, Dropout};
 pub use linear::{Linear, LinearHook, PackedWeight, WeightLayout};
 pub use memory::{
     memory_usage, release_free_host_memory, reset_peak_memory, MemorySource, MemoryUsage,

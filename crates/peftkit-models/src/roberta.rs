@@ -7,6 +7,7 @@ use crate::bert::{Embeddings, Encoder};
 use crate::config::BertConfig;
 use crate::linear::{Linear, WeightLayout};
 use crate::prefix::PrefixProvider;
+use crate::Dropout;
 use tch::{nn, Kind, Tensor};
 
 /// `classifier`: dropout → `dense` → tanh → dropout → `out_proj` on the first token.
@@ -75,9 +76,9 @@ impl RobertaForSequenceClassification {
         let c = &self.classifier;
         let pooled = c
             .dense
-            .forward(&first.dropout(c.dropout, train), train)
+            .forward(&first.dropped(c.dropout, train), train)
             .tanh();
-        let logits = c.out_proj.forward(&pooled.dropout(c.dropout, train), train);
+        let logits = c.out_proj.forward(&pooled.dropped(c.dropout, train), train);
         (states, pooled, logits)
     }
 
@@ -111,9 +112,9 @@ impl RobertaForSequenceClassification {
         let c = &self.classifier;
         let pooled = c
             .dense
-            .forward(&last.select(1, 0).dropout(c.dropout, train), train)
+            .forward(&last.select(1, 0).dropped(c.dropout, train), train)
             .tanh();
-        c.out_proj.forward(&pooled.dropout(c.dropout, train), train)
+        c.out_proj.forward(&pooled.dropped(c.dropout, train), train)
     }
 
     pub(crate) fn linears_mut(&mut self) -> Vec<&mut Linear> {
