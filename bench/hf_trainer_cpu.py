@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--no-group", action="store_true", help="train in random order (no length grouping)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -72,7 +73,7 @@ def main():
     targs = TrainingArguments(
         output_dir="/tmp/peftkit-hf-bench", learning_rate=args.lr, weight_decay=0.01, warmup_steps=0.06,  # v5: a float < 1 is the warmup ratio
         max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.eval_batch_size, train_sampling_strategy="group_by_length", eval_strategy="no",
+        per_device_eval_batch_size=args.eval_batch_size, train_sampling_strategy="random" if args.no_group else "group_by_length", eval_strategy="no",
         save_strategy="no", logging_steps=10, report_to=[], use_cpu=True, seed=42, disable_tqdm=True,
         dataloader_num_workers=0)
     trainer = Trainer(model=model, args=targs, train_dataset=train, data_collator=DataCollatorWithPadding(tok),
@@ -81,7 +82,10 @@ def main():
     out = trainer.train()
     train_wall = time.perf_counter() - t0
     ev = trainer.evaluate(val)
+    import resource
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
     print(json.dumps({
+        "peak_rss_mib": peak_rss_mib, "group_by_length": not args.no_group,
         "framework": "transformers Trainer" + (" + peft LoRA" if args.lora else ""), "transformers": __import__("transformers").__version__,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": out.global_step,
         "train_samples_per_second": out.metrics["train_samples_per_second"], "train_runtime": out.metrics["train_runtime"],

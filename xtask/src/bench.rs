@@ -44,58 +44,62 @@ pub fn side_by_side(root: &Path, env: &TorchEnv) -> Result<()> {
     }
     let shapes = roofline::Shapes::from_config(&read_json(&minilm.join("config.json"))?, 2)?;
     let mut table = String::from(
-        "| workload | framework | train samples/s | eval samples/s | eval accuracy |\n|---|---|---:|---:|---:|\n",
+        "| workload | length grouping | framework | train samples/s | eval samples/s | eval accuracy | peak RSS MiB |\n|---|---|---|---:|---:|---:|---:|\n",
     );
     let mut roof = String::from(roofline::HEADER);
-    for (i, &(name, lora, lr)) in WORKLOADS.iter().enumerate() {
-        eprintln!(
-            "xtask: side-by-side {}/{}: peftkit {name}",
-            2 * i + 1,
-            2 * WORKLOADS.len()
-        );
-        let out = root.join("target/bench").join(name);
-        let report = run_peftkit(root, env, name, &out)?;
-        let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
-        let (ours_train, runtime) = (
-            f(&report["train"]["train_samples_per_second"]),
-            f(&report["train"]["train_runtime"]),
-        );
-        let ours_eval = f(&report["final_results"][0]["samples_per_second"]);
-        let ours_acc = f(&report["final_results"][0]["metrics"]["accuracy"]);
-        table +=
-            &format!("| {name} | peftkit | {ours_train:.1} | {ours_eval:.1} | {ours_acc:.4} |\n");
-        let mut hf_train = None;
-        if has_hf {
-            eprintln!(
-                "xtask: side-by-side {}/{}: HF Trainer {name}",
-                2 * i + 2,
-                2 * WORKLOADS.len()
+    let runs = WORKLOADS.len() * 2;
+    let mut n = 0;
+    for &(name, lora, lr) in WORKLOADS {
+        for group in [true, false] {
+            let label = if group { "on" } else { "off" };
+            n += 1;
+            eprintln!("xtask: side-by-side {n}/{runs}: {name}, length grouping {label}");
+            let out = root
+                .join("target/bench")
+                .join(format!("{name}{}", if group { "" } else { "-nogroup" }));
+            let report = run_peftkit(root, env, name, &out, group)?;
+            let f = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN);
+            let (ours_train, runtime) = (
+                f(&report["train"]["train_samples_per_second"]),
+                f(&report["train"]["train_runtime"]),
             );
-            let hf = run_hf(root, env, &python, &minilm, lora, lr)?;
-            let (t, e, a) = (
-                f(&hf["train_samples_per_second"]),
-                f(&hf["eval_samples_per_second"]),
-                f(&hf["eval_accuracy"]),
-            );
+            let ours_eval = f(&report["final_results"][0]["samples_per_second"]);
+            let ours_acc = f(&report["final_results"][0]["metrics"]["accuracy"]);
+            let ours_mib = f(&report["train"]["memory"]["peak_bytes"]) / (1 << 20) as f64;
             table += &format!(
-                "| {name} | HF Trainer (transformers {}{}) | {t:.1} | {e:.1} | {a:.4} |\n| {name} | **peftkit / HF** | **{:.2}×** | **{:.2}×** | |\n",
-                hf["transformers"].as_str().unwrap_or("?"),
-                if lora { ", peft" } else { "" },
-                ours_train / t,
-                ours_eval / e
+                "| {name} | {label} | peftkit | {ours_train:.1} | {ours_eval:.1} | {ours_acc:.4} | {ours_mib:.0} |\n"
             );
-            hf_train = Some(t);
+            let mut hf_train = None;
+            if has_hf {
+                let hf = run_hf(root, env, &python, &minilm, lora, lr, group)?;
+                let (t, e, a, m) = (
+                    f(&hf["train_samples_per_second"]),
+                    f(&hf["eval_samples_per_second"]),
+                    f(&hf["eval_accuracy"]),
+                    f(&hf["peak_rss_mib"]),
+                );
+                table += &format!(
+                    "| {name} | {label} | HF Trainer (transformers {}{}) | {t:.1} | {e:.1} | {a:.4} | {m:.0} |\n| {name} | {label} | **peftkit / HF** | **{:.2}×** | **{:.2}×** | | **{:.2}×** |\n",
+                    hf["transformers"].as_str().unwrap_or("?"),
+                    if lora { ", peft" } else { "" },
+                    ours_train / t,
+                    ours_eval / e,
+                    ours_mib / m
+                );
+                hf_train = Some(t);
+            }
+            let work = roofline::work(&shapes, &report, lora)?;
+            let rates = gemm_rates(root, env, &shapes, work.batch_tokens)?;
+            let ceiling = roofline::ceiling(&shapes, work.batch_tokens, &rates)?;
+            let row_name = format!("{name}, grouping {label}");
+            roof += &roofline::row(&row_name, &work, runtime, ours_train, hf_train, ceiling);
         }
-        let work = roofline::work(&shapes, &report, lora)?;
-        let rates = gemm_rates(root, env, &shapes, work.batch_tokens)?;
-        let ceiling = roofline::ceiling(&shapes, work.batch_tokens, &rates)?;
-        roof += &roofline::row(name, &work, runtime, ours_train, hf_train, ceiling);
     }
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
     let doc = format!(
-        "MiniLM on CPU ({cores} cores): first {BENCH_ROWS} SST-2 training rows, {BENCH_STEPS} steps of batch 32, dynamic padding with length grouping on both sides, fp32, AdamW with the experiment's learning rate, 6 % warm-up, weight decay 0.01; eval on the 872 validation rows at batch 64.\n\n{table}\nRoofline (useful = on real tokens; the GEMM ceiling is this machine's fp32 product rate at the step's shapes, measured in this command; HF's useful FLOP/s is the same work at its samples/s):\n\n{roof}"
+        "MiniLM on CPU ({cores} cores): first {BENCH_ROWS} SST-2 training rows, {BENCH_STEPS} steps of batch 32, dynamic padding with length grouping on or off on both sides, fp32, AdamW with the experiment's learning rate, 6 % warm-up, weight decay 0.01; eval on the 872 validation rows at batch 64 (peftkit always sorts evaluation rows by length; HF's Trainer groups them only with grouping on). Peak RSS: peftkit's resident high-water mark during training (report.json), HF's whole process (`ru_maxrss`).\n\n{table}\nRoofline (useful = on real tokens; the GEMM ceiling is this machine's fp32 product rate at the step's shapes, measured in this command; HF's useful FLOP/s is the same work at its samples/s):\n\n{roof}"
     );
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -105,7 +109,13 @@ pub fn side_by_side(root: &Path, env: &TorchEnv) -> Result<()> {
 }
 
 /// Runs a peftkit experiment on the benchmark rows and returns its `report.json`.
-fn run_peftkit(root: &Path, env: &TorchEnv, name: &str, out: &Path) -> Result<serde_json::Value> {
+fn run_peftkit(
+    root: &Path,
+    env: &TorchEnv,
+    name: &str,
+    out: &Path,
+    group: bool,
+) -> Result<serde_json::Value> {
     let mut cmd = Command::new(root.join("target/release/peftkit"));
     cmd.current_dir(root)
         .args(["reproduce", name, "--quiet", "--device", "cpu", "--output"])
@@ -117,7 +127,7 @@ fn run_peftkit(root: &Path, env: &TorchEnv, name: &str, out: &Path) -> Result<se
         "train.eval_strategy=\"no\"".into(),
         "train.save_strategy=\"no\"".into(),
         "train.load_best_model_at_end=false".into(),
-        "train.group_by_length=true".into(),
+        format!("train.group_by_length={group}"),
         "train.warmup_ratio=0.06".into(),
         "train.weight_decay=0.01".into(),
         "train.per_device_eval_batch_size=64".into(),
@@ -139,6 +149,7 @@ fn run_hf(
     minilm: &Path,
     lora: bool,
     lr: &str,
+    group: bool,
 ) -> Result<serde_json::Value> {
     let mut py = Command::new(python);
     py.current_dir(root)
@@ -155,6 +166,9 @@ fn run_hf(
         ]);
     if lora {
         py.arg("--lora");
+    }
+    if !group {
+        py.arg("--no-group");
     }
     for (k, v) in env.vars(root) {
         py.env(k, v);

