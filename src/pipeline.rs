@@ -237,7 +237,8 @@ pub fn adapter_labels(adapter: &Path) -> Result<Option<Vec<String>>> {
             .with_context(|| format!("parsing {}", labels_file.display()))?;
         Some(map.into_values().collect())
     } else {
-        PeftModel::saved_num_labels(adapter)?
+        PeftModel::saved_num_labels(adapter)
+            .with_context(|| format!("loading the adapter {}", adapter.display()))?
             .map(|n| (0..n).map(|i| format!("LABEL_{i}")).collect())
     })
 }

@@ -123,7 +123,7 @@ fn rows() -> Vec<Row> {
             |r| tensor(r, "adapter/adapter_model.safetensors", "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight", &[4, 16]);
         "adapter weights: unexpected key": PREDICT [] ["adapter/adapter_model.safetensors: `base_model.model.bert.bogus.lora_A.weight` unexpected"] NOTHING
             |r| tensor(r, "adapter/adapter_model.safetensors", "base_model.model.bert.bogus.lora_A.weight", &[4, 32]);
-        "adapter weights: missing": EVAL_ADAPTER [] ["adapter/adapter_model.safetensors: No such file or directory"] NOTHING
+        "adapter weights: missing": EVAL_ADAPTER [] ["loading the adapter", "adapter/adapter_model.safetensors: No such file or directory"] NOTHING
             |r| rm(r, "adapter/adapter_model.safetensors");
         // adapter_config.json (peftkit-adapters config.rs, tuner.rs, layer_tuner.rs).
         "adapter_config.json: malformed": PREDICT [] ["adapter/adapter_config.json: invalid JSON"] NOTHING
@@ -166,7 +166,7 @@ fn rows() -> Vec<Row> {
             |r| unbroken(r);
         "device: cuda:abc": EVAL ["--device", "cuda:abc"] ["unknown device `cuda:abc`"] NOTHING
             |r| unbroken(r);
-        "device: cuda:99": TRAIN ["--device", "cuda:99"] ["device `cuda:99` requested but CUDA is not available"] CFG
+        "device: cuda:99": TRAIN ["--device", "cuda:99"] ["device `cuda:99` requested but"] CFG
             |r| unbroken(r);
     }
 }

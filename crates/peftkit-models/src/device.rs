@@ -24,8 +24,15 @@ pub fn parse_device(name: &str) -> Result<Device> {
 }
 
 fn cuda(index: usize, name: &str) -> Result<Device> {
-    if !tch::Cuda::is_available() || index >= tch::Cuda::device_count() as usize {
+    let count = tch::Cuda::device_count();
+    if !tch::Cuda::is_available() || count < 1 {
         return Err(ModelError::NoCuda(name.to_string()));
+    }
+    if index as i64 >= count {
+        return Err(ModelError::NoSuchGpu {
+            name: name.to_string(),
+            count,
+        });
     }
     Ok(Device::Cuda(index))
 }

@@ -139,6 +139,14 @@ pub enum ModelError {
     /// CUDA was asked for but is not available.
     #[error("device `{0}` requested but CUDA is not available to this build of libtorch (no GPU, or a CPU-only torch)")]
     NoCuda(String),
+    /// A CUDA index beyond the machine's GPUs.
+    #[error("device `{name}` requested but this machine has {count} CUDA device(s) (cuda:0 … cuda:{last})", last = count - 1)]
+    NoSuchGpu {
+        /// The device asked for.
+        name: String,
+        /// The GPUs present (at least one).
+        count: i64,
+    },
     /// Memory statistics could not be read.
     #[error("memory statistics: {0}")]
     Memory(String),
