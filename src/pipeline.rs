@@ -117,6 +117,13 @@ fn load_base(
     need_tokenizer: bool,
 ) -> Result<(SequenceClassifier, Option<TextTokenizer>, PathBuf)> {
     let dir = peftkit_data::resolve_model(model_id, revision, true)?;
+    // The model's config.json first: the tokenizer loader reads it too, and a broken one must be
+    // reported as the model's, not the tokenizer's.
+    let config = dir.join("config.json");
+    if config.is_file() {
+        peftkit_models::ModelConfig::from_file(&config)
+            .with_context(|| format!("loading `{model_id}`"))?;
+    }
     let tokenizer = match TextTokenizer::from_dir(&dir) {
         Ok(t) => Some(t),
         Err(peftkit_tokenize::TokenizeError::NoTokenizer { .. }) if !need_tokenizer => None,

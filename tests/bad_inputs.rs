@@ -94,6 +94,8 @@ fn rows() -> Vec<Row> {
             |r| rm(r, "model/config.json");
         "config.json: malformed JSON": MERGE [] ["model/config.json: invalid JSON"] NOTHING
             |r| put(r, "model/config.json", "{\"model_type\": \"bert\",");
+        "config.json: malformed, not blamed on the tokenizer": PREDICT [] ["loading `", "model/config.json: invalid JSON"] NOTHING
+            |r| put(r, "model/config.json", "{\"model_type\": \"bert\",");
         "config.json: missing field": MERGE [] ["model/config.json: missing field `hidden_act`"] NOTHING
             |r| patch(r, "model/config.json", |v| { v.as_object_mut().unwrap().remove("hidden_act"); });
         "config.json: vocab_size -1": MERGE [] ["model/config.json: `vocab_size` is -1: it must be a positive number"] NOTHING
