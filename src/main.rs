@@ -32,7 +32,7 @@ struct RunArgs {
     /// `cpu`, `cuda`, `cuda:N` or `auto` (default: the config's, else auto).
     #[arg(long)]
     device: Option<String>,
-    /// Hide the progress bar.
+    /// Hide the progress bars (training, and downloads from the hub).
     #[arg(long)]
     quiet: bool,
 }
@@ -315,6 +315,8 @@ fn record_for_torchrun(message: &str) {
 }
 
 fn run_options(run: &RunArgs, resume: Option<String>, skip_baseline: bool) -> RunOptions {
+    // Download progress bars (models and datasets fetched from the hub) follow `--quiet` too.
+    peftkit_data::set_download_progress(!run.quiet);
     RunOptions {
         output: run.output.clone(),
         device: run.device.clone(),
@@ -531,6 +533,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             quiet,
         } => {
+            peftkit_data::set_download_progress(!quiet);
             let device = peftkit_models::parse_device(&device)?;
             let mut p = Predictor::load(&model, &adapters, device, max_length, batch_size)?;
             if let Some(input) = input {

@@ -127,12 +127,76 @@ pub enum DataError {
         /// What to do about it.
         hint: String,
     },
-    /// The dataset is neither a local path nor in the hub cache, and the hub cannot be reached.
-    #[error("dataset `{dataset}`: {message}")]
+    /// A hub repository could not be used, for a reason other than those below (e.g. not in the
+    /// cache while offline).
+    #[error("{what}: {message}")]
     Hub {
-        /// The dataset.
-        dataset: String,
+        /// What was being fetched: ``model `gpt2` `` or ``dataset `nyu-mll/glue` ``.
+        what: String,
         /// What went wrong, with a hint.
+        message: String,
+    },
+    /// The hub has no such repository (or hides a private one from a request without a token).
+    #[error("{what} was not found on the hub {endpoint}: check the id{hint}")]
+    HubRepoNotFound {
+        /// What was being fetched.
+        what: String,
+        /// The hub's URL.
+        endpoint: String,
+        /// What to do about it.
+        hint: String,
+    },
+    /// The repository is private or gated and the request was refused (HTTP 401 / 403).
+    #[error("{what} is private or gated (HTTP {status}): {hint}")]
+    HubAccessDenied {
+        /// What was being fetched.
+        what: String,
+        /// 401 or 403.
+        status: u16,
+        /// What to do about it (the token variable and file, or accepting the conditions).
+        hint: String,
+    },
+    /// The repository has no such branch, tag or commit.
+    #[error("{what} has no revision `{revision}` on the hub")]
+    HubRevisionNotFound {
+        /// What was being fetched.
+        what: String,
+        /// The revision asked for.
+        revision: String,
+    },
+    /// The repository has no such file at that revision.
+    #[error("{what} has no file `{file}` at revision `{revision}`")]
+    HubFileNotFound {
+        /// What was being fetched.
+        what: String,
+        /// The file.
+        file: String,
+        /// The revision.
+        revision: String,
+    },
+    /// The hub could not be reached (connection refused, name not resolved, timeouts, or 5xx
+    /// answers after every retry) and the cache could not stand in.
+    #[error("{what}: cannot reach the hub {endpoint} ({message}){hint}")]
+    HubUnreachable {
+        /// What was being fetched.
+        what: String,
+        /// The hub's URL.
+        endpoint: String,
+        /// The last failure.
+        message: String,
+        /// What to do about it.
+        hint: String,
+    },
+    /// A file's transfer failed after every retry, or what arrived is not what the hub announced.
+    #[error("{what}: downloading `{file}` failed after {attempts} attempt(s): {message}")]
+    HubDownload {
+        /// What was being fetched.
+        what: String,
+        /// The file.
+        file: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
         message: String,
     },
 }

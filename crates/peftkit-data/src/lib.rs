@@ -4,8 +4,10 @@
 //! A dataset argument is a hub id (`nyu-mll/glue` with config `sst2`, `stanfordnlp/sst2`,
 //! `cornell-movie-review-data/rotten_tomatoes`, `dair-ai/emotion` with config `split`,
 //! `stanfordnlp/imdb` with config `plain_text`) or a local directory / parquet file. Hub ids
-//! resolve through [`hf_hub`] with the cache that Python's `huggingface_hub` uses (`HF_HOME`,
-//! `HF_HUB_OFFLINE`), so files downloaded by either are found by both.
+//! resolve with the cache that Python's `huggingface_hub` uses (`HF_HOME`, `HF_HUB_OFFLINE`,
+//! `HF_ENDPOINT`, `HF_TOKEN`), so files downloaded by either are found by both; downloads are
+//! retried with backoff, resumed from their `.incomplete` file and verified against the hub's
+//! size and sha256 ([`HubSettings`]).
 //!
 //! ```no_run
 //! use peftkit_data::{DatasetSpec, load_split};
@@ -26,7 +28,8 @@ mod split;
 
 pub use error::DataError;
 pub use hub::{
-    hub_offline, resolve_files, resolve_model, select_split_files, HubSource, TOKENIZER_FILES,
+    hub_offline, resolve_files, resolve_model, resolve_model_with, select_split_files,
+    set_download_progress, HubSettings, HubSource, RepoKind, TOKENIZER_FILES,
 };
 pub use read::{read_parquet, ColumnNames};
 pub use split::{LabelStats, Split};
