@@ -8,4 +8,5 @@ pub mod infer;
 pub mod pipeline;
 pub mod predict;
 pub mod report;
+pub mod run_dir;
 pub mod serve;

@@ -629,6 +629,7 @@ fn run(cli: Cli) -> Result<()> {
             adapter,
             output,
         } => {
+            peftkit::run_dir::check_output(&output, "merge")?;
             let (m, _) = load_tuned_model(&model, None, Some(&adapter), tch::Device::Cpu, false)?;
             let Tuned::Peft(peft) = m else {
                 unreachable!("an adapter was given")
@@ -643,7 +644,7 @@ fn run(cli: Cli) -> Result<()> {
                             .with_context(|| format!("copying {f}"))?;
                     }
                 }
-                Ok(())
+                peftkit::run_dir::write_marker(tmp, "merge", true)
             })?;
             eprintln!(
                 "merged {} into {} and wrote {}",

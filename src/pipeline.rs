@@ -3,6 +3,7 @@
 
 use crate::config::{ExperimentConfig, Method, ModelInit};
 use crate::report::{ComparisonRow, Report, SplitResult};
+use crate::run_dir::RunDir;
 use anyhow::{bail, Context, Result};
 use peftkit_adapters::PeftModel;
 use peftkit_data::{load_splits, LabelStats, Split};
@@ -436,11 +437,17 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
             group,
         )
     };
-    let run_dir = opts
+    let output = opts
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    // The run works in `NAME.partial` and replaces `output` only once complete.
+    let run = RunDir::new(&output);
+    if main {
+        run.prepare(opts.resume.is_some())?;
+    }
+    barrier(group)?;
+    let run_dir = run.work().to_path_buf();
     let checkpoints = run_dir.join("checkpoints");
     let resume = match opts.resume.as_deref() {
         None => None,
@@ -452,17 +459,12 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
         })?),
         Some(dir) => Some(PathBuf::from(dir)),
     };
-    if resume.is_none() && main {
-        // A fresh run: nothing of an earlier run with the same name may leak into this one.
-        for stale in ["checkpoints", "metrics.jsonl"] {
-            let p = run_dir.join(stale);
-            if p.is_dir() {
-                std::fs::remove_dir_all(&p).with_context(|| format!("removing {}", p.display()))?;
-            } else if p.exists() {
-                std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
-            }
-        }
-    }
+    say!(
+        main,
+        "writing the run in {}; it becomes {} when complete",
+        run_dir.display(),
+        output.display()
+    );
     if main {
         crate::report::write_atomically(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
     }
@@ -577,7 +579,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
             report.notes.push(format!(
                 "Random-initialised weights (`model.init = \"random\"`, seed {}) of `{configured_id}`'s architecture, saved in `{}`.",
                 cfg.train.seed,
-                dir.display()
+                run.public(&dir).display()
             ));
             (dir.to_string_lossy().into_owned(), None)
         }
@@ -699,8 +701,10 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
                     .enumerate()
                     .map(|(i, n)| (i.to_string(), n.clone()))
                     .collect();
+                // A random base in the run directory is named where it will be once complete.
+                let base_id = run.public(Path::new(&model_id)).display().to_string();
                 write_dir_atomically(&saved, |tmp| -> Result<()> {
-                    model.write_adapter_files(tmp, Some(&model_id), revision.as_deref())?;
+                    model.write_adapter_files(tmp, Some(&base_id), revision.as_deref())?;
                     std::fs::write(
                         tmp.join(ADAPTER_LABELS_FILE),
                         serde_json::to_string_pretty(&labels)?,
@@ -713,7 +717,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
                         model.write_converted_files(
                             tmp,
                             initial,
-                            Some(&model_id),
+                            Some(&base_id),
                             revision.as_deref(),
                         )?;
                         std::fs::write(
@@ -751,7 +755,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
             );
         }
         report.reloaded_matches = Some(true);
-        report.saved = Some(saved.display().to_string());
+        report.saved = Some(run.public(&saved).display().to_string());
         report
             .final_results
             .push(split_result(&cfg.data.eval_split, eval_again.len(), &out));
@@ -777,11 +781,15 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
     if main {
         report.write(&run_dir)?;
     }
+    barrier(group)?;
+    if main && run.finish()? {
+        say!(main, "replaced the previous run in {}", output.display());
+    }
     // Printed only when there is something to compare (MiniLM runs have no published figures).
     if !report.comparison.is_empty() {
         say!(main, "{}", ComparisonRow::table(&report.comparison));
     }
-    say!(main, "run directory: {}", run_dir.display());
+    say!(main, "run directory: {}", output.display());
     Ok(report)
 }
 

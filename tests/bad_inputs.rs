@@ -159,8 +159,14 @@ fn rows() -> Vec<Row> {
         "tokenizer: vocab.txt without [CLS]": EVAL [] ["model/vocab.txt: the bert tokenizer needs the special token `[CLS]`"] NOTHING
             |r| put(r, "model/vocab.txt", "[PAD]\n[UNK]\n[SEP]\ngood\n");
         // Outputs: an existing file is refused and left as it was.
-        "output: train --output is a file": TRAIN [] ["creating ", "out: File exists"] NOTHING
+        "output: train --output is a file": TRAIN [] ["--output ", "out: exists and is not a directory: refusing to replace it"] NOTHING
             |r| put(r, "out", "precious\n");
+        "output: train --output is a user's directory": TRAIN [] ["out: a non-empty directory that peftkit did not write (no .peftkit file)"] NOTHING
+            |r| put(r, "out/thesis.tex", "precious\n");
+        "output: merge --output is a user's directory": MERGE [] ["merge --output ", "out: a non-empty directory that peftkit did not write"] NOTHING
+            |r| put(r, "out/thesis.tex", "precious\n");
+        "output: train's working directory is a user's": TRAIN [] ["out.partial: exists and peftkit did not write it"] NOTHING
+            |r| put(r, "out.partial/notes.txt", "precious\n");
         "output: predict --output exists": PREDICT_FILE [] ["out.jsonl exists: peftkit does not replace files"] NOTHING
             |r| { put(r, "in.txt", "good film\n"); put(r, "out.jsonl", "precious\n") };
         // --device (peftkit-models device.rs).
@@ -258,9 +264,12 @@ fn check(row: &Row) -> Result<(), String> {
     }
     let mut after = snapshot(r);
     if !row.leaves.is_empty() {
-        after.remove(Path::new("out"));
+        // The run's working directory (`out.partial`, with its marker): `out` is not touched.
+        let work = Path::new("out.partial");
+        after.remove(work);
+        after.remove(&work.join(".peftkit"));
         for f in row.leaves {
-            after.remove(&Path::new("out").join(f));
+            after.remove(&work.join(f));
         }
     }
     let changed: BTreeSet<&PathBuf> = before
@@ -377,7 +386,9 @@ fn patch(root: &Path, file: &str, f: impl FnOnce(&mut serde_json::Value)) {
 }
 
 fn put(root: &Path, file: &str, text: &str) {
-    fs::write(root.join(file), text).unwrap();
+    let path = root.join(file);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, text).unwrap();
 }
 
 /// A row that breaks nothing in the fixture (its arguments are the bad input).

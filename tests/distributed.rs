@@ -331,8 +331,9 @@ fn a_killed_rank_is_named_and_the_run_resumes_to_the_uninterrupted_result() {
     let run = tmp.path().join("killed");
     let args = train_args(config, &run, &sets(LONG));
     let mut ranks = spawn_ranks(&[args.clone(), args.clone()], free_port(), tmp.path());
+    let partial = tmp.path().join("killed.partial");
     wait_for(
-        &run.join("checkpoints/checkpoint-8"),
+        &partial.join("checkpoints/checkpoint-8"),
         Duration::from_secs(300),
     );
     ranks[1].kill().unwrap();
@@ -350,7 +351,8 @@ fn a_killed_rank_is_named_and_the_run_resumes_to_the_uninterrupted_result() {
         "took {took:?}, past the collective timeout"
     );
     // The last checkpoint is complete; nothing half-written is left.
-    let ckpts = run.join("checkpoints");
+    assert!(!run.exists(), "a killed run must not leave an output");
+    let ckpts = partial.join("checkpoints");
     let names: Vec<String> = std::fs::read_dir(&ckpts)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -414,7 +416,7 @@ fn a_hung_rank_is_named_after_the_collective_timeout() {
     let args = train_args("configs/minilm-sst2-lora.toml", &run, &sets(&long));
     let mut ranks = spawn_ranks(&[args.clone(), args], free_port(), tmp.path());
     wait_for(
-        &run.join("checkpoints/checkpoint-4"),
+        &tmp.path().join("hung.partial/checkpoints/checkpoint-4"),
         Duration::from_secs(300),
     );
     let pid = ranks[1].id().to_string();
@@ -454,7 +456,7 @@ fn ranks_with_different_settings_are_refused() {
             "{err}"
         );
     }
-    assert!(!run.join("checkpoints").exists());
+    assert!(!run.exists() && !tmp.path().join("run.partial/checkpoints").exists());
 }
 
 #[test]

@@ -312,6 +312,29 @@ pub(crate) fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Removes what killed writers of `name` left beside it: `.{name}.tmp-PID` / `.{name}.old-PID`
+/// directories whose process is gone (or is this one).
+fn remove_stale_siblings(parent: &Path, name: &str) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().to_string();
+        let Some(rest) = file.strip_prefix(&format!(".{name}.")) else {
+            continue;
+        };
+        let pid = rest
+            .strip_prefix("tmp-")
+            .or_else(|| rest.strip_prefix("old-"))
+            .and_then(|p| p.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        if !alive {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Builds a directory through a temporary sibling and renames it into place when `fill`
 /// succeeds: an interrupted or failed save never leaves a half-written directory, and an existing
 /// directory is replaced only by a complete one.
@@ -342,26 +365,64 @@ where
     }
     std::fs::create_dir_all(parent).map_err(|e| io_err(parent, e))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    remove_stale_siblings(parent, &name);
     std::fs::create_dir_all(&tmp).map_err(|e| io_err(&tmp, e))?;
     if let Err(e) = fill(&tmp) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    let had_old = dir.exists();
-    if had_old {
-        std::fs::rename(dir, &old).map_err(|e| io_err(dir, e))?;
-    }
-    if let Err(e) = std::fs::rename(&tmp, dir) {
-        if had_old {
-            let _ = std::fs::rename(&old, dir);
-        }
+    if let Err(e) = replace_dir(&tmp, dir) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(E::from(io_err(dir, e)));
     }
-    if had_old {
-        let _ = std::fs::remove_dir_all(&old);
-    }
     Ok(())
+}
+
+/// Puts the complete directory `new` at `dir` in one step: where `dir` exists the two are
+/// exchanged atomically (Linux `renameat2(RENAME_EXCHANGE)`), so that at every instant `dir` is
+/// either the old or the new directory, and the old one (now at `new`) is removed; elsewhere the
+/// old one is renamed aside first. A kill before the removal leaves the old directory at `new`,
+/// a temporary name that the next write of `dir` clears.
+pub fn replace_dir(new: &Path, dir: &Path) -> std::io::Result<()> {
+    if !dir.exists() {
+        return std::fs::rename(new, dir);
+    }
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
+        let (a, b) = (c(new)?, c(dir)?);
+        // SAFETY: two valid NUL-terminated paths, relative to the working directory.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                a.as_ptr(),
+                libc::AT_FDCWD,
+                b.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if rc == 0 {
+            return std::fs::remove_dir_all(new);
+        }
+        let err = std::io::Error::last_os_error();
+        // Filesystems without the exchange fall through to two renames.
+        if !matches!(err.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
+            return Err(err);
+        }
+    }
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let old = dir
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(format!(".{name}.old-{}", std::process::id()));
+    std::fs::rename(dir, &old)?;
+    if let Err(e) = std::fs::rename(new, dir) {
+        let _ = std::fs::rename(&old, dir);
+        return Err(e);
+    }
+    std::fs::remove_dir_all(&old)
 }

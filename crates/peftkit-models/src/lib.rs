@@ -44,7 +44,9 @@ pub mod roberta;
 mod sdpa;
 mod train_model;
 
-pub use checkpoint::{read_safetensors, save_safetensors, write_dir_atomically, LoadReport};
+pub use checkpoint::{
+    read_safetensors, replace_dir, save_safetensors, write_dir_atomically, LoadReport,
+};
 pub use classifier::{
     Architecture, ClassifierOutput, ForwardOptions, LoadOptions, SequenceClassifier,
 };
