@@ -105,20 +105,32 @@ impl RunDir {
     pub fn prepare(&self, resume: bool) -> Result<()> {
         check_output(&self.output, "the run's")?;
         if self.work.exists() {
-            if read_marker(&self.work).is_none() {
+            let empty = std::fs::read_dir(&self.work).is_ok_and(|mut d| d.next().is_none());
+            let marker = read_marker(&self.work);
+            if marker.is_none() && !empty {
                 bail!(
                     "{}: exists and peftkit did not write it (no {MARKER} file): refusing to use it as the working directory of --output {} (move it away)",
                     self.work.display(),
                     self.output.display()
                 );
             }
-            if resume {
+            // A complete run here is the previous output, swapped out by a run killed before
+            // it removed it: nothing to resume.
+            let unfinished = marker.is_some_and(|m| !m.complete);
+            if resume && unfinished {
                 return Ok(());
             }
-            tracing::info!(dir = %self.work.display(), "removing an unfinished earlier run");
+            if unfinished {
+                tracing::info!(dir = %self.work.display(), "removing an unfinished earlier run");
+            }
             std::fs::remove_dir_all(&self.work)
                 .with_context(|| format!("removing {}", self.work.display()))?;
-        } else if resume && read_marker(&self.output).is_some_and(|m| m.complete) {
+        }
+        std::fs::create_dir_all(&self.work)
+            .with_context(|| format!("creating {}", self.work.display()))?;
+        write_marker(&self.work, "run", false)?;
+        if resume && read_marker(&self.output).is_some_and(|m| m.complete) {
+            // Resuming a complete run (e.g. with more epochs) continues from a copy of it.
             copy_dir(&self.output, &self.work).with_context(|| {
                 format!(
                     "copying {} to {} to resume it",
@@ -126,11 +138,8 @@ impl RunDir {
                     self.work.display()
                 )
             })?;
-            return write_marker(&self.work, "run", false);
         }
-        std::fs::create_dir_all(&self.work)
-            .with_context(|| format!("creating {}", self.work.display()))?;
-        write_marker(&self.work, "run", false)
+        Ok(())
     }
 
     /// A path inside the working directory as it will be once the run is complete (for paths
@@ -172,10 +181,14 @@ fn remove_temporaries(dir: &Path) {
     }
 }
 
+/// Copies `from` into `to`, all but the marker.
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for e in std::fs::read_dir(from)? {
         let e = e?;
+        if e.file_name() == MARKER {
+            continue;
+        }
         let target = to.join(e.file_name());
         if e.file_type()?.is_dir() {
             copy_dir(&e.path(), &target)?;

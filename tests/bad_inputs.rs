@@ -16,16 +16,15 @@
 //! outputs, and `--device`. `the_unbroken_fixture_runs_every_command` shows that each command
 //! succeeds on the fixture as copied, so every row fails for its own reason.
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{Field, Schema};
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 mod common;
+use common::fixture::{fixture, ints, put, texts, write_parquet};
 use common::peftkit;
 
 /// One bad input: a name, the command, its extra arguments, what the error line must say, the
@@ -319,50 +318,6 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
     out
 }
 
-/// A WordPiece vocabulary for tiny-bert (ids below its 1,000; `[PAD]` is its pad id 0).
-const VOCAB: &str = "[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ngood\nbad\nfine\nfilm\n";
-
-/// The unbroken inputs: `model/` (tiny-bert, three labels, with `vocab.txt`), `adapter/` (its
-/// LoRA), `data/` (train and validation parquet, labels neg / neu / pos) and `exp.toml`.
-fn fixture() -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    let r = tmp.path();
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fixtures");
-    for (from, to, files) in [
-        ("tiny-bert", "model", ["config.json", "model.safetensors"]),
-        (
-            "lora-bert/adapter",
-            "adapter",
-            ["adapter_config.json", "adapter_model.safetensors"],
-        ),
-    ] {
-        fs::create_dir_all(r.join(to)).unwrap();
-        for f in files {
-            fs::copy(fx.join(from).join(f), r.join(to).join(f)).unwrap();
-        }
-    }
-    put(r, "model/vocab.txt", VOCAB);
-    fs::create_dir(r.join("data")).unwrap();
-    let train = texts(&["good film", "bad film", "fine film", "good"]);
-    write_parquet(
-        &r.join("data/train.parquet"),
-        vec![("text", train), ("label", ints(&[2, 0, 1, 2]))],
-    );
-    let validation = texts(&["good", "bad", "fine"]);
-    write_parquet(
-        &r.join("data/validation.parquet"),
-        vec![("text", validation), ("label", ints(&[2, 0, 1]))],
-    );
-    // Line 5: max_length; line 9: the first key of [train].
-    let toml = format!(
-        "[model]\nid = \"{}\"\n[data]\ndataset = \"{}\"\nmax_length = 16\n[adapter]\nkind = \"head\"\n[train]\nnum_train_epochs = 1\nper_device_train_batch_size = 2\n",
-        r.join("model").display(),
-        r.join("data").display()
-    );
-    put(r, "exp.toml", &toml);
-    tmp
-}
-
 /// Rewrites `root/file` through `f`.
 fn corrupt(root: &Path, file: &str, f: impl FnOnce(Vec<u8>) -> Vec<u8>) {
     let path = root.join(file);
@@ -385,12 +340,6 @@ fn patch(root: &Path, file: &str, f: impl FnOnce(&mut serde_json::Value)) {
     });
 }
 
-fn put(root: &Path, file: &str, text: &str) {
-    let path = root.join(file);
-    fs::create_dir_all(path.parent().unwrap()).unwrap();
-    fs::write(path, text).unwrap();
-}
-
 /// A row that breaks nothing in the fixture (its arguments are the bad input).
 fn unbroken(_: &Path) {}
 
@@ -406,32 +355,4 @@ fn tensor(root: &Path, file: &str, key: &str, shape: &[i64]) {
     let zeros = tch::Tensor::zeros(shape, (tch::Kind::Float, tch::Device::Cpu));
     tensors.push((key.to_string(), zeros));
     peftkit_models::save_safetensors(&path, &tensors).unwrap();
-}
-
-fn texts(v: &[&str]) -> ArrayRef {
-    Arc::new(StringArray::from(v.to_vec()))
-}
-
-fn ints(v: &[i64]) -> ArrayRef {
-    Arc::new(Int64Array::from(v.to_vec()))
-}
-
-/// A parquet file of `cols` whose `label` feature is a ClassLabel of neg / neu / pos, as
-/// `datasets` writes it.
-fn write_parquet(path: &Path, cols: Vec<(&str, ArrayRef)>) {
-    let names = json!({"info": {"features": {"label": {"names": ["neg", "neu", "pos"], "_type": "ClassLabel"}}}});
-    let meta = HashMap::from([("huggingface".to_string(), names.to_string())]);
-    let fields: Vec<Field> = cols
-        .iter()
-        .map(|(n, a)| Field::new(*n, a.data_type().clone(), false))
-        .collect();
-    let schema = Arc::new(Schema::new_with_metadata(fields, meta));
-    let columns: Vec<ArrayRef> = cols.into_iter().map(|(_, a)| a).collect();
-    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
-    let mut w = parquet::arrow::ArrowWriter::try_new(fs::File::create(path).unwrap(), schema, None)
-        .unwrap();
-    if batch.num_rows() > 0 {
-        w.write(&batch).unwrap();
-    }
-    w.close().unwrap();
 }

@@ -1,5 +1,7 @@
 //! What the end-to-end tests share.
 
+pub mod fixture;
+
 use std::path::Path;
 use std::process::Command;
 

@@ -40,6 +40,8 @@ Tasks:
   run [ARGS...]                   run the peftkit CLI (release build) with ARGS
   launch --nproc-per-node N -- CMD...
                                   data-parallel: N local ranks of `peftkit CMD` (Gloo), as torchrun
+  killtest [--kills N] [--seed S] SIGKILL train / train --resume / merge N times at random
+                                  points (tests/kill.rs; CI runs 6): no output lost or half-written
   env                             print the libtorch environment as shell exports
   gpu-pack [--out DIR]            build target/gpu-pack: binaries, data and script for one run on
                                   a lent GPU machine (bash target/gpu-pack/run.sh [--dry-run])
@@ -52,6 +54,7 @@ const DEFAULT_EXPERIMENT: &str = "minilm-sst2-lora";
 mod bench;
 mod gpu_pack;
 mod load;
+mod reliability;
 mod roofline;
 mod serve_bench;
 
@@ -88,6 +91,10 @@ fn run() -> Result<()> {
             // when a test above failed, and the task fails if either did.
             let docs = exec(env.cargo(&root, &["test", "--workspace", "--doc", "--no-fail-fast"]));
             targets.and(docs)
+        }
+        "killtest" => {
+            let env = TorchEnv::bootstrap(&root)?;
+            reliability::killtest(env.cargo(&root, &["test"]), &rest)
         }
         "lint" => {
             let env = TorchEnv::bootstrap(&root)?;
