@@ -131,9 +131,10 @@ enum Command {
         /// Rows per forward pass (length-sorted batches).
         #[arg(long, default_value_t = 32)]
         batch_size: usize,
-        /// Truncation length.
-        #[arg(long, default_value_t = 512)]
-        max_length: usize,
+        /// Truncation length (default: the model's positions; a longer one is truncated to
+        /// them, with a note).
+        #[arg(long)]
+        max_length: Option<usize>,
         /// `cpu`, `cuda`, `cuda:N` or `auto`.
         #[arg(long, default_value = "auto")]
         device: String,
@@ -472,6 +473,11 @@ fn run(cli: Cli) -> Result<()> {
             device,
             json,
         } => {
+            if max_length < 2 {
+                bail!(
+                    "--max-length {max_length}: expected at least 2 (room for the special tokens)"
+                );
+            }
             let device = peftkit_models::parse_device(&device)?;
             let spec = peftkit_data::DatasetSpec {
                 dataset,
@@ -488,6 +494,14 @@ fn run(cli: Cli) -> Result<()> {
                     m.classifier().num_labels(),
                     data.num_labels()
                 );
+            }
+            let (max_length, note) = peftkit::pipeline::fit_max_length(
+                max_length,
+                m.classifier().max_length(),
+                "--max-length",
+            );
+            if let Some(note) = note {
+                eprintln!("peftkit: note: {note}");
             }
             let section = peftkit::config::DataSection {
                 dataset: spec.dataset.clone(),

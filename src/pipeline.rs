@@ -287,6 +287,23 @@ pub fn load_adapters(
     Ok((model, tok, names))
 }
 
+/// A requested `max_length` that fits the model's `positions`: over them it is clamped, with a
+/// note saying so (named by `what`); validation of the lower bound (at least 2) happens where
+/// the value is read.
+pub fn fit_max_length(requested: usize, positions: i64, what: &str) -> (usize, Option<String>) {
+    let positions = positions.max(2) as usize;
+    if requested > positions {
+        (
+            positions,
+            Some(format!(
+                "{what} {requested} is over the model's {positions} positions: truncating to {positions}"
+            )),
+        )
+    } else {
+        (requested, None)
+    }
+}
+
 /// Tokenizes a split once (in parallel) into a trainer dataset.
 pub fn encode(
     split: &Split,
@@ -602,15 +619,22 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
         e
     })?;
     report.model_dir = model_dir.display().to_string();
+    let mut data_cfg = cfg.data.clone();
+    let (fitted, note) = fit_max_length(cfg.data.max_length, model.max_length(), "data.max_length");
+    data_cfg.max_length = fitted;
+    if let Some(note) = note {
+        say!(main, "note: {note}");
+        report.notes.push(note);
+    }
     let t0 = Instant::now();
-    let eval_data = encode(&eval_split, &tokenizer, &cfg.data)?;
+    let eval_data = encode(&eval_split, &tokenizer, &data_cfg)?;
     let train_data = train_split
         .as_ref()
-        .map(|t| encode(t, &tokenizer, &cfg.data))
+        .map(|t| encode(t, &tokenizer, &data_cfg))
         .transpose()?;
     let test_data = test_split
         .as_ref()
-        .map(|t| encode(t, &tokenizer, &cfg.data))
+        .map(|t| encode(t, &tokenizer, &data_cfg))
         .transpose()?;
     say!(main, "tokenized in {:.1} s", t0.elapsed().as_secs_f64());
     let tuned = prepare(model, cfg, &tokenizer)?;
@@ -746,7 +770,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
         }
         .context("reloading the saved model")?;
         let reloaded = reloaded.model();
-        let eval_again = encode(&eval_split, &reloaded_tok, &cfg.data)?;
+        let eval_again = encode(&eval_split, &reloaded_tok, &data_cfg)?;
         let out = eval_on(reloaded, &eval_again)?;
         if out.predictions != trained.predictions {
             bail!(
@@ -760,7 +784,7 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<Repor
             .final_results
             .push(split_result(&cfg.data.eval_split, eval_again.len(), &out));
         if let Some(test) = &test_split {
-            let test_again = encode(test, &reloaded_tok, &cfg.data)?;
+            let test_again = encode(test, &reloaded_tok, &data_cfg)?;
             let out = eval_on(reloaded, &test_again)?;
             report.final_results.push(split_result(
                 cfg.data.test_split.as_deref().unwrap_or("test"),

@@ -85,15 +85,15 @@ pub struct Predictor {
 
 impl Predictor {
     /// Loads `model` with `adapters` (`NAME=DIR`, or one bare `DIR`), truncating to
-    /// `max_length` (at most the model's positions).
+    /// `max_length` (at most the model's positions; `None`: them).
     pub fn load(
         model: &str,
         adapters: &[String],
         device: tch::Device,
-        max_length: usize,
+        max_length: Option<usize>,
         batch_size: usize,
     ) -> Result<Self> {
-        if max_length < 2 {
+        if let Some(max_length) = max_length.filter(|m| *m < 2) {
             bail!("--max-length {max_length}: expected at least 2 (room for the special tokens)");
         }
         if batch_size == 0 {
@@ -110,7 +110,16 @@ impl Predictor {
                 .unwrap_or_default()
         };
         let host = Host::load(model, &list, device)?;
-        let encoder = Encoder::new(host.tokenizer(), max_length.min(host.max_input_length()));
+        let requested = max_length;
+        let (max_length, note) = crate::pipeline::fit_max_length(
+            requested.unwrap_or(usize::MAX),
+            host.max_input_length() as i64,
+            "--max-length",
+        );
+        if let Some(note) = note.filter(|_| requested.is_some()) {
+            eprintln!("peftkit: note: {note}");
+        }
+        let encoder = Encoder::new(host.tokenizer(), max_length);
         let default_adapter = list
             .first()
             .map_or(BASE_ADAPTER.to_string(), |(n, _)| n.clone());

@@ -168,6 +168,11 @@ fn rows() -> Vec<Row> {
             |r| put(r, "out.partial/notes.txt", "precious\n");
         "output: predict --output exists": PREDICT_FILE [] ["out.jsonl exists: peftkit does not replace files"] NOTHING
             |r| { put(r, "in.txt", "good film\n"); put(r, "out.jsonl", "precious\n") };
+        // Arguments that size or index (src/main.rs, src/predict.rs).
+        "args: eval --max-length 1": EVAL ["--max-length", "1"] ["--max-length 1: expected at least 2"] NOTHING
+            |r| unbroken(r);
+        "args: predict --max-length 0": PREDICT ["--max-length", "0"] ["--max-length 0: expected at least 2"] NOTHING
+            |r| unbroken(r);
         // --device (peftkit-models device.rs).
         "device: cudaX": PREDICT ["--device", "cudaX"] ["unknown device `cudax` (expected cpu, cuda, cuda:N or auto)"] NOTHING
             |r| unbroken(r);

@@ -42,6 +42,10 @@ Tasks:
                                   data-parallel: N local ranks of `peftkit CMD` (Gloo), as torchrun
   killtest [--kills N] [--seed S] SIGKILL train / train --resume / merge N times at random
                                   points (tests/kill.rs; CI runs 6): no output lost or half-written
+  fuzz TARGET|all [--time S] [--runs N]
+                                  cargo-fuzz over a loader (config_json, adapter_config_json,
+                                  safetensors, parquet, tokenizer_json, trainer_state_json,
+                                  experiment_toml; corpus in fuzz/corpus)
   env                             print the libtorch environment as shell exports
   gpu-pack [--out DIR]            build target/gpu-pack: binaries, data and script for one run on
                                   a lent GPU machine (bash target/gpu-pack/run.sh [--dry-run])
@@ -91,6 +95,10 @@ fn run() -> Result<()> {
             // when a test above failed, and the task fails if either did.
             let docs = exec(env.cargo(&root, &["test", "--workspace", "--doc", "--no-fail-fast"]));
             targets.and(docs)
+        }
+        "fuzz" => {
+            let env = TorchEnv::bootstrap(&root)?;
+            reliability::fuzz(&root, &env.vars(&root), &rest)
         }
         "killtest" => {
             let env = TorchEnv::bootstrap(&root)?;

@@ -132,6 +132,7 @@ fn model_dims(model: &ModelConfig) -> (i64, i64, i64) {
         ModelConfig::Bert(c, _) | ModelConfig::Roberta(c, _) => {
             (c.hidden_size, c.num_hidden_layers, c.num_attention_heads)
         }
+        ModelConfig::DistilBert(c, _) => (c.dim, c.n_layers, c.n_heads),
     }
 }
 

@@ -64,6 +64,7 @@ fn lora_targets(arch: &str) -> Vec<&'static str> {
     match arch {
         "gpt2" => vec!["c_attn", "c_proj"],
         "roberta" => vec!["query", "value"],
+        "distilbert" => vec!["q_lin", "k_lin", "v_lin", "out_lin", "lin1"],
         _ => vec!["query", "key", "value", "dense"],
     }
 }
@@ -167,6 +168,7 @@ pub const QDORA: AdapterKind = AdapterKind {
 fn ia3_targets(arch: &str) -> (Vec<&'static str>, Vec<&'static str>) {
     match arch {
         "gpt2" => (vec!["c_attn", "mlp.c_proj"], vec!["mlp.c_proj"]),
+        "distilbert" => (vec!["k_lin", "v_lin", "lin2"], vec!["lin2"]),
         _ => (vec!["key", "value", "output.dense"], vec!["output.dense"]),
     }
 }
@@ -678,3 +680,18 @@ adapter_suite!(ptuning_lstm_bert, PTUNING_LSTM, "bert");
 adapter_suite!(adalora_gpt2, ADALORA, "gpt2");
 adapter_suite!(adalora_roberta, ADALORA, "roberta");
 adapter_suite!(adalora_bert, ADALORA, "bert");
+adapter_suite!(lora_distilbert, LORA, "distilbert");
+adapter_suite!(qlora_distilbert, QLORA, "distilbert");
+adapter_suite!(prefix_distilbert, PREFIX, "distilbert");
+adapter_suite!(
+    prefix_projection_distilbert,
+    PREFIX_PROJECTION,
+    "distilbert"
+);
+adapter_suite!(dora_distilbert, DORA, "distilbert");
+adapter_suite!(qdora_distilbert, QDORA, "distilbert");
+adapter_suite!(ia3_distilbert, IA3, "distilbert");
+adapter_suite!(prompt_distilbert, PROMPT, "distilbert");
+adapter_suite!(ptuning_mlp_distilbert, PTUNING_MLP, "distilbert");
+adapter_suite!(ptuning_lstm_distilbert, PTUNING_LSTM, "distilbert");
+adapter_suite!(adalora_distilbert, ADALORA, "distilbert");

@@ -4,6 +4,7 @@
 use crate::bert::BertForSequenceClassification;
 use crate::checkpoint::{load_into, save_safetensors, write_dir_atomically, LoadReport, Naming};
 use crate::config::{ModelConfig, ProblemType};
+use crate::distilbert::DistilBertForSequenceClassification;
 use crate::gpt2::Gpt2ForSequenceClassification;
 use crate::linear::Linear;
 use crate::prefix::{PrefixProvider, PromptProvider};
@@ -21,6 +22,8 @@ pub enum Architecture {
     Roberta,
     /// `BertForSequenceClassification`.
     Bert,
+    /// `DistilBertForSequenceClassification`.
+    DistilBert,
 }
 
 impl Architecture {
@@ -47,6 +50,13 @@ impl Architecture {
                 ignored_prefixes: &["cls."],
                 ignored_suffixes: &["position_ids"],
             },
+            Architecture::DistilBert => Naming {
+                arch: "DistilBertForSequenceClassification",
+                base_prefix: "distilbert",
+                head_prefixes: &["classifier.", "pre_classifier."],
+                ignored_prefixes: &["vocab_transform.", "vocab_layer_norm.", "vocab_projector."],
+                ignored_suffixes: &["position_ids"],
+            },
         }
     }
 
@@ -56,6 +66,9 @@ impl Architecture {
         match self {
             Architecture::Gpt2 => &["score"],
             Architecture::Roberta | Architecture::Bert => &["classifier"],
+            // `pre_classifier` is new in every base checkpoint too: peft's default
+            // (`classifier`, `score`) would leave it random on reload, so it is saved as well.
+            Architecture::DistilBert => &["pre_classifier", "classifier"],
         }
     }
 
@@ -65,6 +78,7 @@ impl Architecture {
             Architecture::Gpt2 => "transformer",
             Architecture::Roberta => "roberta",
             Architecture::Bert => "bert",
+            Architecture::DistilBert => "distilbert",
         }
     }
 }
@@ -74,6 +88,7 @@ enum Inner {
     Gpt2(Gpt2ForSequenceClassification),
     Roberta(RobertaForSequenceClassification),
     Bert(BertForSequenceClassification),
+    DistilBert(DistilBertForSequenceClassification),
 }
 
 /// Options of [`SequenceClassifier::load`], like the keyword arguments of `from_pretrained`.
@@ -195,6 +210,9 @@ impl SequenceClassifier {
                 Inner::Roberta(RobertaForSequenceClassification::new(&root, c))
             }
             ModelConfig::Bert(c, _) => Inner::Bert(BertForSequenceClassification::new(&root, c)),
+            ModelConfig::DistilBert(c, _) => {
+                Inner::DistilBert(DistilBertForSequenceClassification::new(&root, c))
+            }
         };
         Self {
             vs,
@@ -258,6 +276,7 @@ impl SequenceClassifier {
             Inner::Gpt2(_) => Architecture::Gpt2,
             Inner::Roberta(_) => Architecture::Roberta,
             Inner::Bert(_) => Architecture::Bert,
+            Inner::DistilBert(_) => Architecture::DistilBert,
         }
     }
 
@@ -297,6 +316,7 @@ impl SequenceClassifier {
             Inner::Gpt2(m) => m.linears(),
             Inner::Roberta(m) => m.linears(),
             Inner::Bert(m) => m.linears(),
+            Inner::DistilBert(m) => m.linears(),
         }
     }
 
@@ -306,6 +326,7 @@ impl SequenceClassifier {
             Inner::Gpt2(m) => m.linears_mut(),
             Inner::Roberta(m) => m.linears_mut(),
             Inner::Bert(m) => m.linears_mut(),
+            Inner::DistilBert(m) => m.linears_mut(),
         }
     }
 
@@ -314,6 +335,7 @@ impl SequenceClassifier {
         match &self.config {
             ModelConfig::Gpt2(c, _) => c.n_positions,
             ModelConfig::Bert(c, _) => c.max_position_embeddings,
+            ModelConfig::DistilBert(c, _) => c.max_position_embeddings,
             ModelConfig::Roberta(c, _) => {
                 c.max_position_embeddings - c.classifier.pad_token_id.unwrap_or(1) - 1
             }
@@ -338,6 +360,7 @@ impl SequenceClassifier {
             Inner::Gpt2(m) => m.forward(ids, mask, prefix, prompt, train),
             Inner::Roberta(m) => m.forward(ids, mask, prefix, prompt, train),
             Inner::Bert(m) => m.forward(ids, mask, prefix, prompt, train),
+            Inner::DistilBert(m) => m.forward(ids, mask, prefix, prompt, train),
         };
         Ok(ClassifierOutput {
             logits,
@@ -407,6 +430,7 @@ impl SequenceClassifier {
             Inner::Gpt2(m) => m.embed(ids, offset, prompt, train),
             Inner::Roberta(m) => m.embed(ids, offset, prompt, train),
             Inner::Bert(m) => m.embed(ids, offset, prompt, train),
+            Inner::DistilBert(m) => m.embed(ids, offset, prompt, train),
         }
     }
 
@@ -415,6 +439,7 @@ impl SequenceClassifier {
             Inner::Gpt2(m) => m.num_layers(),
             Inner::Roberta(m) => m.encoder().num_layers(),
             Inner::Bert(m) => m.encoder().num_layers(),
+            Inner::DistilBert(m) => m.num_layers(),
         }
     }
 
@@ -430,6 +455,7 @@ impl SequenceClassifier {
             Inner::Gpt2(m) => m.layer(i, x, mask, prefix, train),
             Inner::Roberta(m) => m.encoder().layer(i, x, mask, prefix, train),
             Inner::Bert(m) => m.encoder().layer(i, x, mask, prefix, train),
+            Inner::DistilBert(m) => m.layer(i, x, mask, prefix, train),
         }
     }
 
@@ -438,6 +464,7 @@ impl SequenceClassifier {
             Inner::Gpt2(m) => m.head(last, ids, prompted, train),
             Inner::Roberta(m) => m.head(last, train),
             Inner::Bert(m) => m.head(last, train),
+            Inner::DistilBert(m) => m.head(last, train),
         }
     }
 

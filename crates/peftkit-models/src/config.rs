@@ -236,6 +236,8 @@ pub enum ModelConfig {
     Roberta(BertConfig, serde_json::Value),
     /// `model_type: bert`.
     Bert(BertConfig, serde_json::Value),
+    /// `model_type: distilbert`.
+    DistilBert(crate::distilbert::DistilBertConfig, serde_json::Value),
 }
 
 /// The most layers a `config.json` may ask for (the largest published encoders and decoders that
@@ -272,9 +274,13 @@ impl ModelConfig {
             "bert" => {
                 ModelConfig::Bert(serde_json::from_value(raw.clone()).map_err(parse_err)?, raw)
             }
+            "distilbert" => ModelConfig::DistilBert(
+                serde_json::from_value(raw.clone()).map_err(parse_err)?,
+                raw,
+            ),
             other => {
                 return Err(format!(
-                    "model_type `{other}` is not supported (peftkit has gpt2, roberta and bert)"
+                    "model_type `{other}` is not supported (peftkit has gpt2, roberta, bert and distilbert)"
                 ))
             }
         };
@@ -303,6 +309,7 @@ impl ModelConfig {
                 ("max_position_embeddings", c.max_position_embeddings),
                 ("type_vocab_size", c.type_vocab_size),
             ],
+            ModelConfig::DistilBert(c, _) => c.sizes(),
         };
         for (key, v) in sizes {
             if v <= 0 {
@@ -326,6 +333,7 @@ impl ModelConfig {
                 }
                 (c.hidden_size, c.num_attention_heads)
             }
+            ModelConfig::DistilBert(c, _) => (c.dim, c.n_heads),
         };
         if heads <= 0 || hidden <= 0 || hidden % heads != 0 {
             return Err(format!(
@@ -343,6 +351,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Gpt2(c, _) => &c.classifier,
             ModelConfig::Roberta(c, _) | ModelConfig::Bert(c, _) => &c.classifier,
+            ModelConfig::DistilBert(c, _) => &c.classifier,
         }
     }
 
@@ -350,19 +359,26 @@ impl ModelConfig {
         match self {
             ModelConfig::Gpt2(c, _) => &mut c.classifier,
             ModelConfig::Roberta(c, _) | ModelConfig::Bert(c, _) => &mut c.classifier,
+            ModelConfig::DistilBert(c, _) => &mut c.classifier,
         }
     }
 
     /// The raw JSON.
     pub fn raw(&self) -> &serde_json::Value {
         match self {
-            ModelConfig::Gpt2(_, r) | ModelConfig::Roberta(_, r) | ModelConfig::Bert(_, r) => r,
+            ModelConfig::Gpt2(_, r)
+            | ModelConfig::Roberta(_, r)
+            | ModelConfig::Bert(_, r)
+            | ModelConfig::DistilBert(_, r) => r,
         }
     }
 
     fn raw_mut(&mut self) -> &mut serde_json::Value {
         match self {
-            ModelConfig::Gpt2(_, r) | ModelConfig::Roberta(_, r) | ModelConfig::Bert(_, r) => r,
+            ModelConfig::Gpt2(_, r)
+            | ModelConfig::Roberta(_, r)
+            | ModelConfig::Bert(_, r)
+            | ModelConfig::DistilBert(_, r) => r,
         }
     }
 
@@ -403,6 +419,7 @@ impl ModelConfig {
             ModelConfig::Gpt2(..) => "GPT2ForSequenceClassification",
             ModelConfig::Roberta(..) => "RobertaForSequenceClassification",
             ModelConfig::Bert(..) => "BertForSequenceClassification",
+            ModelConfig::DistilBert(..) => "DistilBertForSequenceClassification",
         };
         raw["architectures"] = serde_json::json!([arch]);
         raw

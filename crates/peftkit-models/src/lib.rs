@@ -32,6 +32,7 @@ mod checkpoint;
 mod classifier;
 mod config;
 mod device;
+pub mod distilbert;
 mod dropout;
 mod ffi;
 pub mod gpt2;
@@ -52,6 +53,7 @@ pub use classifier::{
 };
 pub use config::{Activation, BertConfig, ClassifierConfig, Gpt2Config, ModelConfig, ProblemType};
 pub use device::parse_device;
+pub use distilbert::DistilBertConfig;
 pub use dropout::{dropout, Dropout};
 pub use linear::{Linear, LinearHook, PackedWeight, WeightLayout};
 pub use memory::{

@@ -79,6 +79,11 @@ fn tiny_bert_matches_transformers() {
 }
 
 #[test]
+fn tiny_distilbert_matches_transformers() {
+    check_tiny("distilbert");
+}
+
+#[test]
 fn gpt2_pools_the_last_non_pad_token() {
     let dir = fixtures().join("tiny-gpt2");
     let (model, _) = SequenceClassifier::load(&dir, &LoadOptions::new(Device::Cpu)).unwrap();
@@ -161,7 +166,7 @@ fn real_minilm_matches_transformers() {
 
 #[test]
 fn save_and_reload_round_trip() {
-    for arch in ["gpt2", "roberta", "bert"] {
+    for arch in ["gpt2", "roberta", "bert", "distilbert"] {
         let dir = fixtures().join(format!("tiny-{arch}"));
         let (model, _) = SequenceClassifier::load(&dir, &LoadOptions::new(Device::Cpu)).unwrap();
         let tmp = tempfile::tempdir().unwrap();
@@ -434,7 +439,7 @@ fn forward_rejects_bad_shapes() {
 
 #[test]
 fn gradient_checkpointing_gives_the_golden_gradients() {
-    for arch in ["gpt2", "roberta", "bert"] {
+    for arch in ["gpt2", "roberta", "bert", "distilbert"] {
         let dir = fixtures().join(format!("tiny-{arch}"));
         let g = golden(&dir.join("golden.safetensors"));
         let (model, _) = SequenceClassifier::load(&dir, &LoadOptions::new(Device::Cpu)).unwrap();

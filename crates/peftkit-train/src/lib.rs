@@ -22,6 +22,7 @@ mod ddp;
 mod eval;
 mod nonfinite;
 mod optim;
+mod state;
 mod tokens;
 mod trainer;
 
@@ -31,6 +32,7 @@ pub use ddp::DistributedStats;
 pub use eval::{evaluate, evaluate_in, evaluate_sharded};
 pub use optim::{decays, FlatOptimizer, OptimConfig};
 pub use peftkit_distributed as distributed;
+pub use state::TrainerState;
 pub use tokens::TokenCounts;
 pub use trainer::{trainable_summary, EvalOutput, TrainMemory, TrainModel, TrainOutput, Trainer};
 

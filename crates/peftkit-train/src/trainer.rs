@@ -4,6 +4,7 @@ use crate::args::{lr_factor, Precision, Strategy, TrainingArgs};
 use crate::data::{for_each_batch, Dataset, DeviceBatch};
 use crate::ddp::Ddp;
 use crate::optim::{FlatOptimizer, OptimConfig};
+use crate::state::TrainerState;
 use crate::{Result, TrainError};
 use peftkit_distributed::ProcessGroup;
 use peftkit_eval::{Metrics, MetricsLog};
@@ -109,27 +110,6 @@ pub struct EvalOutput {
     pub samples_per_second: f64,
     /// Predicted class per row.
     pub predictions: Vec<i64>,
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct TrainerState {
-    global_step: usize,
-    epoch: usize,
-    batches_done_in_epoch: usize,
-    total_steps: usize,
-    best_metric: Option<f64>,
-    best_checkpoint: Option<String>,
-    patience: usize,
-    train_loss_total: f64,
-    stopped_early: bool,
-    log_history: Vec<serde_json::Value>,
-    /// The ranks of the run that wrote it (a resume must have as many).
-    #[serde(default = "one")]
-    world_size: usize,
-}
-
-fn one() -> usize {
-    1
 }
 
 /// Trains a [`TrainModel`] with HF Trainer's behaviour: AdamW or SGD, warmup and decay schedules,
@@ -752,11 +732,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
     }
 
     fn load_checkpoint(&self, dir: &Path, opt: &mut FlatOptimizer) -> Result<TrainerState> {
-        let state_path = dir.join("trainer_state.json");
-        let text =
-            std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
-        let state: TrainerState = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", state_path.display())))?;
+        let state = TrainerState::from_file(&dir.join("trainer_state.json"))?;
         let device = opt.device();
         let load = |name: &str| -> Result<HashMap<String, Tensor>> {
             Ok(read_safetensors(&dir.join(name))?
