@@ -125,26 +125,34 @@ impl<E: VirtualTokens> Tuner for PromptLearningTuner<E> {
     fn remove(&mut self, _: &mut SequenceClassifier) {}
 }
 
-/// The dimensions peft fills in from the model config: `(token_dim, num_layers, heads)`.
-fn model_dims(model: &ModelConfig) -> (i64, i64, i64) {
+/// The dimensions peft fills in from the model config: `(token_dim, num_layers, heads)`; for a
+/// prefix on grouped-query attention, those of the key/value heads (peft #1901).
+fn model_dims(model: &ModelConfig, prefix: bool) -> (i64, i64, i64) {
     match model {
         ModelConfig::Gpt2(c, _) => (c.n_embd, c.n_layer, c.n_head),
         ModelConfig::Bert(c, _) | ModelConfig::Roberta(c, _) => {
             (c.hidden_size, c.num_hidden_layers, c.num_attention_heads)
         }
         ModelConfig::DistilBert(c, _) => (c.dim, c.n_layers, c.n_heads),
+        ModelConfig::Llama(c, _) if prefix => (
+            c.kv_heads() * c.head_dim(),
+            c.num_hidden_layers,
+            c.kv_heads(),
+        ),
+        ModelConfig::Llama(c, _) => (c.hidden_size, c.num_hidden_layers, c.num_attention_heads),
     }
 }
 
 /// Fills unset dimensions from the model; a set one that disagrees is an error.
 pub(crate) fn resolve_dims(
     model: &ModelConfig,
+    prefix: bool,
     token_dim: &mut Option<i64>,
     layers: &mut Option<i64>,
     heads: &mut Option<i64>,
     submodules: &mut Option<i64>,
 ) -> std::result::Result<(), String> {
-    let (h, l, a) = model_dims(model);
+    let (h, l, a) = model_dims(model, prefix);
     for (name, slot, value) in [
         ("token_dim", token_dim, h),
         ("num_layers", layers, l),

@@ -36,20 +36,25 @@ pub fn layer_index(path: &str, pattern: Option<&TargetModules>) -> Option<usize>
     })
 }
 
-/// peft's default targets of a method for a model type (its
+/// peft's default targets of a method for a `model_type` (its
 /// `TRANSFORMERS_MODELS_TO_{LORA,ADALORA,IA3}_TARGET_MODULES_MAPPING`, and IA³'s
-/// `…_FEEDFORWARD_MODULES_MAPPING` as the second list), used when a config names none.
+/// `…_FEEDFORWARD_MODULES_MAPPING` as the second list, for the models peftkit has), used when a
+/// config names none. `None` where peft has no default (it then asks for `target_modules`).
 pub fn default_targets(
-    arch: peftkit_models::Architecture,
+    model_type: &str,
     method: &str,
 ) -> Option<(Vec<&'static str>, Vec<&'static str>)> {
-    use peftkit_models::Architecture::{Bert, Gpt2, Roberta};
-    Some(match (method, arch) {
-        ("LORA", Gpt2) | ("ADALORA", Gpt2) => (vec!["c_attn"], vec![]),
-        ("LORA", Bert | Roberta) | ("ADALORA", Bert) => (vec!["query", "value"], vec![]),
-        ("ADALORA", Roberta) => (vec!["query", "key", "value", "dense"], vec![]),
-        ("IA3", Gpt2) => (vec!["c_attn", "mlp.c_proj"], vec!["mlp.c_proj"]),
-        ("IA3", Bert | Roberta) => (vec!["key", "value", "output.dense"], vec!["output.dense"]),
+    Some(match (method, model_type) {
+        ("LORA" | "ADALORA", "gpt2") => (vec!["c_attn"], vec![]),
+        ("LORA" | "ADALORA", "bert") | ("LORA", "roberta") => (vec!["query", "value"], vec![]),
+        ("ADALORA", "roberta") => (vec!["query", "key", "value", "dense"], vec![]),
+        ("LORA", "llama" | "mistral" | "qwen2") | ("ADALORA", "llama" | "qwen2") => {
+            (vec!["q_proj", "v_proj"], vec![])
+        }
+        ("IA3", "gpt2") => (vec!["c_attn", "mlp.c_proj"], vec!["mlp.c_proj"]),
+        ("IA3", "bert" | "roberta") => (vec!["key", "value", "output.dense"], vec!["output.dense"]),
+        ("IA3", "llama" | "mistral") => (vec!["k_proj", "v_proj", "down_proj"], vec!["down_proj"]),
+        ("IA3", "qwen2") => (vec!["q_proj", "v_proj", "down_proj"], vec!["down_proj"]),
         _ => return None,
     })
 }
@@ -62,13 +67,13 @@ fn list(v: &[&str]) -> TargetModules {
 /// peft records it); an error for a model type peft has no default for.
 pub fn targets_or_default(
     targets: &mut Option<TargetModules>,
-    arch: peftkit_models::Architecture,
+    model_type: &str,
     method: &str,
 ) -> crate::Result<TargetModules> {
     if targets.is_none() {
-        let (t, _) = default_targets(arch, method).ok_or_else(|| {
+        let (t, _) = default_targets(model_type, method).ok_or_else(|| {
             crate::AdapterError::Invalid(format!(
-                "target_modules is not set and peft has no default for {method} on {arch:?}"
+                "target_modules is not set and peft has no default for {method} on model_type `{model_type}`: set target_modules"
             ))
         })?;
         *targets = Some(list(&t));
@@ -79,12 +84,12 @@ pub fn targets_or_default(
 /// IA³'s `feedforward_modules`, or peft's default for the model when unset.
 pub fn feedforward_or_default(
     ff: &mut Option<TargetModules>,
-    arch: peftkit_models::Architecture,
+    model_type: &str,
 ) -> crate::Result<TargetModules> {
     if ff.is_none() {
-        let (_, f) = default_targets(arch, "IA3").ok_or_else(|| {
+        let (_, f) = default_targets(model_type, "IA3").ok_or_else(|| {
             crate::AdapterError::Invalid(format!(
-                "feedforward_modules is not set and peft has no default for {arch:?}"
+                "feedforward_modules is not set and peft has no default for model_type `{model_type}`: set feedforward_modules"
             ))
         })?;
         *ff = Some(list(&f));

@@ -65,6 +65,7 @@ fn lora_targets(arch: &str) -> Vec<&'static str> {
         "gpt2" => vec!["c_attn", "c_proj"],
         "roberta" => vec!["query", "value"],
         "distilbert" => vec!["q_lin", "k_lin", "v_lin", "out_lin", "lin1"],
+        "llama" | "qwen2" | "mistral" => vec!["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"],
         _ => vec!["query", "key", "value", "dense"],
     }
 }
@@ -169,6 +170,7 @@ fn ia3_targets(arch: &str) -> (Vec<&'static str>, Vec<&'static str>) {
     match arch {
         "gpt2" => (vec!["c_attn", "mlp.c_proj"], vec!["mlp.c_proj"]),
         "distilbert" => (vec!["k_lin", "v_lin", "lin2"], vec!["lin2"]),
+        "llama" | "qwen2" | "mistral" => (vec!["k_proj", "v_proj", "down_proj"], vec!["down_proj"]),
         _ => (vec!["key", "value", "output.dense"], vec!["output.dense"]),
     }
 }
@@ -695,3 +697,36 @@ adapter_suite!(prompt_distilbert, PROMPT, "distilbert");
 adapter_suite!(ptuning_mlp_distilbert, PTUNING_MLP, "distilbert");
 adapter_suite!(ptuning_lstm_distilbert, PTUNING_LSTM, "distilbert");
 adapter_suite!(adalora_distilbert, ADALORA, "distilbert");
+adapter_suite!(lora_llama, LORA, "llama");
+adapter_suite!(qlora_llama, QLORA, "llama");
+adapter_suite!(prefix_llama, PREFIX, "llama");
+adapter_suite!(prefix_projection_llama, PREFIX_PROJECTION, "llama");
+adapter_suite!(dora_llama, DORA, "llama");
+adapter_suite!(qdora_llama, QDORA, "llama");
+adapter_suite!(ia3_llama, IA3, "llama");
+adapter_suite!(prompt_llama, PROMPT, "llama");
+adapter_suite!(ptuning_mlp_llama, PTUNING_MLP, "llama");
+adapter_suite!(ptuning_lstm_llama, PTUNING_LSTM, "llama");
+adapter_suite!(adalora_llama, ADALORA, "llama");
+adapter_suite!(lora_qwen2, LORA, "qwen2");
+adapter_suite!(qlora_qwen2, QLORA, "qwen2");
+adapter_suite!(prefix_qwen2, PREFIX, "qwen2");
+adapter_suite!(prefix_projection_qwen2, PREFIX_PROJECTION, "qwen2");
+adapter_suite!(dora_qwen2, DORA, "qwen2");
+adapter_suite!(qdora_qwen2, QDORA, "qwen2");
+adapter_suite!(ia3_qwen2, IA3, "qwen2");
+adapter_suite!(prompt_qwen2, PROMPT, "qwen2");
+adapter_suite!(ptuning_mlp_qwen2, PTUNING_MLP, "qwen2");
+adapter_suite!(ptuning_lstm_qwen2, PTUNING_LSTM, "qwen2");
+adapter_suite!(adalora_qwen2, ADALORA, "qwen2");
+adapter_suite!(lora_mistral, LORA, "mistral");
+adapter_suite!(qlora_mistral, QLORA, "mistral");
+adapter_suite!(prefix_mistral, PREFIX, "mistral");
+adapter_suite!(prefix_projection_mistral, PREFIX_PROJECTION, "mistral");
+adapter_suite!(dora_mistral, DORA, "mistral");
+adapter_suite!(qdora_mistral, QDORA, "mistral");
+adapter_suite!(ia3_mistral, IA3, "mistral");
+adapter_suite!(prompt_mistral, PROMPT, "mistral");
+adapter_suite!(ptuning_mlp_mistral, PTUNING_MLP, "mistral");
+adapter_suite!(ptuning_lstm_mistral, PTUNING_LSTM, "mistral");
+adapter_suite!(adalora_mistral, ADALORA, "mistral");

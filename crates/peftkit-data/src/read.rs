@@ -29,10 +29,23 @@ impl Default for ColumnNames {
 
 const TEXT_CANDIDATES: &[&str] = &["text", "sentence", "review", "content"];
 
+/// The most classes inferred from label values when the file names none.
+const MAX_INFERRED_LABELS: i64 = 100_000;
+
 /// Reads one parquet file into a [`Split`]. Label names come from the `ClassLabel` feature in the
 /// schema's `huggingface` metadata (as written by `datasets`); without it they are `LABEL_0`,
 /// `LABEL_1`, ... as in transformers. Every label must lie in `0..num_labels`.
 pub fn read_parquet(path: &Path, columns: &ColumnNames) -> Result<Split> {
+    // The parquet reader asserts on some malformed metadata (negative offsets): an error too.
+    peftkit_guard::contain(|| read_unguarded(path, columns)).unwrap_or_else(|message| {
+        Err(DataError::Parquet {
+            path: path.into(),
+            source: parquet::errors::ParquetError::General(format!("malformed file ({message})")),
+        })
+    })
+}
+
+fn read_unguarded(path: &Path, columns: &ColumnNames) -> Result<Split> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| DataError::Parquet {
@@ -115,12 +128,13 @@ pub fn read_parquet(path: &Path, columns: &ColumnNames) -> Result<Split> {
     }
     let num_labels = match &label_names {
         Some(names) => names.len(),
-        // Without class names: 0..=max, as transformers infers num_labels.
+        // Without class names: 0..=max, as transformers infers num_labels (bounded: a stray
+        // huge label must not size a head of billions of classes).
         None => labels
             .iter()
             .copied()
             .max()
-            .map_or(0, |m| (m.max(0) + 1) as usize),
+            .map_or(0, |m| (m.clamp(0, MAX_INFERRED_LABELS) + 1) as usize),
     };
     if let Some((row, &label)) = labels
         .iter()

@@ -7,6 +7,7 @@ use crate::config::{ModelConfig, ProblemType};
 use crate::distilbert::DistilBertForSequenceClassification;
 use crate::gpt2::Gpt2ForSequenceClassification;
 use crate::linear::Linear;
+use crate::llama::LlamaForSequenceClassification;
 use crate::prefix::{PrefixProvider, PromptProvider};
 use crate::roberta::RobertaForSequenceClassification;
 use crate::{io_err, ModelError, Result};
@@ -24,6 +25,8 @@ pub enum Architecture {
     Bert,
     /// `DistilBertForSequenceClassification`.
     DistilBert,
+    /// `LlamaForSequenceClassification` (and Qwen2's, Mistral's).
+    Llama,
 }
 
 impl Architecture {
@@ -50,6 +53,13 @@ impl Architecture {
                 ignored_prefixes: &["cls."],
                 ignored_suffixes: &["position_ids"],
             },
+            Architecture::Llama => Naming {
+                arch: "LlamaForSequenceClassification",
+                base_prefix: "model",
+                head_prefixes: &["score."],
+                ignored_prefixes: &["lm_head."],
+                ignored_suffixes: &["rotary_emb.inv_freq"],
+            },
             Architecture::DistilBert => Naming {
                 arch: "DistilBertForSequenceClassification",
                 base_prefix: "distilbert",
@@ -64,7 +74,7 @@ impl Architecture {
     /// as `modules_to_save` for sequence classification.
     pub fn head_modules(self) -> &'static [&'static str] {
         match self {
-            Architecture::Gpt2 => &["score"],
+            Architecture::Gpt2 | Architecture::Llama => &["score"],
             Architecture::Roberta | Architecture::Bert => &["classifier"],
             // `pre_classifier` is new in every base checkpoint too: peft's default
             // (`classifier`, `score`) would leave it random on reload, so it is saved as well.
@@ -79,6 +89,7 @@ impl Architecture {
             Architecture::Roberta => "roberta",
             Architecture::Bert => "bert",
             Architecture::DistilBert => "distilbert",
+            Architecture::Llama => "model",
         }
     }
 }
@@ -89,6 +100,7 @@ enum Inner {
     Roberta(RobertaForSequenceClassification),
     Bert(BertForSequenceClassification),
     DistilBert(DistilBertForSequenceClassification),
+    Llama(LlamaForSequenceClassification),
 }
 
 /// Options of [`SequenceClassifier::load`], like the keyword arguments of `from_pretrained`.
@@ -213,6 +225,7 @@ impl SequenceClassifier {
             ModelConfig::DistilBert(c, _) => {
                 Inner::DistilBert(DistilBertForSequenceClassification::new(&root, c))
             }
+            ModelConfig::Llama(c, _) => Inner::Llama(LlamaForSequenceClassification::new(&root, c)),
         };
         Self {
             vs,
@@ -277,6 +290,7 @@ impl SequenceClassifier {
             Inner::Roberta(_) => Architecture::Roberta,
             Inner::Bert(_) => Architecture::Bert,
             Inner::DistilBert(_) => Architecture::DistilBert,
+            Inner::Llama(_) => Architecture::Llama,
         }
     }
 
@@ -317,6 +331,7 @@ impl SequenceClassifier {
             Inner::Roberta(m) => m.linears(),
             Inner::Bert(m) => m.linears(),
             Inner::DistilBert(m) => m.linears(),
+            Inner::Llama(m) => m.linears(),
         }
     }
 
@@ -327,6 +342,7 @@ impl SequenceClassifier {
             Inner::Roberta(m) => m.linears_mut(),
             Inner::Bert(m) => m.linears_mut(),
             Inner::DistilBert(m) => m.linears_mut(),
+            Inner::Llama(m) => m.linears_mut(),
         }
     }
 
@@ -336,6 +352,7 @@ impl SequenceClassifier {
             ModelConfig::Gpt2(c, _) => c.n_positions,
             ModelConfig::Bert(c, _) => c.max_position_embeddings,
             ModelConfig::DistilBert(c, _) => c.max_position_embeddings,
+            ModelConfig::Llama(c, _) => c.max_position_embeddings,
             ModelConfig::Roberta(c, _) => {
                 c.max_position_embeddings - c.classifier.pad_token_id.unwrap_or(1) - 1
             }
@@ -361,6 +378,7 @@ impl SequenceClassifier {
             Inner::Roberta(m) => m.forward(ids, mask, prefix, prompt, train),
             Inner::Bert(m) => m.forward(ids, mask, prefix, prompt, train),
             Inner::DistilBert(m) => m.forward(ids, mask, prefix, prompt, train),
+            Inner::Llama(m) => m.forward(ids, mask, prefix, prompt, train),
         };
         Ok(ClassifierOutput {
             logits,
@@ -403,6 +421,16 @@ impl SequenceClassifier {
                 self.max_length()
             )));
         }
+        if matches!(self.inner, Inner::Llama(_))
+            && size[0] > 1
+            && self.config.classifier().pad_token_id.is_none()
+            && opts.prompt.is_none()
+        {
+            // transformers: "Cannot handle batch sizes > 1 if no padding token is defined."
+            return Err(ModelError::Input(
+                "a batch of more than one row needs a pad token to find each row's last token, and config.json has no pad_token_id (set it, e.g. to the tokenizer's eos id)".into(),
+            ));
+        }
         if input_ids.kind() != Kind::Int64 {
             return Err(ModelError::Input(format!(
                 "input_ids must be int64, got {:?}",
@@ -431,6 +459,7 @@ impl SequenceClassifier {
             Inner::Roberta(m) => m.embed(ids, offset, prompt, train),
             Inner::Bert(m) => m.embed(ids, offset, prompt, train),
             Inner::DistilBert(m) => m.embed(ids, offset, prompt, train),
+            Inner::Llama(m) => m.embed(ids, offset, prompt, train),
         }
     }
 
@@ -440,6 +469,7 @@ impl SequenceClassifier {
             Inner::Roberta(m) => m.encoder().num_layers(),
             Inner::Bert(m) => m.encoder().num_layers(),
             Inner::DistilBert(m) => m.num_layers(),
+            Inner::Llama(m) => m.num_layers(),
         }
     }
 
@@ -456,6 +486,7 @@ impl SequenceClassifier {
             Inner::Roberta(m) => m.encoder().layer(i, x, mask, prefix, train),
             Inner::Bert(m) => m.encoder().layer(i, x, mask, prefix, train),
             Inner::DistilBert(m) => m.layer(i, x, mask, prefix, train),
+            Inner::Llama(m) => m.layer(i, x, mask, prefix, train),
         }
     }
 
@@ -465,6 +496,7 @@ impl SequenceClassifier {
             Inner::Roberta(m) => m.head(last, train),
             Inner::Bert(m) => m.head(last, train),
             Inner::DistilBert(m) => m.head(last, train),
+            Inner::Llama(m) => m.head(last, ids, prompted, train),
         }
     }
 
@@ -530,13 +562,16 @@ impl SequenceClassifier {
             seeded(0);
             inputs.push(self.embed(input_ids, offset, prompt.as_ref(), train));
         });
-        let causal = self.architecture() == Architecture::Gpt2;
-        let mask = crate::attention::additive_mask(
-            &prompted_mask(attention_mask, opts.prompt),
-            prefix_len,
-            causal,
-            inputs[0].kind(),
-        );
+        let full_mask = prompted_mask(attention_mask, opts.prompt);
+        let mask = match &self.inner {
+            Inner::Llama(m) => m.mask(&full_mask, prefix_len, inputs[0].kind()),
+            _ => crate::attention::additive_mask(
+                &full_mask,
+                prefix_len,
+                self.architecture() == Architecture::Gpt2,
+                inputs[0].kind(),
+            ),
+        };
         for i in 0..n {
             let next = tch::no_grad(|| {
                 seeded(1 + i as i64);

@@ -238,6 +238,8 @@ pub enum ModelConfig {
     Bert(BertConfig, serde_json::Value),
     /// `model_type: distilbert`.
     DistilBert(crate::distilbert::DistilBertConfig, serde_json::Value),
+    /// `model_type: llama`, `qwen2` or `mistral`.
+    Llama(crate::llama_config::LlamaConfig, serde_json::Value),
 }
 
 /// The most layers a `config.json` may ask for (the largest published encoders and decoders that
@@ -278,9 +280,20 @@ impl ModelConfig {
                 serde_json::from_value(raw.clone()).map_err(parse_err)?,
                 raw,
             ),
+            "llama" | "qwen2" | "mistral" => {
+                use crate::llama_config::{LlamaConfig, LlamaFamily};
+                let mut c: LlamaConfig =
+                    serde_json::from_value(raw.clone()).map_err(parse_err)?;
+                c.family = match model_type.as_str() {
+                    "qwen2" => LlamaFamily::Qwen2,
+                    "mistral" => LlamaFamily::Mistral,
+                    _ => LlamaFamily::Llama,
+                };
+                ModelConfig::Llama(c, raw)
+            }
             other => {
                 return Err(format!(
-                    "model_type `{other}` is not supported (peftkit has gpt2, roberta, bert and distilbert)"
+                    "model_type `{other}` is not supported (peftkit has gpt2, roberta, bert, distilbert, llama, qwen2 and mistral)"
                 ))
             }
         };
@@ -310,6 +323,7 @@ impl ModelConfig {
                 ("type_vocab_size", c.type_vocab_size),
             ],
             ModelConfig::DistilBert(c, _) => c.sizes(),
+            ModelConfig::Llama(c, _) => c.check()?,
         };
         for (key, v) in sizes {
             if v <= 0 {
@@ -334,6 +348,10 @@ impl ModelConfig {
                 (c.hidden_size, c.num_attention_heads)
             }
             ModelConfig::DistilBert(c, _) => (c.dim, c.n_heads),
+            // An explicit head_dim need not divide the hidden size.
+            ModelConfig::Llama(c, _) => {
+                (c.num_attention_heads * c.head_dim(), c.num_attention_heads)
+            }
         };
         if heads <= 0 || hidden <= 0 || hidden % heads != 0 {
             return Err(format!(
@@ -352,6 +370,7 @@ impl ModelConfig {
             ModelConfig::Gpt2(c, _) => &c.classifier,
             ModelConfig::Roberta(c, _) | ModelConfig::Bert(c, _) => &c.classifier,
             ModelConfig::DistilBert(c, _) => &c.classifier,
+            ModelConfig::Llama(c, _) => &c.classifier,
         }
     }
 
@@ -360,7 +379,16 @@ impl ModelConfig {
             ModelConfig::Gpt2(c, _) => &mut c.classifier,
             ModelConfig::Roberta(c, _) | ModelConfig::Bert(c, _) => &mut c.classifier,
             ModelConfig::DistilBert(c, _) => &mut c.classifier,
+            ModelConfig::Llama(c, _) => &mut c.classifier,
         }
+    }
+
+    /// transformers' `model_type` (`gpt2`, `bert`, `qwen2`, ...), which peft keys its defaults by.
+    pub fn model_type(&self) -> &str {
+        self.raw()
+            .get("model_type")
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
     }
 
     /// The raw JSON.
@@ -369,7 +397,8 @@ impl ModelConfig {
             ModelConfig::Gpt2(_, r)
             | ModelConfig::Roberta(_, r)
             | ModelConfig::Bert(_, r)
-            | ModelConfig::DistilBert(_, r) => r,
+            | ModelConfig::DistilBert(_, r)
+            | ModelConfig::Llama(_, r) => r,
         }
     }
 
@@ -378,7 +407,8 @@ impl ModelConfig {
             ModelConfig::Gpt2(_, r)
             | ModelConfig::Roberta(_, r)
             | ModelConfig::Bert(_, r)
-            | ModelConfig::DistilBert(_, r) => r,
+            | ModelConfig::DistilBert(_, r)
+            | ModelConfig::Llama(_, r) => r,
         }
     }
 
@@ -420,6 +450,11 @@ impl ModelConfig {
             ModelConfig::Roberta(..) => "RobertaForSequenceClassification",
             ModelConfig::Bert(..) => "BertForSequenceClassification",
             ModelConfig::DistilBert(..) => "DistilBertForSequenceClassification",
+            ModelConfig::Llama(c, _) => match c.family {
+                crate::llama_config::LlamaFamily::Llama => "LlamaForSequenceClassification",
+                crate::llama_config::LlamaFamily::Qwen2 => "Qwen2ForSequenceClassification",
+                crate::llama_config::LlamaFamily::Mistral => "MistralForSequenceClassification",
+            },
         };
         raw["architectures"] = serde_json::json!([arch]);
         raw

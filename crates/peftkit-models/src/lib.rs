@@ -37,6 +37,8 @@ mod dropout;
 mod ffi;
 pub mod gpt2;
 mod linear;
+pub mod llama;
+mod llama_config;
 mod memory;
 mod ops;
 mod precision;
@@ -56,6 +58,7 @@ pub use device::parse_device;
 pub use distilbert::DistilBertConfig;
 pub use dropout::{dropout, Dropout};
 pub use linear::{Linear, LinearHook, PackedWeight, WeightLayout};
+pub use llama::{LlamaConfig, LlamaFamily, RopeScaling};
 pub use memory::{
     memory_usage, release_free_host_memory, reset_peak_memory, MemorySource, MemoryUsage,
 };

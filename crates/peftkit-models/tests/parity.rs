@@ -27,8 +27,12 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn check_tiny(arch: &str) {
+    check_tiny_golden(arch, "golden.safetensors");
+}
+
+fn check_tiny_golden(arch: &str, file: &str) {
     let dir = fixtures().join(format!("tiny-{arch}"));
-    let g = golden(&dir.join("golden.safetensors"));
+    let g = golden(&dir.join(file));
     let (model, report) = SequenceClassifier::load(&dir, &LoadOptions::new(Device::Cpu)).unwrap();
     assert!(report.newly_initialized.is_empty(), "{report}");
     assert_eq!(report.loaded, model.var_store().variables().len());
@@ -81,6 +85,46 @@ fn tiny_bert_matches_transformers() {
 #[test]
 fn tiny_distilbert_matches_transformers() {
     check_tiny("distilbert");
+}
+
+#[test]
+fn a_decoder_without_pad_token_refuses_batches_of_more_than_one_row() {
+    let tmp = edited_checkpoint("llama", |_| {});
+    let cfg = tmp.path().join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("pad_token_id");
+    std::fs::write(&cfg, v.to_string()).unwrap();
+    let (model, _) = SequenceClassifier::load(tmp.path(), &LoadOptions::new(Device::Cpu)).unwrap();
+    let g = golden(&fixtures().join("tiny-llama/golden.safetensors"));
+    let err = model
+        .forward(
+            &g["input_ids"],
+            &g["attention_mask"],
+            &ForwardOptions::eval(),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs a pad token"), "{err}");
+    // One row: its last position is pooled.
+    let one = model
+        .forward(
+            &g["input_ids"].narrow(0, 0, 1),
+            &g["attention_mask"].narrow(0, 0, 1),
+            &ForwardOptions::eval(),
+        )
+        .unwrap();
+    assert!(max_diff(&one.logits, &g["logits"].narrow(0, 0, 1)) <= 1e-5);
+}
+
+/// Llama (GQA, llama3 RoPE), Qwen2 (q/k/v biases, linear RoPE), Mistral (one KV head, sliding
+/// window 4): right and left padding.
+#[test]
+fn tiny_llama_family_matches_transformers() {
+    for arch in ["llama", "qwen2", "mistral"] {
+        check_tiny_golden(arch, "golden.safetensors");
+        check_tiny_golden(arch, "golden-left.safetensors");
+    }
 }
 
 #[test]
@@ -166,7 +210,15 @@ fn real_minilm_matches_transformers() {
 
 #[test]
 fn save_and_reload_round_trip() {
-    for arch in ["gpt2", "roberta", "bert", "distilbert"] {
+    for arch in [
+        "gpt2",
+        "roberta",
+        "bert",
+        "distilbert",
+        "llama",
+        "qwen2",
+        "mistral",
+    ] {
         let dir = fixtures().join(format!("tiny-{arch}"));
         let (model, _) = SequenceClassifier::load(&dir, &LoadOptions::new(Device::Cpu)).unwrap();
         let tmp = tempfile::tempdir().unwrap();
@@ -439,7 +491,15 @@ fn forward_rejects_bad_shapes() {
 
 #[test]
 fn gradient_checkpointing_gives_the_golden_gradients() {
-    for arch in ["gpt2", "roberta", "bert", "distilbert"] {
+    for arch in [
+        "gpt2",
+        "roberta",
+        "bert",
+        "distilbert",
+        "llama",
+        "qwen2",
+        "mistral",
+    ] {
         let dir = fixtures().join(format!("tiny-{arch}"));
         let g = golden(&dir.join("golden.safetensors"));
         let (model, _) = SequenceClassifier::load(&dir, &LoadOptions::new(Device::Cpu)).unwrap();

@@ -93,6 +93,14 @@ fn file_err(path: &Path, message: impl ToString) -> TokenizeError {
     }
 }
 
+/// `Tokenizer::from_file`, whose deserialisers still `expect` on some malformed parts (found by
+/// fuzzing): a panic there is an error naming the file too.
+fn load_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    peftkit_guard::contain(|| Tokenizer::from_file(path))
+        .map_err(|panic| file_err(path, format!("malformed tokenizer ({panic})")))?
+        .map_err(|e| file_err(path, e))
+}
+
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
     if !path.is_file() {
         return Ok(None);
@@ -130,10 +138,7 @@ impl TextTokenizer {
     pub fn from_dir_with_family(dir: &Path, family: Option<Family>) -> Result<Self> {
         let json = dir.join("tokenizer.json");
         let (inner, source) = if json.is_file() {
-            (
-                Tokenizer::from_file(&json).map_err(|e| file_err(&json, e))?,
-                json,
-            )
+            (load_tokenizer_json(&json)?, json)
         } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
             let family = family.unwrap_or_else(|| {
                 if dir.join("vocab.json").is_file()
@@ -164,7 +169,7 @@ impl TextTokenizer {
 
     /// Loads a `tokenizer.json` file for a family.
     pub fn from_file(path: &Path, family: Family) -> Result<Self> {
-        let inner = Tokenizer::from_file(path).map_err(|e| file_err(path, e))?;
+        let inner = load_tokenizer_json(path)?;
         Self::new(
             inner,
             family,
@@ -187,13 +192,22 @@ impl TextTokenizer {
                     family,
                     token: pad_token.into(),
                 })?;
-        Ok(Self {
+        let tok = Self {
             inner,
             family,
             pad_id,
             truncation: Truncation::None,
             source,
-        })
+        };
+        // A tokenizer.json can deserialise and still fail on every text (a template naming a
+        // special token it does not define panics in `tokenizers`): find out now, naming the file.
+        tok.encode("a b").map_err(|e| {
+            file_err(
+                &tok.source,
+                format!("the tokenizer cannot encode a plain text: {e}"),
+            )
+        })?;
+        Ok(tok)
     }
 
     fn build_bpe(dir: &Path, family: Family) -> Result<Tokenizer> {
@@ -335,13 +349,12 @@ impl TextTokenizer {
     }
 
     fn encode_indexed(&self, index: usize, text: &str) -> Result<Vec<u32>> {
-        self.inner
-            .encode_fast(text, true)
+        let encoded = peftkit_guard::contain(|| self.inner.encode_fast(text, true))
+            .map_err(|panic| format!("the tokenizer failed ({panic})"))
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        encoded
             .map(|e| e.get_ids().to_vec())
-            .map_err(|e| TokenizeError::Encode {
-                index,
-                message: e.to_string(),
-            })
+            .map_err(|message| TokenizeError::Encode { index, message })
     }
 
     /// Encodes many texts in parallel (rayon), in order.

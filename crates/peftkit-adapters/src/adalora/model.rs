@@ -177,7 +177,7 @@ impl MethodConfig for AdaLoraConfig {
         self.validate().map_err(AdapterError::Invalid)?;
         let targets = crate::targets::targets_or_default(
             &mut self.target_modules,
-            base.architecture(),
+            base.config().model_type(),
             "ADALORA",
         )?;
         let extra = self.modules_to_save.clone().unwrap_or_default();

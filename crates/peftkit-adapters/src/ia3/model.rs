@@ -31,12 +31,12 @@ impl MethodConfig for Ia3Config {
         self.validate().map_err(AdapterError::Invalid)?;
         let targets = crate::targets::targets_or_default(
             &mut self.target_modules,
-            base.architecture(),
+            base.config().model_type(),
             "IA3",
         )?;
         let feedforward = crate::targets::feedforward_or_default(
             &mut self.feedforward_modules,
-            base.architecture(),
+            base.config().model_type(),
         )?;
         let extra = self.modules_to_save.clone().unwrap_or_default();
         let init = self.init_ia3_weights;

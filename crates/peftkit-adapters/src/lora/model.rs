@@ -75,7 +75,7 @@ impl MethodConfig for LoraConfig {
         self.validate().map_err(AdapterError::Invalid)?;
         let targets = crate::targets::targets_or_default(
             &mut self.target_modules,
-            base.architecture(),
+            base.config().model_type(),
             "LORA",
         )?;
         let extra = self.modules_to_save.clone().unwrap_or_default();

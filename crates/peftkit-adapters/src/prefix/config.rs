@@ -110,6 +110,7 @@ impl PrefixTuningConfig {
     pub fn resolve(&mut self, model: &ModelConfig) -> std::result::Result<(), String> {
         crate::prompt_learning::resolve_dims(
             model,
+            true,
             &mut self.token_dim,
             &mut self.num_layers,
             &mut self.num_attention_heads,

@@ -103,6 +103,7 @@ impl MethodConfig for PromptTuningConfig {
         self.validate().map_err(AdapterError::Invalid)?;
         resolve_dims(
             base.config(),
+            false,
             &mut self.token_dim,
             &mut self.num_layers,
             &mut self.num_attention_heads,
@@ -144,6 +145,7 @@ impl MethodConfig for PromptEncoderConfig {
         self.validate().map_err(AdapterError::Invalid)?;
         resolve_dims(
             base.config(),
+            false,
             &mut self.token_dim,
             &mut self.num_layers,
             &mut self.num_attention_heads,
