@@ -33,6 +33,23 @@ const CASES: &[(&str, &str)] = &[
     ("ptuning-gpt2", "gpt2"),
     ("ptuning-roberta", "roberta"),
     ("ptuning-bert", "bert"),
+    // The new families (make_fixtures.py `families`).
+    ("lora-distilbert", "distilbert"),
+    ("dora-distilbert", "distilbert"),
+    ("ia3-distilbert", "distilbert"),
+    ("prompt-distilbert", "distilbert"),
+    ("lora-llama", "llama"),
+    ("dora-llama", "llama"),
+    ("ia3-llama", "llama"),
+    ("prompt-llama", "llama"),
+    ("lora-qwen2", "qwen2"),
+    ("dora-qwen2", "qwen2"),
+    ("ia3-qwen2", "qwen2"),
+    ("prompt-qwen2", "qwen2"),
+    ("lora-mistral", "mistral"),
+    ("dora-mistral", "mistral"),
+    ("ia3-mistral", "mistral"),
+    ("prompt-mistral", "mistral"),
 ];
 
 fn config(dir: &Path) -> serde_json::Value {
