@@ -37,6 +37,28 @@ pub fn killtest(mut cargo_test: Command, args: &[String]) -> Result<()> {
     crate::exec(cargo_test)
 }
 
+/// How many of libFuzzer's own finds stay in a committed corpus (the smallest; the named seeds
+/// and `regression-*` inputs always stay): enough to start from, small enough for git and for
+/// the property tests that replay every corpus file in CI.
+const KEEP_IN_CORPUS: usize = 150;
+
+/// Keeps the named files of a corpus directory and the `keep` smallest of libFuzzer's
+/// (hash-named) ones.
+fn prune_corpus(dir: &std::path::Path, keep: usize) {
+    let is_hash = |n: &str| n.len() == 40 && n.bytes().all(|b| b.is_ascii_hexdigit());
+    let mut found: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| is_hash(&e.file_name().to_string_lossy()))
+        .map(|e| (e.metadata().map_or(0, |m| m.len()), e.path()))
+        .collect();
+    found.sort();
+    for (_, p) in found.into_iter().skip(keep) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 /// The fuzz targets (crates/peftkit-fuzz's `TARGETS`, one binary each under `fuzz/`).
 pub const FUZZ_TARGETS: &[&str] = &[
     "config_json",
@@ -50,7 +72,8 @@ pub const FUZZ_TARGETS: &[&str] = &[
 
 /// `cargo xtask fuzz TARGET|all [--time S] [--runs N]`: coverage-guided fuzzing with cargo-fuzz
 /// (libFuzzer, nightly; installed on first use) of one loader, or of each in turn, for S seconds
-/// (default 600) or N executions, growing `fuzz/corpus/TARGET`. No sanitizer: the loaders are
+/// (default 600) or N executions, growing `fuzz/corpus/TARGET` (minimised with `cargo fuzz cmin`,
+/// then cut to the seeds, the regression inputs and the 150 smallest finds). No sanitizer: the loaders are
 /// safe Rust over libtorch, whose C++ is not instrumented; what is sought is a panic, an abort or
 /// an error that does not name its file. It ends with the executions and the corpus size of each
 /// target; a crash leaves its input in `fuzz/artifacts/TARGET/` and fails the task.
@@ -157,15 +180,19 @@ pub fn fuzz(
                 .stderr(std::process::Stdio::null())
                 .status();
         }
+        prune_corpus(&root.join("fuzz/corpus").join(t), KEEP_IN_CORPUS);
         let corpus = std::fs::read_dir(root.join("fuzz/corpus").join(t))
             .map(|d| d.count())
             .unwrap_or(corpus);
-        let line =
-            format!(
-            "{t}: {} executions in {seconds} s ({} exec/s), corpus {corpus} inputs after cmin, {}",
+        let line = format!(
+            "{t}: {} executions in {seconds} s ({} exec/s), corpus {corpus} inputs kept, {}",
             stat("number_of_executed_units"),
             stat("average_exec_per_sec"),
-            if out.status.success() { "no crash" } else { "CRASH" }
+            if out.status.success() {
+                "no crash"
+            } else {
+                "CRASH"
+            }
         );
         eprintln!(
             "{}",

@@ -132,7 +132,15 @@ fn qlora_reproduces_peft_on_bitsandbytes() {
             bnb_4bit_compute_dtype: Some("float32".into()),
             ..BnbConfig::default()
         };
-        for arch in ["gpt2", "roberta", "bert"] {
+        for arch in [
+            "gpt2",
+            "roberta",
+            "bert",
+            "distilbert",
+            "llama",
+            "qwen2",
+            "mistral",
+        ] {
             let mut model = base(arch);
             let summary = quantize_model(&mut model, &config).unwrap();
             assert_eq!(
