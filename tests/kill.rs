@@ -1,5 +1,5 @@
-//! The kill harness (issue 14 §3): `peftkit train` over a previous run, `train --resume` and
-//! `merge` are killed with SIGKILL at random points (seeded offsets over each command's run time),
+//! The kill harness (issue 14 §3): `peftkit reproduce` over a previous run, `train` /
+//! `train --resume` chains and `merge` are killed with SIGKILL at random points (seeded offsets over each command's run time),
 //! and after every kill
 //! - the output is byte-for-byte the previous complete one, or the new complete one;
 //! - the next run to completion leaves no temporary directory (`*.partial`, `.NAME.tmp-PID`,
@@ -96,6 +96,14 @@ impl Harness {
         if resume {
             a.extend(["--resume".into(), "latest".into()]);
         }
+        a
+    }
+
+    /// `reproduce` of the fixture's experiment: baseline evaluation, training, save, reload.
+    fn reproduce_args(&self, out: &str) -> Vec<String> {
+        let mut a = self.train_args(out, false);
+        a[0] = "reproduce".into();
+        a.remove(1); // `--config`: reproduce takes the file as its name
         a
     }
 
@@ -222,10 +230,10 @@ fn killed_runs_never_lose_or_half_write_an_output() {
     let train_time = h.complete(&h.train_args("reference", false));
     let reference = report(&h.path("reference"));
     assert_eq!(reference["train"]["global_step"], 32);
-    h.complete(&h.train_args("previous", false));
+    let reproduce_time = h.complete(&h.reproduce_args("previous"));
     let merge_time = h.complete(&h.merge_args());
     eprintln!(
-        "kill harness: seed {seed}, {kills} kills; an uninterrupted train takes {train_time:.1?}, a merge {merge_time:.1?}"
+        "kill harness: seed {seed}, {kills} kills; an uninterrupted train takes {train_time:.1?}, a reproduce {reproduce_time:.1?}, a merge {merge_time:.1?}"
     );
     let span = |t: Duration| t.mul_f64(1.1);
     let mut counts = [0usize; 3];
@@ -234,10 +242,10 @@ fn killed_runs_never_lose_or_half_write_an_output() {
         let scenario = h.kills % 3;
         let before = h.kills;
         match scenario {
-            // A run over a previous complete run: killed, the previous one stays whole.
+            // A reproduce over a previous complete run: killed, the previous one stays whole.
             0 => {
                 let prev = snapshot(&h.path("previous"));
-                let outcome = h.run_and_kill(&h.train_args("previous", false), span(train_time));
+                let outcome = h.run_and_kill(&h.reproduce_args("previous"), span(reproduce_time));
                 let now = snapshot(&h.path("previous"));
                 // Either untouched, or (finished, or killed after putting it in place) new and
                 // complete.
@@ -250,7 +258,7 @@ fn killed_runs_never_lose_or_half_write_an_output() {
                 }
                 assert!(ok, "the previous run was damaged by a killed run");
                 if h.rng.unit() < 0.3 {
-                    h.complete(&h.train_args("previous", false));
+                    h.complete(&h.reproduce_args("previous"));
                     assert!(is_complete_run(&h.path("previous")));
                     assert_eq!(h.strays("previous"), Vec::<String>::new());
                 }
@@ -318,13 +326,13 @@ fn killed_runs_never_lose_or_half_write_an_output() {
         counts[scenario] += h.kills - before;
     }
     // A last complete run of each: nothing temporary is left anywhere.
-    h.complete(&h.train_args("previous", false));
+    h.complete(&h.reproduce_args("previous"));
     h.complete(&h.merge_args());
     for name in ["previous", "merged", "resumed"] {
         assert_eq!(h.strays(name), Vec::<String>::new(), "{name}");
     }
     eprintln!(
-        "kill harness: {} kills (train over a previous run {}, train/resume {}, merge {}), {resumed_runs} resumed runs equal to the uninterrupted one, outputs lost {}",
+        "kill harness: {} kills (reproduce over a previous run {}, train/resume {}, merge {}), {resumed_runs} resumed runs equal to the uninterrupted one, outputs lost {}",
         h.kills, counts[0], counts[1], counts[2], h.lost
     );
 }
