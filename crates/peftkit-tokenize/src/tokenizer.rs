@@ -34,6 +34,10 @@ pub enum Family {
     Roberta,
     /// BERT: WordPiece, `[CLS] … [SEP]`, pad `[PAD]`.
     Bert,
+    /// The Llama family (Llama, Qwen2, Mistral): the checkpoint's `tokenizer.json` with its own
+    /// template (Llama's BOS), pad = `tokenizer_config.json`'s `pad_token`, else its `eos_token`
+    /// (what transformers users set for these models).
+    Llama,
 }
 
 impl std::fmt::Display for Family {
@@ -42,6 +46,7 @@ impl std::fmt::Display for Family {
             Family::Gpt2 => "gpt2",
             Family::Roberta => "roberta",
             Family::Bert => "bert",
+            Family::Llama => "llama",
         })
     }
 }
@@ -53,6 +58,7 @@ impl Family {
             "gpt2" => Some(Family::Gpt2),
             "roberta" | "xlm-roberta" | "camembert" => Some(Family::Roberta),
             "bert" | "distilbert" => Some(Family::Bert),
+            "llama" | "qwen2" | "mistral" => Some(Family::Llama),
             _ => None,
         }
     }
@@ -62,6 +68,7 @@ impl Family {
             Family::Gpt2 => "<|endoftext|>",
             Family::Roberta => "<pad>",
             Family::Bert => "[PAD]",
+            Family::Llama => "</s>",
         }
     }
 }
@@ -162,8 +169,11 @@ impl TextTokenizer {
             Some(f) => f,
             None => infer_family(&inner),
         };
-        let pad_token =
-            configured_pad_token(dir)?.unwrap_or_else(|| family.default_pad_token().to_string());
+        let mut pad_token = configured_token(dir, "pad_token")?;
+        if pad_token.is_none() && family == Family::Llama {
+            pad_token = configured_token(dir, "eos_token")?;
+        }
+        let pad_token = pad_token.unwrap_or_else(|| family.default_pad_token().to_string());
         Self::new(inner, family, &pad_token, source)
     }
 
@@ -411,10 +421,12 @@ fn infer_family(tok: &Tokenizer) -> Family {
 }
 
 /// The pad token named by `tokenizer_config.json` or `special_tokens_map.json`, if any.
-fn configured_pad_token(dir: &Path) -> Result<Option<String>> {
+/// A special token (`pad_token`, `eos_token`) as `tokenizer_config.json` or
+/// `special_tokens_map.json` names it.
+fn configured_token(dir: &Path, key: &str) -> Result<Option<String>> {
     for name in ["tokenizer_config.json", "special_tokens_map.json"] {
         if let Some(cfg) = read_json(&dir.join(name))? {
-            if let Some(tok) = cfg.get("pad_token").and_then(token_string) {
+            if let Some(tok) = cfg.get(key).and_then(token_string) {
                 return Ok(Some(tok));
             }
         }
