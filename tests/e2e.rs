@@ -518,6 +518,9 @@ fn list_shows_every_experiment() {
     let out = run_ok(&["list"]);
     let text = String::from_utf8_lossy(&out.stdout);
     for name in [
+        "sst2-distilbert-lora",
+        "emotion-qwen2-lora",
+        "imdb-llama-qlora",
         "minilm-sst2-full",
         "minilm-sst2-head",
         "rotten-tomatoes-full",
