@@ -140,6 +140,9 @@ fn model_dims(model: &ModelConfig, prefix: bool) -> (i64, i64, i64) {
             c.kv_heads(),
         ),
         ModelConfig::Llama(c, _) => (c.hidden_size, c.num_hidden_layers, c.num_attention_heads),
+        ModelConfig::ModernBert(c, _) => {
+            (c.hidden_size, c.num_hidden_layers, c.num_attention_heads)
+        }
     }
 }
 

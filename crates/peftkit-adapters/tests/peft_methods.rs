@@ -50,6 +50,10 @@ const CASES: &[(&str, &str)] = &[
     ("dora-mistral", "mistral"),
     ("ia3-mistral", "mistral"),
     ("prompt-mistral", "mistral"),
+    ("lora-modernbert", "modernbert"),
+    ("dora-modernbert", "modernbert"),
+    ("ia3-modernbert", "modernbert"),
+    ("prompt-modernbert", "modernbert"),
 ];
 
 fn config(dir: &Path) -> serde_json::Value {

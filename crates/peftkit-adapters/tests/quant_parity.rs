@@ -137,6 +137,7 @@ fn qlora_reproduces_peft_on_bitsandbytes() {
             "roberta",
             "bert",
             "distilbert",
+            "modernbert",
             "llama",
             "qwen2",
             "mistral",

@@ -8,6 +8,7 @@ use crate::distilbert::DistilBertForSequenceClassification;
 use crate::gpt2::Gpt2ForSequenceClassification;
 use crate::linear::Linear;
 use crate::llama::LlamaForSequenceClassification;
+use crate::modernbert::ModernBertForSequenceClassification;
 use crate::prefix::{PrefixProvider, PromptProvider};
 use crate::roberta::RobertaForSequenceClassification;
 use crate::{io_err, ModelError, Result};
@@ -27,6 +28,8 @@ pub enum Architecture {
     DistilBert,
     /// `LlamaForSequenceClassification` (and Qwen2's, Mistral's).
     Llama,
+    /// `ModernBertForSequenceClassification`.
+    ModernBert,
 }
 
 impl Architecture {
@@ -53,6 +56,13 @@ impl Architecture {
                 ignored_prefixes: &["cls."],
                 ignored_suffixes: &["position_ids"],
             },
+            Architecture::ModernBert => Naming {
+                arch: "ModernBertForSequenceClassification",
+                base_prefix: "model",
+                head_prefixes: &["classifier.", "head."],
+                ignored_prefixes: &["decoder."],
+                ignored_suffixes: &["inv_freq"],
+            },
             Architecture::Llama => Naming {
                 arch: "LlamaForSequenceClassification",
                 base_prefix: "model",
@@ -75,7 +85,10 @@ impl Architecture {
     pub fn head_modules(self) -> &'static [&'static str] {
         match self {
             Architecture::Gpt2 | Architecture::Llama => &["score"],
-            Architecture::Roberta | Architecture::Bert => &["classifier"],
+            // ModernBERT's `head` (dense + norm) is the masked-LM head's, loaded from the base.
+            Architecture::Roberta | Architecture::Bert | Architecture::ModernBert => {
+                &["classifier"]
+            }
             // `pre_classifier` is new in every base checkpoint too: peft's default
             // (`classifier`, `score`) would leave it random on reload, so it is saved as well.
             Architecture::DistilBert => &["pre_classifier", "classifier"],
@@ -89,7 +102,7 @@ impl Architecture {
             Architecture::Roberta => "roberta",
             Architecture::Bert => "bert",
             Architecture::DistilBert => "distilbert",
-            Architecture::Llama => "model",
+            Architecture::Llama | Architecture::ModernBert => "model",
         }
     }
 }
@@ -101,6 +114,7 @@ enum Inner {
     Bert(BertForSequenceClassification),
     DistilBert(DistilBertForSequenceClassification),
     Llama(LlamaForSequenceClassification),
+    ModernBert(ModernBertForSequenceClassification),
 }
 
 /// Options of [`SequenceClassifier::load`], like the keyword arguments of `from_pretrained`.
@@ -226,6 +240,9 @@ impl SequenceClassifier {
                 Inner::DistilBert(DistilBertForSequenceClassification::new(&root, c))
             }
             ModelConfig::Llama(c, _) => Inner::Llama(LlamaForSequenceClassification::new(&root, c)),
+            ModelConfig::ModernBert(c, _) => {
+                Inner::ModernBert(ModernBertForSequenceClassification::new(&root, c))
+            }
         };
         Self {
             vs,
@@ -291,6 +308,7 @@ impl SequenceClassifier {
             Inner::Bert(_) => Architecture::Bert,
             Inner::DistilBert(_) => Architecture::DistilBert,
             Inner::Llama(_) => Architecture::Llama,
+            Inner::ModernBert(_) => Architecture::ModernBert,
         }
     }
 
@@ -332,6 +350,7 @@ impl SequenceClassifier {
             Inner::Bert(m) => m.linears(),
             Inner::DistilBert(m) => m.linears(),
             Inner::Llama(m) => m.linears(),
+            Inner::ModernBert(m) => m.linears(),
         }
     }
 
@@ -343,6 +362,7 @@ impl SequenceClassifier {
             Inner::Bert(m) => m.linears_mut(),
             Inner::DistilBert(m) => m.linears_mut(),
             Inner::Llama(m) => m.linears_mut(),
+            Inner::ModernBert(m) => m.linears_mut(),
         }
     }
 
@@ -353,6 +373,7 @@ impl SequenceClassifier {
             ModelConfig::Bert(c, _) => c.max_position_embeddings,
             ModelConfig::DistilBert(c, _) => c.max_position_embeddings,
             ModelConfig::Llama(c, _) => c.max_position_embeddings,
+            ModelConfig::ModernBert(c, _) => c.max_position_embeddings,
             ModelConfig::Roberta(c, _) => {
                 c.max_position_embeddings - c.classifier.pad_token_id.unwrap_or(1) - 1
             }
@@ -379,6 +400,7 @@ impl SequenceClassifier {
             Inner::Bert(m) => m.forward(ids, mask, prefix, prompt, train),
             Inner::DistilBert(m) => m.forward(ids, mask, prefix, prompt, train),
             Inner::Llama(m) => m.forward(ids, mask, prefix, prompt, train),
+            Inner::ModernBert(m) => m.forward(ids, mask, prefix, prompt, train),
         };
         Ok(ClassifierOutput {
             logits,
@@ -460,6 +482,7 @@ impl SequenceClassifier {
             Inner::Bert(m) => m.embed(ids, offset, prompt, train),
             Inner::DistilBert(m) => m.embed(ids, offset, prompt, train),
             Inner::Llama(m) => m.embed(ids, offset, prompt, train),
+            Inner::ModernBert(m) => m.embed(ids, offset, prompt, train),
         }
     }
 
@@ -470,6 +493,7 @@ impl SequenceClassifier {
             Inner::Bert(m) => m.encoder().num_layers(),
             Inner::DistilBert(m) => m.num_layers(),
             Inner::Llama(m) => m.num_layers(),
+            Inner::ModernBert(m) => m.num_layers(),
         }
     }
 
@@ -487,16 +511,27 @@ impl SequenceClassifier {
             Inner::Bert(m) => m.encoder().layer(i, x, mask, prefix, train),
             Inner::DistilBert(m) => m.layer(i, x, mask, prefix, train),
             Inner::Llama(m) => m.layer(i, x, mask, prefix, train),
+            Inner::ModernBert(m) => m.layer(i, x, mask, prefix, train),
         }
     }
 
-    fn head(&self, last: &Tensor, ids: &Tensor, prompted: bool, train: bool) -> Tensor {
+    /// The head on the last layer's output; `mask` is the attention mask with any virtual tokens
+    /// (ModernBERT's mean pooling reads it).
+    fn head(
+        &self,
+        last: &Tensor,
+        ids: &Tensor,
+        mask: &Tensor,
+        prompted: bool,
+        train: bool,
+    ) -> Tensor {
         match &self.inner {
             Inner::Gpt2(m) => m.head(last, ids, prompted, train),
             Inner::Roberta(m) => m.head(last, train),
             Inner::Bert(m) => m.head(last, train),
             Inner::DistilBert(m) => m.head(last, train),
             Inner::Llama(m) => m.head(last, ids, prompted, train),
+            Inner::ModernBert(m) => m.head(last, mask, train),
         }
     }
 
@@ -585,7 +620,7 @@ impl SequenceClassifier {
             .detach()
             .set_requires_grad(true);
         seeded(1 + n as i64);
-        let logits = self.head(&last, input_ids, prompt.is_some(), train);
+        let logits = self.head(&last, input_ids, &full_mask, prompt.is_some(), train);
         let loss = self.loss(&logits, labels);
         (&loss * factor).backward();
         let mut grad = last.grad();

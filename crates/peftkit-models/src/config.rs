@@ -240,6 +240,8 @@ pub enum ModelConfig {
     DistilBert(crate::distilbert::DistilBertConfig, serde_json::Value),
     /// `model_type: llama`, `qwen2` or `mistral`.
     Llama(crate::llama_config::LlamaConfig, serde_json::Value),
+    /// `model_type: modernbert`.
+    ModernBert(crate::modernbert::ModernBertConfig, serde_json::Value),
 }
 
 /// The most layers a `config.json` may ask for (the largest published encoders and decoders that
@@ -280,6 +282,10 @@ impl ModelConfig {
                 serde_json::from_value(raw.clone()).map_err(parse_err)?,
                 raw,
             ),
+            "modernbert" => ModelConfig::ModernBert(
+                serde_json::from_value(raw.clone()).map_err(parse_err)?,
+                raw,
+            ),
             "llama" | "qwen2" | "mistral" => {
                 use crate::llama_config::{LlamaConfig, LlamaFamily};
                 let mut c: LlamaConfig =
@@ -293,7 +299,7 @@ impl ModelConfig {
             }
             other => {
                 return Err(format!(
-                    "model_type `{other}` is not supported (peftkit has gpt2, roberta, bert, distilbert, llama, qwen2 and mistral)"
+                    "model_type `{other}` is not supported (peftkit has gpt2, roberta, bert, distilbert, modernbert, llama, qwen2 and mistral)"
                 ))
             }
         };
@@ -324,6 +330,7 @@ impl ModelConfig {
             ],
             ModelConfig::DistilBert(c, _) => c.sizes(),
             ModelConfig::Llama(c, _) => c.check()?,
+            ModelConfig::ModernBert(c, _) => c.check()?,
         };
         for (key, v) in sizes {
             if v <= 0 {
@@ -352,6 +359,7 @@ impl ModelConfig {
             ModelConfig::Llama(c, _) => {
                 (c.num_attention_heads * c.head_dim(), c.num_attention_heads)
             }
+            ModelConfig::ModernBert(c, _) => (c.hidden_size, c.num_attention_heads),
         };
         if heads <= 0 || hidden <= 0 || hidden % heads != 0 {
             return Err(format!(
@@ -371,6 +379,7 @@ impl ModelConfig {
             ModelConfig::Roberta(c, _) | ModelConfig::Bert(c, _) => &c.classifier,
             ModelConfig::DistilBert(c, _) => &c.classifier,
             ModelConfig::Llama(c, _) => &c.classifier,
+            ModelConfig::ModernBert(c, _) => &c.classifier,
         }
     }
 
@@ -380,6 +389,7 @@ impl ModelConfig {
             ModelConfig::Roberta(c, _) | ModelConfig::Bert(c, _) => &mut c.classifier,
             ModelConfig::DistilBert(c, _) => &mut c.classifier,
             ModelConfig::Llama(c, _) => &mut c.classifier,
+            ModelConfig::ModernBert(c, _) => &mut c.classifier,
         }
     }
 
@@ -398,7 +408,8 @@ impl ModelConfig {
             | ModelConfig::Roberta(_, r)
             | ModelConfig::Bert(_, r)
             | ModelConfig::DistilBert(_, r)
-            | ModelConfig::Llama(_, r) => r,
+            | ModelConfig::Llama(_, r)
+            | ModelConfig::ModernBert(_, r) => r,
         }
     }
 
@@ -408,7 +419,8 @@ impl ModelConfig {
             | ModelConfig::Roberta(_, r)
             | ModelConfig::Bert(_, r)
             | ModelConfig::DistilBert(_, r)
-            | ModelConfig::Llama(_, r) => r,
+            | ModelConfig::Llama(_, r)
+            | ModelConfig::ModernBert(_, r) => r,
         }
     }
 
@@ -450,6 +462,7 @@ impl ModelConfig {
             ModelConfig::Roberta(..) => "RobertaForSequenceClassification",
             ModelConfig::Bert(..) => "BertForSequenceClassification",
             ModelConfig::DistilBert(..) => "DistilBertForSequenceClassification",
+            ModelConfig::ModernBert(..) => "ModernBertForSequenceClassification",
             ModelConfig::Llama(c, _) => match c.family {
                 crate::llama_config::LlamaFamily::Llama => "LlamaForSequenceClassification",
                 crate::llama_config::LlamaFamily::Qwen2 => "Qwen2ForSequenceClassification",

@@ -40,6 +40,7 @@ mod linear;
 pub mod llama;
 mod llama_config;
 mod memory;
+pub mod modernbert;
 mod ops;
 mod precision;
 mod prefix;
@@ -62,6 +63,7 @@ pub use llama::{LlamaConfig, LlamaFamily, RopeScaling};
 pub use memory::{
     memory_usage, release_free_host_memory, reset_peak_memory, MemorySource, MemoryUsage,
 };
+pub use modernbert::ModernBertConfig;
 pub use ops::recomputed_linear;
 pub use precision::{compute_dtype, with_compute_dtype};
 pub use prefix::{PrefixProvider, PromptProvider};

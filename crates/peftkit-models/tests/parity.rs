@@ -117,6 +117,14 @@ fn a_decoder_without_pad_token_refuses_batches_of_more_than_one_row() {
     assert!(max_diff(&one.logits, &g["logits"].narrow(0, 0, 1)) <= 1e-5);
 }
 
+/// ModernBERT: global and sliding-window local layers with their own RoPE bases, GeGLU, no
+/// biases (`cls` pooling), and with biased norms and head (`mean` pooling).
+#[test]
+fn tiny_modernbert_matches_transformers() {
+    check_tiny("modernbert");
+    check_tiny("modernbert-mean");
+}
+
 /// Llama (GQA, llama3 RoPE), Qwen2 (q/k/v biases, linear RoPE), Mistral (one KV head, sliding
 /// window 4): right and left padding.
 #[test]

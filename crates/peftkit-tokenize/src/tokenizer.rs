@@ -57,7 +57,8 @@ impl Family {
         match model_type {
             "gpt2" => Some(Family::Gpt2),
             "roberta" | "xlm-roberta" | "camembert" => Some(Family::Roberta),
-            "bert" | "distilbert" => Some(Family::Bert),
+            // ModernBERT's tokenizer.json is BPE, but its specials are BERT's: [CLS] … [SEP], [PAD].
+            "bert" | "distilbert" | "modernbert" => Some(Family::Bert),
             "llama" | "qwen2" | "mistral" => Some(Family::Llama),
             _ => None,
         }
