@@ -519,6 +519,8 @@ fn list_shows_every_experiment() {
     let text = String::from_utf8_lossy(&out.stdout);
     for name in [
         "sst2-distilbert-lora",
+        "sst2-deberta-v3-lora",
+        "emotion-modernbert-lora",
         "emotion-qwen2-lora",
         "imdb-llama-qlora",
         "minilm-sst2-full",

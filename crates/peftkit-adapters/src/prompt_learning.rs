@@ -143,6 +143,7 @@ fn model_dims(model: &ModelConfig, prefix: bool) -> (i64, i64, i64) {
         ModelConfig::ModernBert(c, _) => {
             (c.hidden_size, c.num_hidden_layers, c.num_attention_heads)
         }
+        ModelConfig::DebertaV2(c, _) => (c.hidden_size, c.num_hidden_layers, c.num_attention_heads),
     }
 }
 

@@ -55,6 +55,15 @@ pub fn default_targets(
         ("IA3", "bert" | "roberta") => (vec!["key", "value", "output.dense"], vec!["output.dense"]),
         ("IA3", "llama" | "mistral") => (vec!["k_proj", "v_proj", "down_proj"], vec!["down_proj"]),
         ("IA3", "qwen2") => (vec!["q_proj", "v_proj", "down_proj"], vec!["down_proj"]),
+        ("LORA", "deberta-v2") => (vec!["query_proj", "value_proj"], vec![]),
+        ("ADALORA", "deberta-v2") => (
+            vec!["query_proj", "key_proj", "value_proj", "dense"],
+            vec![],
+        ),
+        ("IA3", "deberta-v2") => (
+            vec!["key_proj", "value_proj", "output.dense"],
+            vec!["output.dense"],
+        ),
         _ => return None,
     })
 }

@@ -67,6 +67,7 @@ fn lora_targets(arch: &str) -> Vec<&'static str> {
         "distilbert" => vec!["q_lin", "k_lin", "v_lin", "out_lin", "lin1"],
         "llama" | "qwen2" | "mistral" => vec!["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"],
         "modernbert" => vec!["Wqkv", "attn.Wo", "Wi"],
+        "deberta-v3" | "deberta-v2" => vec!["query_proj", "value_proj", "intermediate.dense"],
         _ => vec!["query", "key", "value", "dense"],
     }
 }
@@ -173,6 +174,10 @@ fn ia3_targets(arch: &str) -> (Vec<&'static str>, Vec<&'static str>) {
         "distilbert" => (vec!["k_lin", "v_lin", "lin2"], vec!["lin2"]),
         "llama" | "qwen2" | "mistral" => (vec!["k_proj", "v_proj", "down_proj"], vec!["down_proj"]),
         "modernbert" => (vec!["Wqkv", "mlp.Wo"], vec!["mlp.Wo"]),
+        "deberta-v3" | "deberta-v2" => (
+            vec!["key_proj", "value_proj", "output.dense"],
+            vec!["output.dense"],
+        ),
         _ => (vec!["key", "value", "output.dense"], vec!["output.dense"]),
     }
 }
@@ -747,3 +752,13 @@ adapter_suite!(prompt_modernbert, PROMPT, "modernbert");
 adapter_suite!(ptuning_mlp_modernbert, PTUNING_MLP, "modernbert");
 adapter_suite!(ptuning_lstm_modernbert, PTUNING_LSTM, "modernbert");
 adapter_suite!(adalora_modernbert, ADALORA, "modernbert");
+// DeBERTa has no past key values (as in transformers): no prefix tuning.
+adapter_suite!(lora_deberta_v3, LORA, "deberta-v3");
+adapter_suite!(qlora_deberta_v3, QLORA, "deberta-v3");
+adapter_suite!(dora_deberta_v3, DORA, "deberta-v3");
+adapter_suite!(qdora_deberta_v3, QDORA, "deberta-v3");
+adapter_suite!(ia3_deberta_v3, IA3, "deberta-v3");
+adapter_suite!(prompt_deberta_v3, PROMPT, "deberta-v3");
+adapter_suite!(ptuning_mlp_deberta_v3, PTUNING_MLP, "deberta-v3");
+adapter_suite!(ptuning_lstm_deberta_v3, PTUNING_LSTM, "deberta-v3");
+adapter_suite!(adalora_deberta_v3, ADALORA, "deberta-v3");

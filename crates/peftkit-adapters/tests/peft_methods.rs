@@ -54,6 +54,10 @@ const CASES: &[(&str, &str)] = &[
     ("dora-modernbert", "modernbert"),
     ("ia3-modernbert", "modernbert"),
     ("prompt-modernbert", "modernbert"),
+    ("lora-deberta-v3", "deberta-v3"),
+    ("dora-deberta-v3", "deberta-v3"),
+    ("ia3-deberta-v3", "deberta-v3"),
+    ("prompt-deberta-v3", "deberta-v3"),
 ];
 
 fn config(dir: &Path) -> serde_json::Value {

@@ -138,6 +138,7 @@ fn qlora_reproduces_peft_on_bitsandbytes() {
             "bert",
             "distilbert",
             "modernbert",
+            "deberta-v3",
             "llama",
             "qwen2",
             "mistral",

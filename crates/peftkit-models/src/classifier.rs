@@ -4,6 +4,7 @@
 use crate::bert::BertForSequenceClassification;
 use crate::checkpoint::{load_into, save_safetensors, write_dir_atomically, LoadReport, Naming};
 use crate::config::{ModelConfig, ProblemType};
+use crate::deberta_v2::DebertaV2ForSequenceClassification;
 use crate::distilbert::DistilBertForSequenceClassification;
 use crate::gpt2::Gpt2ForSequenceClassification;
 use crate::linear::Linear;
@@ -30,6 +31,8 @@ pub enum Architecture {
     Llama,
     /// `ModernBertForSequenceClassification`.
     ModernBert,
+    /// `DebertaV2ForSequenceClassification` (DeBERTa-v2 and v3).
+    DebertaV2,
 }
 
 impl Architecture {
@@ -54,6 +57,13 @@ impl Architecture {
                 base_prefix: "bert",
                 head_prefixes: &["classifier.", "bert.pooler."],
                 ignored_prefixes: &["cls."],
+                ignored_suffixes: &["position_ids"],
+            },
+            Architecture::DebertaV2 => Naming {
+                arch: "DebertaV2ForSequenceClassification",
+                base_prefix: "deberta",
+                head_prefixes: &["classifier.", "pooler."],
+                ignored_prefixes: &["lm_predictions.", "mask_predictions.", "cls."],
                 ignored_suffixes: &["position_ids"],
             },
             Architecture::ModernBert => Naming {
@@ -89,6 +99,8 @@ impl Architecture {
             Architecture::Roberta | Architecture::Bert | Architecture::ModernBert => {
                 &["classifier"]
             }
+            // The pooler is new in every DeBERTa base checkpoint: saved with adapters too.
+            Architecture::DebertaV2 => &["pooler", "classifier"],
             // `pre_classifier` is new in every base checkpoint too: peft's default
             // (`classifier`, `score`) would leave it random on reload, so it is saved as well.
             Architecture::DistilBert => &["pre_classifier", "classifier"],
@@ -103,6 +115,7 @@ impl Architecture {
             Architecture::Bert => "bert",
             Architecture::DistilBert => "distilbert",
             Architecture::Llama | Architecture::ModernBert => "model",
+            Architecture::DebertaV2 => "deberta",
         }
     }
 }
@@ -115,6 +128,7 @@ enum Inner {
     DistilBert(DistilBertForSequenceClassification),
     Llama(LlamaForSequenceClassification),
     ModernBert(ModernBertForSequenceClassification),
+    DebertaV2(Box<DebertaV2ForSequenceClassification>),
 }
 
 /// Options of [`SequenceClassifier::load`], like the keyword arguments of `from_pretrained`.
@@ -243,6 +257,9 @@ impl SequenceClassifier {
             ModelConfig::ModernBert(c, _) => {
                 Inner::ModernBert(ModernBertForSequenceClassification::new(&root, c))
             }
+            ModelConfig::DebertaV2(c, _) => {
+                Inner::DebertaV2(Box::new(DebertaV2ForSequenceClassification::new(&root, c)))
+            }
         };
         Self {
             vs,
@@ -309,6 +326,7 @@ impl SequenceClassifier {
             Inner::DistilBert(_) => Architecture::DistilBert,
             Inner::Llama(_) => Architecture::Llama,
             Inner::ModernBert(_) => Architecture::ModernBert,
+            Inner::DebertaV2(_) => Architecture::DebertaV2,
         }
     }
 
@@ -351,6 +369,7 @@ impl SequenceClassifier {
             Inner::DistilBert(m) => m.linears(),
             Inner::Llama(m) => m.linears(),
             Inner::ModernBert(m) => m.linears(),
+            Inner::DebertaV2(m) => m.linears(),
         }
     }
 
@@ -363,6 +382,7 @@ impl SequenceClassifier {
             Inner::DistilBert(m) => m.linears_mut(),
             Inner::Llama(m) => m.linears_mut(),
             Inner::ModernBert(m) => m.linears_mut(),
+            Inner::DebertaV2(m) => m.linears_mut(),
         }
     }
 
@@ -374,6 +394,7 @@ impl SequenceClassifier {
             ModelConfig::DistilBert(c, _) => c.max_position_embeddings,
             ModelConfig::Llama(c, _) => c.max_position_embeddings,
             ModelConfig::ModernBert(c, _) => c.max_position_embeddings,
+            ModelConfig::DebertaV2(c, _) => c.max_position_embeddings,
             ModelConfig::Roberta(c, _) => {
                 c.max_position_embeddings - c.classifier.pad_token_id.unwrap_or(1) - 1
             }
@@ -401,6 +422,7 @@ impl SequenceClassifier {
             Inner::DistilBert(m) => m.forward(ids, mask, prefix, prompt, train),
             Inner::Llama(m) => m.forward(ids, mask, prefix, prompt, train),
             Inner::ModernBert(m) => m.forward(ids, mask, prefix, prompt, train),
+            Inner::DebertaV2(m) => m.forward(ids, mask, prompt, train),
         };
         Ok(ClassifierOutput {
             logits,
@@ -443,6 +465,11 @@ impl SequenceClassifier {
                 self.max_length()
             )));
         }
+        if matches!(self.inner, Inner::DebertaV2(_)) && opts.prefix.is_some() {
+            return Err(ModelError::Input(
+                "prefix tuning needs past key values, which DeBERTa does not have (as in transformers, so peft cannot prefix-tune it either): use prompt tuning, P-tuning or LoRA".into(),
+            ));
+        }
         if matches!(self.inner, Inner::Llama(_))
             && size[0] > 1
             && self.config.classifier().pad_token_id.is_none()
@@ -475,7 +502,16 @@ impl SequenceClassifier {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn embed(&self, ids: &Tensor, offset: i64, prompt: Option<&Tensor>, train: bool) -> Tensor {
+    /// The embeddings; `mask` is the attention mask with any virtual tokens (DeBERTa zeroes the
+    /// padding's embeddings).
+    fn embed(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        offset: i64,
+        prompt: Option<&Tensor>,
+        train: bool,
+    ) -> Tensor {
         match &self.inner {
             Inner::Gpt2(m) => m.embed(ids, offset, prompt, train),
             Inner::Roberta(m) => m.embed(ids, offset, prompt, train),
@@ -483,6 +519,7 @@ impl SequenceClassifier {
             Inner::DistilBert(m) => m.embed(ids, offset, prompt, train),
             Inner::Llama(m) => m.embed(ids, offset, prompt, train),
             Inner::ModernBert(m) => m.embed(ids, offset, prompt, train),
+            Inner::DebertaV2(m) => m.embed(ids, mask, prompt, train),
         }
     }
 
@@ -494,6 +531,7 @@ impl SequenceClassifier {
             Inner::DistilBert(m) => m.num_layers(),
             Inner::Llama(m) => m.num_layers(),
             Inner::ModernBert(m) => m.num_layers(),
+            Inner::DebertaV2(m) => m.num_layers(),
         }
     }
 
@@ -512,6 +550,7 @@ impl SequenceClassifier {
             Inner::DistilBert(m) => m.layer(i, x, mask, prefix, train),
             Inner::Llama(m) => m.layer(i, x, mask, prefix, train),
             Inner::ModernBert(m) => m.layer(i, x, mask, prefix, train),
+            Inner::DebertaV2(m) => m.layer(i, x, mask, train),
         }
     }
 
@@ -532,6 +571,7 @@ impl SequenceClassifier {
             Inner::DistilBert(m) => m.head(last, train),
             Inner::Llama(m) => m.head(last, ids, prompted, train),
             Inner::ModernBert(m) => m.head(last, mask, train),
+            Inner::DebertaV2(m) => m.head(last, train),
         }
     }
 
@@ -592,14 +632,16 @@ impl SequenceClassifier {
         // The virtual tokens' embeddings are computed once, with gradients; the embedding
         // layer runs without in the forward pass and again with them at the end.
         let prompt = opts.prompt.map(|p| p.embeddings(opts.train));
+        let full_mask = prompted_mask(attention_mask, opts.prompt);
         let mut inputs = Vec::with_capacity(n + 1);
         tch::no_grad(|| {
             seeded(0);
-            inputs.push(self.embed(input_ids, offset, prompt.as_ref(), train));
+            inputs.push(self.embed(input_ids, &full_mask, offset, prompt.as_ref(), train));
         });
-        let full_mask = prompted_mask(attention_mask, opts.prompt);
         let mask = match &self.inner {
             Inner::Llama(m) => m.mask(&full_mask, prefix_len, inputs[0].kind()),
+            // DeBERTa builds its own boolean mask (and relative positions) from the 0/1 one.
+            Inner::DebertaV2(_) => full_mask.shallow_clone(),
             _ => crate::attention::additive_mask(
                 &full_mask,
                 prefix_len,
@@ -636,7 +678,7 @@ impl SequenceClassifier {
             grad = x.grad();
         }
         seeded(0);
-        let emb = self.embed(input_ids, offset, prompt.as_ref(), train);
+        let emb = self.embed(input_ids, &full_mask, offset, prompt.as_ref(), train);
         if emb.requires_grad() {
             (emb * &grad).sum(Kind::Float).backward();
         }

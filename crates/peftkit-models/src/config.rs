@@ -242,6 +242,8 @@ pub enum ModelConfig {
     Llama(crate::llama_config::LlamaConfig, serde_json::Value),
     /// `model_type: modernbert`.
     ModernBert(crate::modernbert::ModernBertConfig, serde_json::Value),
+    /// `model_type: deberta-v2` (DeBERTa-v2 and v3).
+    DebertaV2(crate::deberta_v2::DebertaV2Config, serde_json::Value),
 }
 
 /// The most layers a `config.json` may ask for (the largest published encoders and decoders that
@@ -282,6 +284,10 @@ impl ModelConfig {
                 serde_json::from_value(raw.clone()).map_err(parse_err)?,
                 raw,
             ),
+            "deberta-v2" => ModelConfig::DebertaV2(
+                serde_json::from_value(raw.clone()).map_err(parse_err)?,
+                raw,
+            ),
             "modernbert" => ModelConfig::ModernBert(
                 serde_json::from_value(raw.clone()).map_err(parse_err)?,
                 raw,
@@ -299,7 +305,7 @@ impl ModelConfig {
             }
             other => {
                 return Err(format!(
-                    "model_type `{other}` is not supported (peftkit has gpt2, roberta, bert, distilbert, modernbert, llama, qwen2 and mistral)"
+                    "model_type `{other}` is not supported (peftkit has gpt2, roberta, bert, distilbert, deberta-v2, modernbert, llama, qwen2 and mistral)"
                 ))
             }
         };
@@ -331,6 +337,7 @@ impl ModelConfig {
             ModelConfig::DistilBert(c, _) => c.sizes(),
             ModelConfig::Llama(c, _) => c.check()?,
             ModelConfig::ModernBert(c, _) => c.check()?,
+            ModelConfig::DebertaV2(c, _) => c.check()?,
         };
         for (key, v) in sizes {
             if v <= 0 {
@@ -360,6 +367,7 @@ impl ModelConfig {
                 (c.num_attention_heads * c.head_dim(), c.num_attention_heads)
             }
             ModelConfig::ModernBert(c, _) => (c.hidden_size, c.num_attention_heads),
+            ModelConfig::DebertaV2(c, _) => (c.hidden_size, c.num_attention_heads),
         };
         if heads <= 0 || hidden <= 0 || hidden % heads != 0 {
             return Err(format!(
@@ -380,6 +388,7 @@ impl ModelConfig {
             ModelConfig::DistilBert(c, _) => &c.classifier,
             ModelConfig::Llama(c, _) => &c.classifier,
             ModelConfig::ModernBert(c, _) => &c.classifier,
+            ModelConfig::DebertaV2(c, _) => &c.classifier,
         }
     }
 
@@ -390,6 +399,7 @@ impl ModelConfig {
             ModelConfig::DistilBert(c, _) => &mut c.classifier,
             ModelConfig::Llama(c, _) => &mut c.classifier,
             ModelConfig::ModernBert(c, _) => &mut c.classifier,
+            ModelConfig::DebertaV2(c, _) => &mut c.classifier,
         }
     }
 
@@ -409,7 +419,8 @@ impl ModelConfig {
             | ModelConfig::Bert(_, r)
             | ModelConfig::DistilBert(_, r)
             | ModelConfig::Llama(_, r)
-            | ModelConfig::ModernBert(_, r) => r,
+            | ModelConfig::ModernBert(_, r)
+            | ModelConfig::DebertaV2(_, r) => r,
         }
     }
 
@@ -420,7 +431,8 @@ impl ModelConfig {
             | ModelConfig::Bert(_, r)
             | ModelConfig::DistilBert(_, r)
             | ModelConfig::Llama(_, r)
-            | ModelConfig::ModernBert(_, r) => r,
+            | ModelConfig::ModernBert(_, r)
+            | ModelConfig::DebertaV2(_, r) => r,
         }
     }
 
@@ -463,6 +475,7 @@ impl ModelConfig {
             ModelConfig::Bert(..) => "BertForSequenceClassification",
             ModelConfig::DistilBert(..) => "DistilBertForSequenceClassification",
             ModelConfig::ModernBert(..) => "ModernBertForSequenceClassification",
+            ModelConfig::DebertaV2(..) => "DebertaV2ForSequenceClassification",
             ModelConfig::Llama(c, _) => match c.family {
                 crate::llama_config::LlamaFamily::Llama => "LlamaForSequenceClassification",
                 crate::llama_config::LlamaFamily::Qwen2 => "Qwen2ForSequenceClassification",

@@ -31,6 +31,7 @@ pub mod bert;
 mod checkpoint;
 mod classifier;
 mod config;
+pub mod deberta_v2;
 mod device;
 pub mod distilbert;
 mod dropout;
@@ -55,6 +56,7 @@ pub use classifier::{
     Architecture, ClassifierOutput, ForwardOptions, LoadOptions, SequenceClassifier,
 };
 pub use config::{Activation, BertConfig, ClassifierConfig, Gpt2Config, ModelConfig, ProblemType};
+pub use deberta_v2::DebertaV2Config;
 pub use device::parse_device;
 pub use distilbert::DistilBertConfig;
 pub use dropout::{dropout, Dropout};

@@ -117,6 +117,14 @@ fn a_decoder_without_pad_token_refuses_batches_of_more_than_one_row() {
     assert!(max_diff(&one.logits, &g["logits"].narrow(0, 0, 1)) <= 1e-5);
 }
 
+/// DeBERTa-v3 (shared position projections, log buckets, normalised relative embeddings) and
+/// v2 (separate projections, no buckets, absolute positions and token types).
+#[test]
+fn tiny_deberta_matches_transformers() {
+    check_tiny("deberta-v3");
+    check_tiny("deberta-v2");
+}
+
 /// ModernBERT: global and sliding-window local layers with their own RoPE bases, GeGLU, no
 /// biases (`cls` pooling), and with biased norms and head (`mean` pooling).
 #[test]

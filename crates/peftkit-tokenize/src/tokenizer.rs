@@ -57,8 +57,9 @@ impl Family {
         match model_type {
             "gpt2" => Some(Family::Gpt2),
             "roberta" | "xlm-roberta" | "camembert" => Some(Family::Roberta),
-            // ModernBERT's tokenizer.json is BPE, but its specials are BERT's: [CLS] … [SEP], [PAD].
-            "bert" | "distilbert" | "modernbert" => Some(Family::Bert),
+            // ModernBERT's tokenizer.json is BPE and DeBERTa-v3's SentencePiece, but their
+            // specials are BERT's: [CLS] … [SEP], [PAD].
+            "bert" | "distilbert" | "modernbert" | "deberta-v2" => Some(Family::Bert),
             "llama" | "qwen2" | "mistral" => Some(Family::Llama),
             _ => None,
         }
