@@ -37,9 +37,9 @@ pub fn killtest(mut cargo_test: Command, args: &[String]) -> Result<()> {
     crate::exec(cargo_test)
 }
 
-/// How many of libFuzzer's own finds stay in a committed corpus (the smallest; the named seeds
-/// and `regression-*` inputs always stay): enough to start from, small enough for git and for
-/// the property tests that replay every corpus file in CI.
+/// How many of libFuzzer's own finds stay in a committed corpus (the smallest; named seeds always
+/// stay): enough to start from, small enough for git and for the property tests that replay every
+/// corpus file in CI.
 const KEEP_IN_CORPUS: usize = 150;
 
 /// Keeps the named files of a corpus directory and the `keep` smallest of libFuzzer's
@@ -73,7 +73,8 @@ pub const FUZZ_TARGETS: &[&str] = &[
 /// `cargo xtask fuzz TARGET|all [--time S] [--runs N]`: coverage-guided fuzzing with cargo-fuzz
 /// (libFuzzer, nightly; installed on first use) of one loader, or of each in turn, for S seconds
 /// (default 600) or N executions, growing `fuzz/corpus/TARGET` (minimised with `cargo fuzz cmin`,
-/// then cut to the seeds, the regression inputs and the 150 smallest finds). No sanitizer: the loaders are
+/// then cut to the 150 smallest finds; inputs that once crashed a target live in
+/// `fuzz/regressions/TARGET`, which the property tests replay). No sanitizer: the loaders are
 /// safe Rust over libtorch, whose C++ is not instrumented; what is sought is a panic, an abort or
 /// an error that does not name its file. It ends with the executions and the corpus size of each
 /// target; a crash leaves its input in `fuzz/artifacts/TARGET/` and fails the task.

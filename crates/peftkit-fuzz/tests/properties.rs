@@ -1,5 +1,6 @@
-//! Property tests over the loaders (issue 14 §5), in CI: every fuzz target on its committed seeds
-//! (`fuzz/corpus/TARGET/`, which also holds what the fuzzer found interesting) and on random
+//! Property tests over the loaders (issue 14 §5), in CI: every fuzz target on its committed corpus
+//! (`fuzz/corpus/TARGET/`: seeds and what the fuzzer found interesting) and the inputs that once
+//! crashed it (`fuzz/regressions/TARGET/`) and on random
 //! mutations of them — flipped, cut, inserted and overwritten bytes, and numbers replaced by
 //! extremes (0, -1, huge, fractional, exponents) — never panics and fails only with a message
 //! naming the file.
@@ -7,14 +8,18 @@
 use proptest::prelude::*;
 use std::path::PathBuf;
 
+/// The corpus of `target` and the inputs that once crashed it (`fuzz/regressions/`, which
+/// libFuzzer's corpus minimisation never rewrites).
 fn seeds(target: &str) -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target);
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    let dir = root.join("corpus").join(target);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .collect();
+    if let Ok(regressions) = std::fs::read_dir(root.join("regressions").join(target)) {
+        files.extend(regressions.map(|e| e.unwrap().path()));
+    }
     files.sort();
     let v: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
     assert!(!v.is_empty(), "no seeds in {}", dir.display());
