@@ -15,8 +15,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// The targets: name, the file name the loader reads, and the check.
-pub const TARGETS: &[(&str, &str, fn(&Path))] = &[
+/// A target: its name, the file name its loader reads, and the check.
+pub type Target = (&'static str, &'static str, fn(&Path));
+
+/// The targets.
+pub const TARGETS: &[Target] = &[
     ("config_json", "config.json", config_json),
     (
         "adapter_config_json",
