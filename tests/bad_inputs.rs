@@ -107,8 +107,8 @@ fn rows() -> Vec<Row> {
             |r| patch(r, "model/config.json", |v| v["hidden_size"] = json!(0));
         "config.json: heads do not divide": MERGE [] ["model/config.json: hidden size 32 is not a positive multiple of the 5 attention heads"] NOTHING
             |r| patch(r, "model/config.json", |v| v["num_attention_heads"] = json!(5));
-        "config.json: unknown model_type": MERGE [] ["model/config.json: model_type `llama` is not supported"] NOTHING
-            |r| patch(r, "model/config.json", |v| v["model_type"] = json!("llama"));
+        "config.json: unknown model_type": MERGE [] ["model/config.json: model_type `t5` is not supported"] NOTHING
+            |r| patch(r, "model/config.json", |v| v["model_type"] = json!("t5"));
         // safetensors weights (peftkit-models checkpoint.rs, peftkit-adapters format.rs).
         "weights: truncated": MERGE [] ["model/model.safetensors: not a valid safetensors file"] NOTHING
             |r| corrupt(r, "model/model.safetensors", |b| b[..b.len() / 2].to_vec());

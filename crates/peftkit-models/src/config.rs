@@ -503,7 +503,7 @@ mod tests {
 
     #[test]
     fn unsupported_model_and_bad_heads() {
-        assert!(ModelConfig::from_json_str(r#"{"model_type":"llama"}"#)
+        assert!(ModelConfig::from_json_str(r#"{"model_type":"t5"}"#)
             .unwrap_err()
             .contains("not supported"));
         let err = ModelConfig::from_json_str(
