@@ -72,7 +72,7 @@ pub fn inverse_frequencies(head_dim: i64, theta: f64, scaling: RopeScaling) -> T
 }
 
 /// `rotate_half`: `(x1, x2) → (-x2, x1)` over the last dimension's halves.
-fn rotate_half(x: &Tensor) -> Tensor {
+pub(crate) fn rotate_half(x: &Tensor) -> Tensor {
     let half = x.size()[x.dim() - 1] / 2;
     let x1 = x.narrow(-1, 0, half);
     let x2 = x.narrow(-1, half, half);
@@ -81,7 +81,7 @@ fn rotate_half(x: &Tensor) -> Tensor {
 
 /// The rotary tables for `positions` (`[len]`): `(cos, sin)`, each `[1, 1, len, head_dim]` in
 /// `kind`.
-fn rotary(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+pub(crate) fn rotary(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
     let freqs = positions
         .to_kind(Kind::Float)
         .unsqueeze(1)
@@ -332,13 +332,14 @@ impl LlamaForSequenceClassification {
         let emb = self.embed(input_ids, offset, prompt, train);
         let prefix_len = prefix.map_or(0, |p| p.num_tokens());
         let mask = self.mask(attention_mask, prefix_len, emb.kind());
+        // One rotary table for every layer (positions are the same in each).
+        let rope = self.rope(offset, emb.size()[1], emb.kind(), emb.device());
         let mut states = vec![emb];
-        for i in 0..self.layers.len() {
-            let next = self.layer_with_offset(
-                i,
+        for layer in &self.layers {
+            let next = layer.forward(
                 states.last().expect("embeddings"),
                 &mask,
-                offset,
+                &rope,
                 prefix,
                 train,
             );
@@ -366,19 +367,6 @@ impl LlamaForSequenceClassification {
         crate::prefix::with_prompt(input_ids.apply(&self.embed_tokens), prompt)
     }
 
-    fn layer_with_offset(
-        &self,
-        i: usize,
-        x: &Tensor,
-        mask: &Tensor,
-        offset: i64,
-        prefix: Option<&dyn PrefixProvider>,
-        train: bool,
-    ) -> Tensor {
-        let rope = self.rope(offset, x.size()[1], x.kind(), x.device());
-        self.layers[i].forward(x, mask, &rope, prefix, train)
-    }
-
     pub(crate) fn num_layers(&self) -> usize {
         self.layers.len()
     }
@@ -393,7 +381,8 @@ impl LlamaForSequenceClassification {
         train: bool,
     ) -> Tensor {
         let offset = prefix.map_or(0, |p| p.position_offset());
-        self.layer_with_offset(i, x, mask, offset, prefix, train)
+        let rope = self.rope(offset, x.size()[1], x.kind(), x.device());
+        self.layers[i].forward(x, mask, &rope, prefix, train)
     }
 
     pub(crate) fn head(

@@ -13,7 +13,7 @@
 use crate::attention::min_value;
 use crate::config::{Activation, ClassifierConfig};
 use crate::linear::{Linear, WeightLayout};
-use crate::llama::{inverse_frequencies, RopeScaling};
+use crate::llama::{inverse_frequencies, rotary, rotate_half, RopeScaling};
 use crate::prefix::PrefixProvider;
 use crate::Dropout;
 use serde::Deserialize;
@@ -210,11 +210,6 @@ impl Norm {
     }
 }
 
-fn rotate_half(x: &Tensor) -> Tensor {
-    let half = x.size()[x.dim() - 1] / 2;
-    Tensor::cat(&[x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)], -1)
-}
-
 /// `model.layers.{i}`.
 #[derive(Debug)]
 pub struct EncoderLayer {
@@ -397,15 +392,11 @@ impl ModernBertForSequenceClassification {
     }
 
     fn ropes(&self, offset: i64, len: i64, x: &Tensor) -> ((Tensor, Tensor), (Tensor, Tensor)) {
-        let positions = Tensor::arange_start(offset, offset + len, (Kind::Int64, x.device()))
-            .to_kind(Kind::Float)
-            .unsqueeze(1);
-        let table = |inv: &Tensor| {
-            let f = positions.matmul(&inv.to_device(x.device()).unsqueeze(0));
-            let emb = Tensor::cat(&[&f, &f], -1).unsqueeze(0).unsqueeze(0);
-            (emb.cos().to_kind(x.kind()), emb.sin().to_kind(x.kind()))
-        };
-        (table(&self.inv_freq.0), table(&self.inv_freq.1))
+        let positions = Tensor::arange_start(offset, offset + len, (Kind::Int64, x.device()));
+        (
+            rotary(&self.inv_freq.0, &positions, x.kind()),
+            rotary(&self.inv_freq.1, &positions, x.kind()),
+        )
     }
 
     pub(crate) fn forward(
