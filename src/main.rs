@@ -267,11 +267,28 @@ fn main() {
         stdout_closed_ends_quietly();
     }
     if let Err(err) = attention_kernels().and_then(|()| run(cli)) {
-        let message = format!("{err:#}").replace('\n', " ");
+        let message = one_line(&err);
         eprintln!("peftkit: error: {message}");
         record_for_torchrun(&message);
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, as `{:#}` prints them, less any cause whose text an
+/// outer message already quotes (library errors that name their source in their own message).
+fn one_line(err: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message.replace('\n', " ")
 }
 
 /// The attention kernels the process may not use: `PEFTKIT_SDPA_DISABLE` (a comma list of

@@ -7,10 +7,15 @@
 #   3. the side by side: each row trained by peftkit and by HF Trainer + peft
 #      (`hf_peft_throughput.py`) at the same settings, interleaved, then the QLoRA rows (peftkit
 #      alone: bitsandbytes is not on that machine);
-#   4. `summary.py` → $OUT/results.md (the table BENCHMARKS.md quotes) and $OUT/results.jsonl.
-# Usage (repository root): bash target/gpu-pack/run.sh [--dry-run] [--steps N] [--rows A,B] [--no-tests]
+#      and the same training under `peftkit launch` over NCCL (one rank a GPU; issue 12);
+#   4. model shapes (issue 16): a Llama-2-7B-shaped classifier under QLoRA (NF4 + double quant,
+#      built in bf16) and under LoRA on an fp32 base, one row of 128 tokens with gradient
+#      checkpointing; then a LoRA training step of each new family at base size (8 x 128);
+#   5. `summary.py` → $OUT/results.md (the table BENCHMARKS.md quotes) and $OUT/results.jsonl.
+# Usage (repository root): bash target/gpu-pack/run.sh [--dry-run] [--steps N] [--rows A,B] [--no-tests] [--no-shapes]
 #   --dry-run: on this CPU, a few steps, tiny subsets, HF side in its --smoke mode if importable.
-#   --rows: only these rows (names as in the table); --no-tests: skip step 2.
+#   --rows: only these rows (names as in the table; `none` for none); --no-tests: skip step 2;
+#   --no-shapes: skip step 4.
 #   PEFTKIT_SDPA_DISABLE (a comma list of flash, mem_efficient, math, cudnn; default cudnn, as
 #   peftkit's own default) forbids those attention kernels; where it names cudnn the HF side runs
 #   with --sdpa-cudnn off too. PEFTKIT_SDPA_DISABLE= (empty) lets both sides use every kernel.
@@ -22,12 +27,14 @@ DRY=0
 STEPS=200
 ROWS=all
 TESTS=1
+SHAPES=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --dry-run) DRY=1; STEPS=3 ;;
         --steps) STEPS=$2; shift ;;
         --rows) ROWS=$2; shift ;;
         --no-tests) TESTS=0 ;;
+        --no-shapes) SHAPES=0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -55,12 +62,12 @@ DEVICE=cuda
 [ $DRY = 1 ] && DEVICE=cpu
 status=0
 
-stamp "1/4 peftkit info --device $DEVICE"
+stamp "1/5 peftkit info --device $DEVICE"
 "$PEFTKIT" info --device "$DEVICE" | tee "$OUT/info.txt" || status=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee -a "$OUT/info.txt"
 
 if [ $TESTS = 1 ]; then
-stamp "2/4 CUDA-path tests"
+stamp "2/5 CUDA-path tests"
 # Each test skips itself where no CUDA device is present (the dry run).
 "$BIN/bin/adapter_suite" cuda_ --test-threads 1 2>&1 | tee "$OUT/tests.txt" | grep -v "^test .* ok$" || true
 grep -q "test result: ok" "$OUT/tests.txt" || status=1
@@ -68,7 +75,7 @@ grep -q "test result: ok" "$OUT/tests.txt" || status=1
 [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 
-stamp "3/4 side by side ($STEPS steps a row)"
+stamp "3/5 side by side ($STEPS steps a row)"
 COMMON=(--set model.init="random" --set train.max_steps=$STEPS --set train.eval_strategy="no"
         --set train.save_strategy="no" --set train.load_best_model_at_end=false
         --set train.group_by_length=false --set train.weight_decay=0.0 --set train.seed=42)
@@ -123,9 +130,60 @@ theirs emotion-prefix-fp16
 ours sst2-lora-bf16 sst2-lora "${SST2[@]}" --set train.precision="bf16"
 theirs sst2-lora-bf16
 ours emotion-qlora-fp16 emotion-qlora
+# Data-parallel over NCCL (Gloo in the dry run): one rank per GPU under `peftkit launch`, the same
+# settings as sst2-lora's single process.
+NGPU=1
+[ $DRY = 1 ] || NGPU=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || echo 1)
+[ "$NGPU" -ge 1 ] || NGPU=1
+launched() { # ROW CONFIG SETS...
+    local row=$1 cfg=$2; shift 2
+    wanted "$row" || return 0
+    late "peftkit $row" && return 0
+    stamp "peftkit launch --nproc-per-node $NGPU: $row"
+    rm -rf "$RUNS/$row"
+    "$PEFTKIT" launch --nproc-per-node "$NGPU" -- train --config "$ROOT/configs/$cfg.toml" \
+        --device "$DEVICE" --quiet --output "$RUNS/$row" "${COMMON[@]}" "$@" "${CPU_ONLY[@]}" 2>&1 | tail -5
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "peftkit $row FAILED"; status=1; }
+}
+launched sst2-lora-ddp-nccl sst2-lora "${SST2[@]}"
 
-stamp "4/4 summary"
+if [ $SHAPES = 1 ]; then
+stamp "4/5 model shapes"
+MEM="$BIN/bin/qlora_memory"
+SHAPE_DIR="$ROOT/bench/shapes"
+BIG="$SHAPE_DIR/llama-2-7b.json"
+FAMILIES="distilbert-base-uncased deberta-v3-base modernbert-base qwen2.5-0.5b llama-3.2-1b"
+SHAPE_STEPS=5
+SHAPE_SEQ=128
+if [ $DRY = 1 ]; then
+    # The dry run: the tiny checkpoints' configs stand in for the real shapes.
+    BIG="$ROOT/data/fixtures/tiny-llama/config.json"
+    SHAPE_DIR="$ROOT/data/fixtures"
+    FAMILIES="tiny-distilbert tiny-deberta-v3 tiny-modernbert tiny-qwen2 tiny-llama"
+    SHAPE_STEPS=1
+    SHAPE_SEQ=32
+fi
+shape_file() { [ $DRY = 1 ] && echo "$SHAPE_DIR/$1/config.json" || echo "$SHAPE_DIR/$1.json"; }
+{
+    for mode in qlora lora; do
+        late "7B $mode" && break
+        echo "## $(basename "$BIG") $mode"
+        "$MEM" "$BIG" $mode --gc --batch 1 --seq $SHAPE_SEQ --build bf16 --steps $SHAPE_STEPS --device "$DEVICE" 2>&1 | tail -4
+        [ "${PIPESTATUS[0]}" = 0 ] || echo "FAILED: 7B $mode"
+    done
+    for f in $FAMILIES; do
+        late "$f" && break
+        echo "## $f lora, batch 8 x $SHAPE_SEQ"
+        "$MEM" "$(shape_file "$f")" lora --batch 8 --seq $SHAPE_SEQ --steps $SHAPE_STEPS --device "$DEVICE" 2>&1 | tail -2
+        [ "${PIPESTATUS[0]}" = 0 ] || echo "FAILED: $f"
+    done
+} | tee "$OUT/shapes.txt"
+grep -q "^FAILED" "$OUT/shapes.txt" && status=1
+fi
+
+stamp "5/5 summary"
 python3 "$PACK/summary.py" "$OUT" "$RUNS" | tee "$OUT/results.md"
+[ -f "$OUT/shapes.txt" ] && { echo; echo "Model shapes (qlora_memory):"; echo '```'; cat "$OUT/shapes.txt"; echo '```'; } >> "$OUT/results.md"
 stamp "done (status $status)"
 rm -rf "$BIN" "$RUNS"
 exit $status

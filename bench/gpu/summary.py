@@ -50,6 +50,7 @@ def main(out, runs):
                 "memory_source": mem.get("source"),
                 "trainable": r.get("trainable_params"),
                 "device": r.get("device"),
+                "distributed": t.get("distributed"),
             }
         theirs = hf.get(row)
         rows.append({"row": row, "peftkit": ours, "hf": theirs})
@@ -78,6 +79,12 @@ def main(out, runs):
               f"{fmt(o.get('eval_samples_per_s'))} / {fmt(h.get('trainer_eval_samples_per_second'))} | "
               f"{fmt(o.get('peak_train_gib'), 2)} / {fmt(h.get('peak_train_mem_gib'), 2)} | "
               f"{fmt(o.get('trainable'), 0)} |")
+    for r in rows:
+        d = (r["peftkit"] or {}).get("distributed")
+        if d:
+            print(f"\n{r['row']}: {d.get('world_size')} rank(s); "
+                  f"{d.get('allreduce_bytes_per_step', 0) / 2**20:.2f} MiB all-reduced a step, "
+                  f"{d.get('allreduce_seconds', 0):.2f} s in all-reduce over the run.")
     if env:
         print(f"\nHF side: torch {env.get('torch')}, transformers {env.get('transformers')}, "
               f"peft {env.get('peft')}, GPU {env.get('gpu', 'none')}.")

@@ -98,14 +98,80 @@ pub fn side_by_side(root: &Path, env: &TorchEnv) -> Result<()> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
+    let cold = cold_start(root, env, &python, &minilm, has_hf)?;
     let doc = format!(
-        "MiniLM on CPU ({cores} cores): first {BENCH_ROWS} SST-2 training rows, {BENCH_STEPS} steps of batch 32, dynamic padding with length grouping on or off on both sides, fp32, AdamW with the experiment's learning rate, 6 % warm-up, weight decay 0.01; eval on the 872 validation rows at batch 64 (peftkit always sorts evaluation rows by length; HF's Trainer groups them only with grouping on). Peak RSS: peftkit's resident high-water mark during training (report.json), HF's whole process (`ru_maxrss`).\n\n{table}\nRoofline (useful = on real tokens; the GEMM ceiling is this machine's fp32 product rate at the step's shapes, measured in this command; HF's useful FLOP/s is the same work at its samples/s):\n\n{roof}"
+        "MiniLM on CPU ({cores} cores): first {BENCH_ROWS} SST-2 training rows, {BENCH_STEPS} steps of batch 32, dynamic padding with length grouping on or off on both sides, fp32, AdamW with the experiment's learning rate, 6 % warm-up, weight decay 0.01; eval on the 872 validation rows at batch 64 (peftkit always sorts evaluation rows by length; HF's Trainer groups them only with grouping on). Peak RSS: peftkit's resident high-water mark during training (report.json), HF's whole process (`ru_maxrss`).\n\n{table}\nRoofline (useful = on real tokens; the GEMM ceiling is this machine's fp32 product rate at the step's shapes, measured in this command; HF's useful FLOP/s is the same work at its samples/s):\n\n{roof}\n{cold}"
     );
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("side-by-side.md"), &doc)?;
     println!("{doc}");
     qlora_side_by_side(root, env, &minilm, &python, has_hf)
+}
+
+/// Runs of each side in the cold-start comparison (the median is reported).
+const COLD_RUNS: usize = 5;
+
+/// Cold start of one prediction, process start to exit: `peftkit predict` with the LoRA
+/// workload's saved adapter against `bench/hf_predict_cold.py` (transformers + peft), alternating,
+/// the median of [`COLD_RUNS`] each. Returns a markdown paragraph.
+fn cold_start(
+    root: &Path,
+    env: &TorchEnv,
+    python: &Path,
+    minilm: &Path,
+    has_hf: bool,
+) -> Result<String> {
+    let adapter = root.join("target/bench/minilm-sst2-lora/adapter");
+    let text = "a gorgeous, witty, seductive movie.";
+    let time = |mut cmd: Command| -> Result<f64> {
+        for (k, v) in env.vars(root) {
+            cmd.env(k, v);
+        }
+        cmd.current_dir(root).stdout(std::process::Stdio::null());
+        let t = std::time::Instant::now();
+        let status = cmd.status().context("starting a cold-start run")?;
+        if !status.success() {
+            bail!("a cold-start run failed: {cmd:?}");
+        }
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for i in 0..COLD_RUNS {
+        eprintln!("xtask: cold start {}/{COLD_RUNS}", i + 1);
+        let mut cmd = Command::new(root.join("target/release/peftkit"));
+        cmd.args(["predict", "--device", "cpu", "--model"])
+            .arg(minilm)
+            .arg("--adapter")
+            .arg(&adapter)
+            .args(["--text", text]);
+        ours.push(time(cmd)?);
+        if has_hf {
+            let mut py = Command::new(python);
+            py.arg(root.join("bench/hf_predict_cold.py"))
+                .arg("--model")
+                .arg(minilm)
+                .arg("--adapter")
+                .arg(&adapter)
+                .args(["--text", text]);
+            theirs.push(time(py)?);
+        }
+    }
+    let ours = median(ours);
+    Ok(if theirs.is_empty() {
+        format!("Cold start of one prediction (process start to exit, median of {COLD_RUNS}): peftkit {ours:.2} s; the Python side was skipped.\n")
+    } else {
+        let theirs = median(theirs);
+        format!(
+            "Cold start of one prediction with the LoRA adapter (process start to exit, median of {COLD_RUNS}, alternating): `peftkit predict` {ours:.2} s, transformers + peft (`bench/hf_predict_cold.py`) {theirs:.2} s: **{:.2}** of Python's time (1/{:.1}; goal ≤ 1/5).\n",
+            ours / theirs,
+            theirs / ours
+        )
+    })
 }
 
 /// Runs a peftkit experiment on the benchmark rows and returns its `report.json`.

@@ -2,8 +2,8 @@
 //! device tool can carry (≤ 64 MiB with the working tree).
 //!
 //! The folder (`target/gpu-pack` by default) holds
-//! - `bins.tar.xz`: the release `peftkit` binary and the release test binaries with CUDA paths
-//!   (the generic adapter suite, the c10d collectives), stripped of debug information. They link
+//! - `bins.tar.xz`: the release `peftkit` binary, the `qlora_memory` example (model shapes) and
+//!   the release test binaries with CUDA paths (the generic adapter suite, the c10d collectives), stripped of debug information. They link
 //!   libtorch by name; the machine's own torch 2.11.0+cu130 libraries serve them there
 //!   (`LD_LIBRARY_PATH`), `libtorch_cuda.so` included (see `build-support/link_torch_cuda.rs`);
 //! - `hf-home/`: the part of the offline hub cache the benchmark rows read (the gpt2 and
@@ -80,7 +80,19 @@ pub fn run(
 
     eprintln!("xtask: gpu-pack: building the release binary and test binaries");
     crate::exec(cargo(&["build", "--release", "-p", "peftkit"]))?;
-    let mut bins = vec![root.join("target/release/peftkit")];
+    // The model-shape rows' memory and step figures (issue 16).
+    crate::exec(cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "peftkit-adapters",
+        "--example",
+        "qlora_memory",
+    ]))?;
+    let mut bins = vec![
+        root.join("target/release/peftkit"),
+        root.join("target/release/examples/qlora_memory"),
+    ];
     for (package, test) in [
         ("peftkit-adapters", "adapter_suite"),
         ("peftkit-distributed", "collectives"),

@@ -131,6 +131,9 @@ pub fn fuzz(
                 "-print_final_stats=1",
                 "-rss_limit_mb=4096",
                 "-max_len=8192",
+                // An input that takes a minute is a finding (resource exhaustion), saved as a
+                // `timeout-*` artifact like a crash.
+                "-timeout=60",
             ]);
         if let Some(n) = runs {
             c.arg(format!("-runs={n}"));

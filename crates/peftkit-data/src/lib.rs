@@ -23,6 +23,7 @@
 
 mod error;
 mod hub;
+mod page_check;
 mod read;
 mod split;
 

@@ -46,12 +46,15 @@ pub fn read_parquet(path: &Path, columns: &ColumnNames) -> Result<Split> {
 }
 
 fn read_unguarded(path: &Path, columns: &ColumnNames) -> Result<Split> {
-    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|source| DataError::Parquet {
+    // The whole file in memory: the reader's page headers are then parsed from memory, not by a
+    // read call per field (see `page_check`).
+    let data = bytes::Bytes::from(std::fs::read(path).map_err(|e| DataError::io(path, e))?);
+    let builder = ParquetRecordBatchReaderBuilder::try_new(data.clone()).map_err(|source| {
+        DataError::Parquet {
             path: path.into(),
             source,
-        })?;
+        }
+    })?;
     let schema = builder.schema().clone();
     let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
     let text_col = match &columns.text {
@@ -101,6 +104,18 @@ fn read_unguarded(path: &Path, columns: &ColumnNames) -> Result<Split> {
     }
     let label_names = class_label_names(path, &schema, &columns.label)?;
 
+    let leaves: Vec<usize> = (0..builder.parquet_schema().num_columns())
+        .filter(|&leaf| {
+            let root = builder.parquet_schema().get_column_root_idx(leaf);
+            root == text_idx || root == label_idx
+        })
+        .collect();
+    crate::page_check::check_page_headers(&data, builder.metadata(), &leaves).map_err(
+        |message| DataError::Parquet {
+            path: path.into(),
+            source: parquet::errors::ParquetError::General(message),
+        },
+    )?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), [text_idx, label_idx]);
     let reader = builder
         .with_projection(mask)

@@ -242,7 +242,25 @@ pub struct SequenceClassifier {
 impl SequenceClassifier {
     /// A randomly initialised model (transformers' `from_config`).
     pub fn from_config(config: ModelConfig, device: Device) -> Self {
-        let vs = nn::VarStore::new(device);
+        Self::from_config_in(config, device, tch::Kind::Float)
+    }
+
+    /// [`SequenceClassifier::from_config`] with every parameter created in `kind`: a large base
+    /// built in bf16 takes half the memory of fp32 until its linears are quantized. The forward
+    /// computes in the parameters' kind; cast to fp32 (`var_store_mut().float()`) before
+    /// training, as a bf16 checkpoint is loaded into fp32.
+    ///
+    /// ```no_run
+    /// # use peftkit_models::{ModelConfig, SequenceClassifier};
+    /// let config = ModelConfig::from_file(std::path::Path::new("llama-2-7b/config.json"))?;
+    /// let mut base = SequenceClassifier::from_config_in(config, tch::Device::Cpu, tch::Kind::BFloat16);
+    /// // … quantize the linears (peftkit_adapters::quant::quantize_model), then:
+    /// base.var_store_mut().float();
+    /// # Ok::<(), peftkit_models::ModelError>(())
+    /// ```
+    pub fn from_config_in(config: ModelConfig, device: Device, kind: tch::Kind) -> Self {
+        let mut vs = nn::VarStore::new(device);
+        vs.set_kind(kind);
         let root = vs.root();
         let inner = match &config {
             ModelConfig::Gpt2(c, _) => Inner::Gpt2(Gpt2ForSequenceClassification::new(&root, c)),

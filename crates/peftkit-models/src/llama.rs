@@ -79,6 +79,13 @@ pub(crate) fn rotate_half(x: &Tensor) -> Tensor {
     Tensor::cat(&[x2.neg(), x1], -1)
 }
 
+/// `t` rotated by the tables `(cos, sin)`, returned in `t`'s kind. Under mixed precision the
+/// tables stay fp32 and the product is computed in fp32, then cast back to the compute dtype, as
+/// autocast hands the query, key and value to attention in one dtype.
+pub(crate) fn apply_rotary(t: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    (t * cos + rotate_half(t) * sin).to_kind(t.kind())
+}
+
 /// The rotary tables for `positions` (`[len]`): `(cos, sin)`, each `[1, 1, len, head_dim]` in
 /// `kind`.
 pub(crate) fn rotary(inv_freq: &Tensor, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
@@ -161,8 +168,8 @@ impl DecoderLayer {
         let k = heads(self.k_proj.forward(&h, train), self.kv_heads);
         let v = heads(self.v_proj.forward(&h, train), self.kv_heads);
         let (cos, sin) = rope;
-        let q = &q * cos + rotate_half(&q) * sin;
-        let k = &k * cos + rotate_half(&k) * sin;
+        let q = apply_rotary(&q, cos, sin);
+        let k = apply_rotary(&k, cos, sin);
         // A prefix's keys are a cache: already rotated, prepended as they are.
         let (k, v) = match prefix {
             Some(p) => {

@@ -13,7 +13,7 @@
 use crate::attention::min_value;
 use crate::config::{Activation, ClassifierConfig};
 use crate::linear::{Linear, WeightLayout};
-use crate::llama::{inverse_frequencies, rotary, rotate_half, RopeScaling};
+use crate::llama::{apply_rotary, inverse_frequencies, rotary, RopeScaling};
 use crate::prefix::PrefixProvider;
 use crate::Dropout;
 use serde::Deserialize;
@@ -274,8 +274,8 @@ impl EncoderLayer {
         let (q, k, v) = (part(0), part(1), part(2));
         let ((gc, gs), (lc, ls)) = ropes;
         let (cos, sin) = if self.global { (gc, gs) } else { (lc, ls) };
-        let q = &q * cos + rotate_half(&q) * sin;
-        let k = &k * cos + rotate_half(&k) * sin;
+        let q = apply_rotary(&q, cos, sin);
+        let k = apply_rotary(&k, cos, sin);
         let (k, v) = match prefix {
             Some(p) => {
                 let (pk, pv) = p.key_value(self.index, b);

@@ -72,14 +72,35 @@ fn logits_and_grads(
         g["labels"].to_device(device),
     );
     zero_grads(model);
-    let logits = model.logits(&ids, &mask, train).unwrap();
-    model.loss(&logits, &labels).backward();
+    let rows = compared_rows(arch, kind, &mask);
+    let logits = model
+        .logits(&ids, &mask, train)
+        .unwrap()
+        .index_select(0, &rows);
+    model.loss(&logits, &labels.index_select(0, &rows)).backward();
     let grads = model
         .trainable_parameters()
         .into_iter()
         .map(|(n, t)| (n, t.grad().to_device(Device::Cpu)))
         .collect();
     (logits.detach().to_device(Device::Cpu), grads)
+}
+
+/// The golden rows a device comparison keeps. A decoder under prompt learning pools each row's
+/// last position (transformers cannot tell pad tokens among input embeddings); in a right-padded
+/// row that is a pad token, whose attention is fully masked under Mistral's 4-token window, and
+/// what SDPA returns for a fully masked row is the kernel's choice (the CPU's: uniform weights;
+/// CUDA's memory-efficient kernel: zeros — seen on the H200). Those rows are left out; every
+/// other row, and every row of every other case, is compared.
+fn compared_rows(arch: &str, kind: &AdapterKind, mask: &Tensor) -> Tensor {
+    let decoder = matches!(arch, "llama" | "qwen2" | "mistral");
+    let prompted = matches!(kind.name, "prompt" | "ptuning_mlp" | "ptuning_lstm");
+    let batch = mask.size()[0];
+    let keep: Vec<i64> = (0..batch)
+        .filter(|&r| !(decoder && prompted) || mask.int64_value(&[r, -1]) == 1)
+        .collect();
+    assert!(!keep.is_empty(), "{arch}: no row left to compare");
+    Tensor::from_slice(&keep).to_device(mask.device())
 }
 
 pub fn cuda_equals_cpu(kind: &AdapterKind, arch: &str) {
@@ -98,10 +119,13 @@ pub fn cuda_equals_cpu(kind: &AdapterKind, arch: &str) {
         "{} {arch}: CUDA logits differ from the CPU's by {d}",
         kind.name
     );
+    // cuDNN's LSTM computes in TF32 by default (as in PyTorch: `torch.backends.cudnn.allow_tf32`),
+    // ten times coarser than the rest of the fp32 path.
+    let relative = if kind.name == "ptuning_lstm" { 1e-3 } else { 1e-4 };
     assert_grads_close(
         &want,
         &got,
-        |a| 1e-6 + 1e-4 * a.abs().max().double_value(&[]),
+        |a| 1e-6 + relative * a.abs().max().double_value(&[]),
         &format!("{} {arch} on CUDA", kind.name),
     );
     // Gradient checkpointing on the device: the same gradients as without it.
