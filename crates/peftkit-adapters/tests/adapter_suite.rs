@@ -15,7 +15,7 @@ use peftkit_adapters::{
 };
 use peftkit_models::{SequenceClassifier, TrainModel};
 use peftkit_tokenize::Padding;
-use peftkit_train::{Dataset, Precision, Strategy, Trainer, TrainingArgs};
+use peftkit_train::{Dataset, Precision, Scheduler, Strategy, Trainer, TrainingArgs};
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 
@@ -543,7 +543,7 @@ pub fn an_invalid_config_is_an_error(kind: &AdapterKind, arch: &str) {
 }
 
 pub fn a_few_training_steps_lower_the_loss(kind: &AdapterKind, arch: &str) {
-    let (before, after) = train_a_few_steps(wrap(kind, arch), arch, Precision::Fp32);
+    let (before, after, _) = train_a_few_steps(wrap(kind, arch), arch, Precision::Fp32);
     assert!(
         after < before,
         "{} {arch}: loss {before} -> {after}",
@@ -551,8 +551,20 @@ pub fn a_few_training_steps_lower_the_loss(kind: &AdapterKind, arch: &str) {
     );
 }
 
-/// The golden batch's eval loss before and after 5 Trainer steps of `model` (on its device).
-fn train_a_few_steps(model: PeftModel, arch: &str, precision: Precision) -> (f64, f64) {
+/// The golden batch's eval loss before and after 5 Trainer steps of `model` (on its device), and
+/// the steps fp16's loss scaler skipped.
+fn train_a_few_steps(model: PeftModel, arch: &str, precision: Precision) -> (f64, f64, u64) {
+    train_steps(model, arch, precision, 5, Scheduler::Linear)
+}
+
+/// [`train_a_few_steps`] with `steps` steps and the learning-rate schedule `schedule`.
+fn train_steps(
+    model: PeftModel,
+    arch: &str,
+    precision: Precision,
+    steps: usize,
+    schedule: Scheduler,
+) -> (f64, f64, u64) {
     let device = model.base().device();
     let g: HashMap<String, Tensor> = inputs(arch)
         .into_iter()
@@ -587,7 +599,8 @@ fn train_a_few_steps(model: PeftModel, arch: &str, precision: Precision) -> (f64
     .unwrap();
     let args = TrainingArgs {
         learning_rate: 1e-3,
-        max_steps: Some(5),
+        lr_scheduler_type: schedule,
+        max_steps: Some(steps),
         per_device_train_batch_size: 4,
         eval_strategy: Strategy::No,
         save_strategy: Strategy::No,
@@ -596,12 +609,12 @@ fn train_a_few_steps(model: PeftModel, arch: &str, precision: Precision) -> (f64
         ..TrainingArgs::default()
     };
     let tmp = tempfile::tempdir().unwrap();
-    Trainer::new(&model, args, tmp.path())
+    let out = Trainer::new(&model, args, tmp.path())
         .unwrap()
         .with_progress(false)
         .train(&data, None, None)
         .unwrap();
-    (before, eval_loss())
+    (before, eval_loss(), out.skipped_steps)
 }
 
 macro_rules! adapter_suite {

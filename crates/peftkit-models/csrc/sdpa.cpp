@@ -17,4 +17,8 @@ int pk_set_sdp_backend(int backend, int enabled) {
   }
 }
 
+// Whether cuDNN (its convolutions and RNNs) may compute fp32 in TF32, as
+// `torch.backends.cudnn.allow_tf32` (on by default in PyTorch and libtorch).
+void pk_set_cudnn_allow_tf32(int allowed) { at::globalContext().setAllowTF32CuDNN(allowed != 0); }
+
 }  // extern "C"

@@ -14,6 +14,7 @@ extern "C" {
     pub(crate) fn pk_cuda_memory(device: c_int, out: *mut i64, error: *mut *mut c_char) -> c_int;
     pub(crate) fn pk_cuda_reset_peak(device: c_int, error: *mut *mut c_char) -> c_int;
     pub(crate) fn pk_set_sdp_backend(backend: c_int, enabled: c_int) -> c_int;
+    pub(crate) fn pk_set_cudnn_allow_tf32(allowed: c_int);
     pub(crate) fn pk_dropout_mask(
         x: *mut C_tensor,
         p: f64,

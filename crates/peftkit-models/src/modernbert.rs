@@ -198,9 +198,11 @@ impl Norm {
         }
     }
 
+    /// In the weight's kind: under mixed precision a half-precision input (the head's dense
+    /// output) is normalised in fp32, as autocast runs `layer_norm`.
     fn forward(&self, x: &Tensor) -> Tensor {
         let dim = x.size()[x.dim() - 1];
-        x.layer_norm(
+        x.to_kind(self.weight.kind()).layer_norm(
             [dim],
             Some(&self.weight),
             self.bias.as_ref(),

@@ -51,3 +51,12 @@ pub fn set_sdpa_backend(backend: SdpaBackend, enabled: bool) {
     let rc = unsafe { crate::ffi::pk_set_sdp_backend(code as c_int, c_int::from(enabled)) };
     debug_assert_eq!(rc, 0);
 }
+
+/// Allows or forbids TF32 arithmetic in cuDNN's fp32 kernels (convolutions, RNNs such as
+/// P-tuning's LSTM prompt encoder) for the whole process, as `torch.backends.cudnn.allow_tf32`
+/// does in Python. On by default (PyTorch's default); forbid it where fp32 results must match the
+/// CPU's closely. No effect without CUDA.
+pub fn set_cudnn_allow_tf32(allowed: bool) {
+    // SAFETY: sets a flag of libtorch's global context.
+    unsafe { crate::ffi::pk_set_cudnn_allow_tf32(c_int::from(allowed)) }
+}

@@ -85,6 +85,11 @@ pub struct FlatOptimizer {
     grad: Tensor,
     work: Tensor,
     step: u64,
+    /// The fp16 path only: the updates applied so far (a device scalar, so that no step reads
+    /// back whether it was skipped). A skipped step does not count, as in PyTorch where the
+    /// scaler skips `optimizer.step()`: AdamW's bias correction and SGD's first momentum step
+    /// follow the applied updates.
+    applied: Option<Tensor>,
     cfg: OptimConfig,
     last_grad_norm: Option<Tensor>,
 }
@@ -139,6 +144,7 @@ impl FlatOptimizer {
             flat,
             decay,
             step: 0,
+            applied: None,
             cfg,
             last_grad_norm: None,
         })
@@ -161,7 +167,10 @@ impl FlatOptimizer {
 
     /// Optimizer steps taken.
     pub fn steps(&self) -> u64 {
-        self.step
+        match &self.applied {
+            Some(a) => a.double_value(&[]) as u64,
+            None => self.step,
+        }
     }
 
     /// The total gradient norm before clipping at the last step (a device tensor; reading it
@@ -325,19 +334,27 @@ impl FlatOptimizer {
 
     /// The fp16 path: the update is applied only where `found_inf` is 0, without reading it back.
     fn masked_step(&mut self, lr: f64, found_inf: &Tensor) {
-        let g = &self.grad;
         let keep = found_inf.ones_like() - found_inf; // 1 when the step is applied
+        // Updates applied before this one (from the host count after a fresh start or a resume).
+        let before = self.step as f64 - 1.0;
+        let applied = self
+            .applied
+            .get_or_insert_with(|| keep.zeros_like() + before);
+        let first = applied.eq_tensor(&applied.zeros_like());
+        let _ = applied.g_add_(&keep);
+        let t = applied.clamp_min(1.0);
+        let g = &self.grad;
         let lr_eff = keep.shallow_clone() * lr;
         let skip = found_inf.to_kind(Kind::Bool);
         match self.cfg.kind {
             Optim::Adamw => {
                 let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-                let t = self.step as i32;
                 let decay = &self.decay * &lr_eff * (-self.cfg.weight_decay) + 1.0;
                 let new_m = self.exp_avg.lerp(g, 1.0 - b1);
                 let new_v = &self.exp_avg_sq * b2 + g.square() * (1.0 - b2);
-                let bc1 = 1.0 - b1.powi(t);
-                let bc2 = 1.0 - b2.powi(t);
+                // 1 - beta^t with t on the device.
+                let bc1 = -(&t * b1.ln()).exp() + 1.0;
+                let bc2 = -(&t * b2.ln()).exp() + 1.0;
                 let denom = new_v.sqrt() / bc2.sqrt() + self.cfg.eps;
                 let update = new_m.shallow_clone() / denom * (lr_eff / bc1);
                 let new_p = &self.flat * decay - update;
@@ -350,11 +367,7 @@ impl FlatOptimizer {
             Optim::Sgd => {
                 let d = g + &self.flat * &self.decay * self.cfg.weight_decay;
                 let d = if self.cfg.momentum > 0.0 {
-                    let buf = if self.step == 1 {
-                        d.shallow_clone()
-                    } else {
-                        &self.exp_avg * self.cfg.momentum + &d
-                    };
+                    let buf = d.where_self(&first, &(&self.exp_avg * self.cfg.momentum + &d));
                     self.exp_avg
                         .copy_(&buf.where_self(&skip.logical_not(), &self.exp_avg));
                     buf
@@ -381,7 +394,7 @@ impl FlatOptimizer {
         vec![
             ("exp_avg".into(), self.exp_avg.shallow_clone()),
             ("exp_avg_sq".into(), self.exp_avg_sq.shallow_clone()),
-            ("step".into(), Tensor::from_slice(&[self.step as i64])),
+            ("step".into(), Tensor::from_slice(&[self.steps() as i64])),
         ]
     }
 
@@ -406,6 +419,7 @@ impl FlatOptimizer {
             self.exp_avg_sq.copy_(v);
         });
         self.step = get("step")?.int64_value(&[0]) as u64;
+        self.applied = None;
         Ok(())
     }
 
@@ -521,5 +535,45 @@ mod tests {
         let skipped = opt.step(0.1, Some(&Tensor::from_slice(&[1024.0f32])));
         assert_eq!(skipped.double_value(&[]), 1.0);
         assert_eq!(p.double_value(&[0]), 1.0);
+    }
+
+    /// Skipped fp16 steps do not count: after two skips, the first applied AdamW (or momentum
+    /// SGD) update is a first step's (bias correction at t = 1), as with PyTorch's GradScaler,
+    /// which does not call `optimizer.step()` on a skip; the saved step count is the applied one.
+    #[test]
+    fn skipped_steps_do_not_advance_the_step_count() {
+        for kind in [Optim::Adamw, Optim::Sgd] {
+            let cfg = OptimConfig {
+                kind,
+                momentum: 0.9,
+                ..OptimConfig::default()
+            };
+            let fresh = |v: f32| Tensor::from_slice(&[v, -2.0]).set_requires_grad(true);
+            let (p, q) = (fresh(1.0), fresh(1.0));
+            let mut skipping = FlatOptimizer::new(vec![("w".into(), p.shallow_clone())], cfg).unwrap();
+            let mut plain = FlatOptimizer::new(vec![("w".into(), q.shallow_clone())], cfg).unwrap();
+            let scale = Tensor::from_slice(&[4.0f32]);
+            for _ in 0..2 {
+                skipping.zero_grad();
+                (&p * f64::INFINITY).sum(Kind::Float).backward();
+                assert_eq!(skipping.step(0.1, Some(&scale)).double_value(&[]), 1.0);
+            }
+            assert_eq!(skipping.steps(), 0);
+            skipping.zero_grad();
+            (&p * &p * 4.0).sum(Kind::Float).backward(); // scaled by 4
+            assert_eq!(skipping.step(0.1, Some(&scale)).double_value(&[]), 0.0);
+            (&q * &q).sum(Kind::Float).backward();
+            let _ = plain.step(0.1, None);
+            let (a, b): (Vec<f32>, Vec<f32>) = (
+                Vec::try_from(&p.detach()).unwrap(),
+                Vec::try_from(&q.detach()).unwrap(),
+            );
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-6),
+                "{kind:?}: {a:?} vs {b:?}"
+            );
+            assert_eq!(skipping.steps(), 1);
+            assert_eq!(skipping.state()[2].1.int64_value(&[0]), 1);
+        }
     }
 }

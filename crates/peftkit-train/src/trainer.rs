@@ -70,6 +70,10 @@ pub struct TrainOutput {
     /// Real and padded tokens of the micro-batches trained on (this process, this run).
     #[serde(default)]
     pub tokens: crate::TokenCounts,
+    /// fp16: optimizer steps the loss scaler skipped for non-finite gradients in this run (their
+    /// updates were not applied; the scale was halved). 0 in fp32 and bf16.
+    #[serde(default)]
+    pub skipped_steps: u64,
 }
 
 /// Memory on the training device: when training started, its peak during training (evaluations
@@ -328,6 +332,8 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
         let scale = (args.precision == Precision::Fp16)
             .then(|| Tensor::full([], 65536.0, (Kind::Float, device)));
         let growth = Tensor::zeros([], (Kind::Int, device));
+        // The skipped steps, counted on the device (read once, at the end).
+        let mut skipped_total = Tensor::zeros([], (Kind::Float, device));
         let mut loss_since_log = Tensor::zeros([], (Kind::Float, device));
         let mut loss_total = Tensor::zeros([], (Kind::Double, device));
         let mut steps_since_log = 0usize;
@@ -390,6 +396,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                         let mut s = s.shallow_clone();
                         tch::no_grad(|| {
                             let _ = s.internal_amp_update_scale_(&growth, &skipped, 2.0, 0.5, 2000);
+                            let _ = skipped_total.g_add_(&skipped);
                         });
                     }
                     self.model.after_optimizer_step(state.global_step);
@@ -545,6 +552,7 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
             log_history: state.log_history.clone(),
             distributed: ddp.stats(),
             tokens,
+            skipped_steps: skipped_total.double_value(&[]) as u64,
             memory: memory_start.and_then(|start| {
                 let end = peftkit_models::memory_usage(device).ok()?;
                 Some(TrainMemory {

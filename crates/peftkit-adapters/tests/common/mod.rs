@@ -59,14 +59,12 @@ pub fn without_dropout_on(arch: &str, device: Device) -> (tempfile::TempDir, Seq
     .unwrap();
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
-    for k in [
-        "hidden_dropout_prob",
-        "attention_probs_dropout_prob",
-        "resid_pdrop",
-        "embd_pdrop",
-        "attn_pdrop",
-    ] {
-        cfg[k] = serde_json::json!(0.0);
+    // Every family's dropout probabilities (`hidden_dropout_prob`, `resid_pdrop`, DistilBERT's
+    // `seq_classif_dropout`, ModernBERT's `mlp_dropout`, …): each numeric key naming one.
+    for (k, v) in cfg.as_object_mut().unwrap() {
+        if (k.contains("dropout") || k.contains("pdrop")) && v.is_number() {
+            *v = serde_json::json!(0.0);
+        }
     }
     std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
     let m = SequenceClassifier::load(tmp.path(), &LoadOptions::new(device))
