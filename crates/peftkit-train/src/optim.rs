@@ -252,6 +252,9 @@ impl FlatOptimizer {
                     // Non-finite gradients are zeroed so the arithmetic stays finite; the update
                     // is then masked out entirely.
                     let _ = self.grad.nan_to_num_(0.0, 0.0, 0.0);
+                    // What reads the parameters' gradients after the step (AdaLoRA's importance
+                    // scores) sees them unscaled, as after PyTorch's `scaler.unscale_`.
+                    self.scatter_grads();
                     inf
                 }
                 None => Tensor::zeros([], (Kind::Float, device)),

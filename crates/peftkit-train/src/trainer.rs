@@ -399,7 +399,13 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                             let _ = skipped_total.g_add_(&skipped);
                         });
                     }
-                    self.model.after_optimizer_step(state.global_step);
+                    // A step fp16's scaler skipped changed nothing: the model's own per-step
+                    // work (AdaLoRA's rank allocation, from gradients that were not finite) is
+                    // skipped too. Reading the flag is one sync a step, as GradScaler's.
+                    let applied = scale.is_none() || skipped.double_value(&[]) == 0.0;
+                    if applied {
+                        self.model.after_optimizer_step(state.global_step);
+                    }
                     opt.zero_grad();
                     state.global_step += 1;
                     state.batches_done_in_epoch = micro + 1;

@@ -188,6 +188,16 @@ pub fn cuda_trains_in_mixed_precision(kind: &AdapterKind, arch: &str) {
             "{} {arch} {precision:?} on CUDA: loss {before} -> {after}, {skipped} of {STEPS} steps skipped",
             kind.name
         );
+        if kind.name == "adalora" && skipped > 0 {
+            // AdaLoRA's rank budget follows the global step, which counts skipped steps too: no
+            // fp32 run has the same schedule and updates; the direction is checked.
+            assert!(
+                after < before,
+                "{} {arch} {precision:?} on CUDA: loss {before} -> {after} ({skipped} steps skipped)",
+                kind.name
+            );
+            continue;
+        }
         let (start, reference, _) = run(Precision::Fp32, applied);
         assert!((start - before).abs() <= 1e-6 * before.abs().max(1.0));
         assert!(
