@@ -71,7 +71,10 @@ fn check_chunk(chunk: &[u8]) -> Result<(), (usize, String)> {
             return Err((pos, "no page sizes".into()));
         };
         if compressed < 0 || uncompressed < 0 {
-            return Err((pos, format!("negative page size ({compressed}, {uncompressed})")));
+            return Err((
+                pos,
+                format!("negative page size ({compressed}, {uncompressed})"),
+            ));
         }
         let body = r.at as u64 + compressed as u64;
         if body > (chunk.len() - pos) as u64 {
@@ -86,7 +89,9 @@ fn check_chunk(chunk: &[u8]) -> Result<(), (usize, String)> {
         if uncompressed as u64 > (compressed as u64).saturating_mul(MAX_RATIO) + SLACK {
             return Err((
                 pos,
-                format!("a page claims {uncompressed} bytes uncompressed from {compressed} compressed"),
+                format!(
+                    "a page claims {uncompressed} bytes uncompressed from {compressed} compressed"
+                ),
             ));
         }
         pos += body as usize;
@@ -152,7 +157,10 @@ impl Reader<'_> {
     /// A collection's element count: each element takes at least a byte.
     fn count(&mut self, n: u64) -> Result<u64, String> {
         if n > self.left() as u64 {
-            return Err(format!("{n} elements claimed where {} bytes are left", self.left()));
+            return Err(format!(
+                "{n} elements claimed where {} bytes are left",
+                self.left()
+            ));
         }
         Ok(n)
     }
@@ -203,7 +211,7 @@ impl Reader<'_> {
             return Err("nesting too deep".into());
         }
         match kind {
-            1 | 2 | 3 => self.skip(1),
+            1..=3 => self.skip(1),
             4..=6 => self.varint().map(|_| ()),
             7 => self.skip(8),
             8 => {
@@ -313,7 +321,10 @@ mod tests {
         let mut chunk = header(1 << 30, 4, &[]);
         chunk.extend_from_slice(&[0; 4]);
         let (_, err) = check_chunk(&chunk).unwrap_err();
-        assert!(err.contains("claims 1073741824 bytes uncompressed"), "{err}");
+        assert!(
+            err.contains("claims 1073741824 bytes uncompressed"),
+            "{err}"
+        );
         let (_, err) = check_chunk(&header(-1, 0, &[])).unwrap_err();
         assert!(err.contains("negative"), "{err}");
     }
@@ -327,6 +338,9 @@ mod tests {
         deep.pop();
         deep.extend(std::iter::repeat_n(0x1c, 70));
         let (_, err) = check_chunk(&deep).unwrap_err();
-        assert!(err.contains("too deep") || err.contains("runs past"), "{err}");
+        assert!(
+            err.contains("too deep") || err.contains("runs past"),
+            "{err}"
+        );
     }
 }

@@ -338,7 +338,7 @@ impl FlatOptimizer {
     /// The fp16 path: the update is applied only where `found_inf` is 0, without reading it back.
     fn masked_step(&mut self, lr: f64, found_inf: &Tensor) {
         let keep = found_inf.ones_like() - found_inf; // 1 when the step is applied
-        // Updates applied before this one (from the host count after a fresh start or a resume).
+                                                      // Updates applied before this one (from the host count after a fresh start or a resume).
         let before = self.step as f64 - 1.0;
         let applied = self
             .applied
@@ -553,7 +553,8 @@ mod tests {
             };
             let fresh = |v: f32| Tensor::from_slice(&[v, -2.0]).set_requires_grad(true);
             let (p, q) = (fresh(1.0), fresh(1.0));
-            let mut skipping = FlatOptimizer::new(vec![("w".into(), p.shallow_clone())], cfg).unwrap();
+            let mut skipping =
+                FlatOptimizer::new(vec![("w".into(), p.shallow_clone())], cfg).unwrap();
             let mut plain = FlatOptimizer::new(vec![("w".into(), q.shallow_clone())], cfg).unwrap();
             let scale = Tensor::from_slice(&[4.0f32]);
             for _ in 0..2 {

@@ -81,7 +81,9 @@ fn logits_and_grads(
         .logits(&ids, &mask, train)
         .unwrap()
         .index_select(0, &rows);
-    model.loss(&logits, &labels.index_select(0, &rows)).backward();
+    model
+        .loss(&logits, &labels.index_select(0, &rows))
+        .backward();
     let grads = model
         .trainable_parameters()
         .into_iter()
