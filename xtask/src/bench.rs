@@ -182,6 +182,13 @@ fn run_peftkit(
     out: &Path,
     group: bool,
 ) -> Result<serde_json::Value> {
+    // The run directory is this command's own (under target/bench): a fresh one each time, also
+    // where an earlier peftkit left one without the `.peftkit` marker.
+    for dir in [out.to_path_buf(), out.with_extension("partial")] {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+    }
     let mut cmd = Command::new(root.join("target/release/peftkit"));
     cmd.current_dir(root)
         .args(["reproduce", name, "--quiet", "--device", "cpu", "--output"])
