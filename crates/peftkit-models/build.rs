@@ -32,5 +32,6 @@ fn main() {
         .file("csrc/error.cpp")
         .file("csrc/sdpa.cpp")
         .file("csrc/dropout.cpp")
+        .file("csrc/fused_adam.cpp")
         .compile("peftkit_ops");
 }

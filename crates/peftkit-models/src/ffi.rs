@@ -15,6 +15,19 @@ extern "C" {
     pub(crate) fn pk_cuda_reset_peak(device: c_int, error: *mut *mut c_char) -> c_int;
     pub(crate) fn pk_set_sdp_backend(backend: c_int, enabled: c_int) -> c_int;
     pub(crate) fn pk_set_cudnn_allow_tf32(allowed: c_int);
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn pk_fused_adam(
+        p: *mut C_tensor,
+        g: *mut C_tensor,
+        m: *mut C_tensor,
+        v: *mut C_tensor,
+        step: *mut C_tensor,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        error: *mut *mut c_char,
+    ) -> c_int;
     pub(crate) fn pk_dropout_mask(
         x: *mut C_tensor,
         p: f64,

@@ -66,7 +66,7 @@ pub use memory::{
     memory_usage, release_free_host_memory, reset_peak_memory, MemorySource, MemoryUsage,
 };
 pub use modernbert::ModernBertConfig;
-pub use ops::recomputed_linear;
+pub use ops::{fused_adam_, recomputed_linear};
 pub use precision::{compute_dtype, with_compute_dtype};
 pub use prefix::{PrefixProvider, PromptProvider};
 pub use sdpa::{set_cudnn_allow_tf32, set_sdpa_backend, SdpaBackend};

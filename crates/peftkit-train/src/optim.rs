@@ -286,33 +286,29 @@ impl FlatOptimizer {
         let w = &mut self.work;
         match self.cfg.kind {
             Optim::Adamw => {
-                let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-                let t = self.step as i32;
-                // Decoupled weight decay: p *= 1 - lr * wd on decayed parameters.
-                if self.cfg.weight_decay != 0.0 {
+                // Decoupled weight decay on the decayed parameters, p −= lr · wd · decay · p (one
+                // pass), then Adam in one fused pass (libtorch's `_fused_adam_`, what
+                // `torch.optim.AdamW(fused=True)` runs); the separate element-wise passes it
+                // replaces were most of full fine-tuning's element-wise time (BENCHMARKS.md).
+                if self.cfg.weight_decay != 0.0 && lr != 0.0 {
                     w.copy_(&self.decay);
-                    let _ = w
-                        .g_mul_scalar_(-lr * self.cfg.weight_decay)
-                        .g_add_scalar_(1.0);
-                    let _ = self.flat.g_mul_(w);
+                    let _ = w.g_mul_scalar_(-lr * self.cfg.weight_decay);
+                    let p = self.flat.shallow_clone();
+                    let _ = self.flat.addcmul_(w, &p);
                 }
-                let _ = self.exp_avg.lerp_(g, 1.0 - b1);
-                // v = β₂ v + (1 − β₂) g²
-                let _ = g.mul_out(w, g);
-                let _ = self.exp_avg_sq.g_mul_scalar_(b2);
-                let _ = self.exp_avg_sq.g_add_(&w.g_mul_scalar_(1.0 - b2));
-                let bc1 = 1.0 - b1.powi(t);
-                let bc2 = 1.0 - b2.powi(t);
-                // p += m / d with d = (√v / √bc2 + ε) · (−bc1 / lr), i.e.
-                // p −= lr / bc1 · m / (√v / √bc2 + ε), in five passes.
-                if lr != 0.0 {
-                    let _ = self.exp_avg_sq.sqrt_out(w);
-                    let _ = w
-                        .g_div_scalar_(bc2.sqrt())
-                        .g_add_scalar_(self.cfg.eps)
-                        .g_mul_scalar_(-bc1 / lr);
-                    let _ = self.flat.addcdiv_(&self.exp_avg, w);
-                }
+                let step = Tensor::from(self.step as f32).to_device(self.flat.device());
+                peftkit_models::fused_adam_(
+                    &self.flat,
+                    g,
+                    &self.exp_avg,
+                    &self.exp_avg_sq,
+                    &step,
+                    lr,
+                    self.cfg.beta1,
+                    self.cfg.beta2,
+                    self.cfg.eps,
+                )
+                .expect("fused Adam on the optimizer's own buffers");
             }
             Optim::Sgd => {
                 // d = g + wd · p (torch.optim.SGD's weight_decay), momentum buffer in exp_avg.
