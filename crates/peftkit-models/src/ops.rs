@@ -75,6 +75,56 @@ pub fn recomputed_linear(
     Ok(unsafe { Tensor::from_ptr(y) })
 }
 
+/// One Adam update (no weight decay: apply decoupled decay before it) of `param` in place, with
+/// its gradient and moments, in a single pass over memory — libtorch's `_fused_adam_`
+/// (`torch.optim.Adam(fused=True)`). `step` is a float tensor on `param`'s device holding this
+/// update's number (1 for the first), for the bias corrections.
+///
+/// ```
+/// use tch::{Device, Kind, Tensor};
+/// let p = Tensor::from_slice(&[1.0f32, -2.0]);
+/// let g = Tensor::from_slice(&[0.5f32, -0.5]);
+/// let (m, v) = (p.zeros_like(), p.zeros_like());
+/// let step = Tensor::from_slice(&[1.0f32]).squeeze();
+/// peftkit_models::fused_adam_(&p, &g, &m, &v, &step, 0.1, 0.9, 0.999, 1e-8).unwrap();
+/// // The first step moves each element by lr in the gradient's opposite direction.
+/// assert!((p.double_value(&[0]) - 0.9).abs() < 1e-6 && (p.double_value(&[1]) + 1.9).abs() < 1e-6);
+/// ```
+#[allow(clippy::too_many_arguments)]
+pub fn fused_adam_(
+    param: &Tensor,
+    grad: &Tensor,
+    exp_avg: &Tensor,
+    exp_avg_sq: &Tensor,
+    step: &Tensor,
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+) -> Result<()> {
+    let mut error: *mut c_char = std::ptr::null_mut();
+    let ptr = |t: &Tensor| t.as_ptr() as *mut C_tensor;
+    // SAFETY: the tensors outlive the call, which updates them in place.
+    let rc = unsafe {
+        crate::ffi::pk_fused_adam(
+            ptr(param),
+            ptr(grad),
+            ptr(exp_avg),
+            ptr(exp_avg_sq),
+            ptr(step),
+            lr,
+            beta1,
+            beta2,
+            eps,
+            &mut error,
+        )
+    };
+    if rc != 0 {
+        return Err(ModelError::Torch(tch::TchError::Torch(take_error(error))));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,54 +193,4 @@ mod tests {
             .to_string();
         assert!(err.contains("callback"), "{err}");
     }
-}
-
-/// One Adam update (no weight decay: apply decoupled decay before it) of `param` in place, with
-/// its gradient and moments, in a single pass over memory — libtorch's `_fused_adam_`
-/// (`torch.optim.Adam(fused=True)`). `step` is a float tensor on `param`'s device holding this
-/// update's number (1 for the first), for the bias corrections.
-///
-/// ```
-/// use tch::{Device, Kind, Tensor};
-/// let p = Tensor::from_slice(&[1.0f32, -2.0]);
-/// let g = Tensor::from_slice(&[0.5f32, -0.5]);
-/// let (m, v) = (p.zeros_like(), p.zeros_like());
-/// let step = Tensor::from_slice(&[1.0f32]).squeeze();
-/// peftkit_models::fused_adam_(&p, &g, &m, &v, &step, 0.1, 0.9, 0.999, 1e-8).unwrap();
-/// // The first step moves each element by lr in the gradient's opposite direction.
-/// assert!((p.double_value(&[0]) - 0.9).abs() < 1e-6 && (p.double_value(&[1]) + 1.9).abs() < 1e-6);
-/// ```
-#[allow(clippy::too_many_arguments)]
-pub fn fused_adam_(
-    param: &Tensor,
-    grad: &Tensor,
-    exp_avg: &Tensor,
-    exp_avg_sq: &Tensor,
-    step: &Tensor,
-    lr: f64,
-    beta1: f64,
-    beta2: f64,
-    eps: f64,
-) -> Result<()> {
-    let mut error: *mut c_char = std::ptr::null_mut();
-    let ptr = |t: &Tensor| t.as_ptr() as *mut C_tensor;
-    // SAFETY: the tensors outlive the call, which updates them in place.
-    let rc = unsafe {
-        crate::ffi::pk_fused_adam(
-            ptr(param),
-            ptr(grad),
-            ptr(exp_avg),
-            ptr(exp_avg_sq),
-            ptr(step),
-            lr,
-            beta1,
-            beta2,
-            eps,
-            &mut error,
-        )
-    };
-    if rc != 0 {
-        return Err(ModelError::Torch(tch::TchError::Torch(take_error(error))));
-    }
-    Ok(())
 }
