@@ -9,7 +9,7 @@
 
 use crate::lora::config::Bias;
 use crate::{AdapterConfig, AdapterError, Result};
-use peftkit_models::{PrefixProvider, PromptProvider, SequenceClassifier};
+use peftkit_models::{LossScaling, PrefixProvider, PromptProvider, SequenceClassifier};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -140,8 +140,14 @@ pub trait Tuner: std::fmt::Debug + Send {
         None
     }
     /// Called after each optimizer step (0-based `step`), before the gradients are cleared
-    /// (AdaLoRA's budget allocation).
-    fn after_optimizer_step(&self, _base: &SequenceClassifier, _step: usize) {}
+    /// (AdaLoRA's budget allocation); `scaling` as in [`TrainModel::after_optimizer_step`].
+    fn after_optimizer_step(
+        &self,
+        _base: &SequenceClassifier,
+        _step: usize,
+        _scaling: Option<&LossScaling>,
+    ) {
+    }
 }
 
 /// What every method's config provides (peft's `PeftConfig` subclasses); listed in

@@ -107,7 +107,7 @@ fn training_allocates_ranks_as_peft_does() {
                 "{arch} step {step}: loss {loss} vs peft's {want}"
             );
             opt.step(&params);
-            model.after_optimizer_step(step);
+            model.after_optimizer_step(step, None);
             for (name, t) in &params {
                 let d = diff(t, &golden[&format!("step{step}.{name}")]);
                 assert!(d <= 1e-5, "{arch} step {step}: {name} differs by {d}");

@@ -239,6 +239,18 @@ pub struct SequenceClassifier {
     gradient_checkpointing: std::sync::atomic::AtomicBool,
 }
 
+/// What the layers of one checkpointed forward share (no parameters in it, so each layer's
+/// recomputed graph needs none of it again): the attention mask, and for the rotary families
+/// their masks and rotary tables too.
+enum LayerShared {
+    /// The additive mask (DeBERTa: the 0/1 mask it builds its own from).
+    Mask(Tensor),
+    /// Llama / Qwen2 / Mistral: the additive mask and the rotary tables.
+    Llama(Tensor, (Tensor, Tensor)),
+    /// ModernBERT: the global and local masks and their rotary tables.
+    ModernBert((Tensor, Tensor), crate::modernbert::Ropes),
+}
+
 impl SequenceClassifier {
     /// A randomly initialised model (transformers' `from_config`).
     pub fn from_config(config: ModelConfig, device: Device) -> Self {
@@ -557,18 +569,53 @@ impl SequenceClassifier {
         &self,
         i: usize,
         x: &Tensor,
-        mask: &Tensor,
+        shared: &LayerShared,
         prefix: Option<&dyn PrefixProvider>,
         train: bool,
     ) -> Tensor {
+        match (&self.inner, shared) {
+            (Inner::Gpt2(m), LayerShared::Mask(mask)) => m.layer(i, x, mask, prefix, train),
+            (Inner::Roberta(m), LayerShared::Mask(mask)) => {
+                m.encoder().layer(i, x, mask, prefix, train)
+            }
+            (Inner::Bert(m), LayerShared::Mask(mask)) => {
+                m.encoder().layer(i, x, mask, prefix, train)
+            }
+            (Inner::DistilBert(m), LayerShared::Mask(mask)) => m.layer(i, x, mask, prefix, train),
+            (Inner::Llama(m), LayerShared::Llama(mask, rope)) => {
+                m.layer(i, x, mask, rope, prefix, train)
+            }
+            (Inner::ModernBert(m), LayerShared::ModernBert(masks, ropes)) => {
+                m.layer(i, x, masks, ropes, prefix, train)
+            }
+            (Inner::DebertaV2(m), LayerShared::Mask(mask)) => m.layer(i, x, mask, train),
+            _ => unreachable!("layer context built by `layer_shared` for this model"),
+        }
+    }
+
+    /// What every layer of one checkpointed forward shares, built once from the attention mask
+    /// (with any virtual tokens) and the embeddings' output `x`.
+    fn layer_shared(
+        &self,
+        full_mask: &Tensor,
+        x: &Tensor,
+        prefix: Option<&dyn PrefixProvider>,
+    ) -> LayerShared {
+        let prefix_len = prefix.map_or(0, |p| p.num_tokens());
+        let additive =
+            |causal| crate::attention::additive_mask(full_mask, prefix_len, causal, x.kind());
         match &self.inner {
-            Inner::Gpt2(m) => m.layer(i, x, mask, prefix, train),
-            Inner::Roberta(m) => m.encoder().layer(i, x, mask, prefix, train),
-            Inner::Bert(m) => m.encoder().layer(i, x, mask, prefix, train),
-            Inner::DistilBert(m) => m.layer(i, x, mask, prefix, train),
-            Inner::Llama(m) => m.layer(i, x, mask, prefix, train),
-            Inner::ModernBert(m) => m.layer(i, x, mask, prefix, train),
-            Inner::DebertaV2(m) => m.layer(i, x, mask, train),
+            Inner::Llama(m) => {
+                LayerShared::Llama(m.mask(full_mask, prefix_len, x.kind()), m.rope(x, prefix))
+            }
+            Inner::ModernBert(m) => {
+                LayerShared::ModernBert(m.masks(additive(false)), m.ropes(x, prefix))
+            }
+            // DeBERTa builds its boolean mask and relative embeddings in each layer: they carry
+            // gradients (and dropout) that each layer's recomputed graph must hold itself.
+            Inner::DebertaV2(_) => LayerShared::Mask(full_mask.shallow_clone()),
+            Inner::Gpt2(_) => LayerShared::Mask(additive(true)),
+            _ => LayerShared::Mask(additive(false)),
         }
     }
 
@@ -645,7 +692,6 @@ impl SequenceClassifier {
             }
         };
         let n = self.num_layers();
-        let prefix_len = opts.prefix.map_or(0, |p| p.num_tokens());
         let offset = opts.prefix.map_or(0, |p| p.position_offset());
         // The virtual tokens' embeddings are computed once, with gradients; the embedding
         // layer runs without in the forward pass and again with them at the end.
@@ -656,21 +702,11 @@ impl SequenceClassifier {
             seeded(0);
             inputs.push(self.embed(input_ids, &full_mask, offset, prompt.as_ref(), train));
         });
-        let mask = match &self.inner {
-            Inner::Llama(m) => m.mask(&full_mask, prefix_len, inputs[0].kind()),
-            // DeBERTa builds its own boolean mask (and relative positions) from the 0/1 one.
-            Inner::DebertaV2(_) => full_mask.shallow_clone(),
-            _ => crate::attention::additive_mask(
-                &full_mask,
-                prefix_len,
-                self.architecture() == Architecture::Gpt2,
-                inputs[0].kind(),
-            ),
-        };
+        let shared = self.layer_shared(&full_mask, &inputs[0], opts.prefix);
         for i in 0..n {
             let next = tch::no_grad(|| {
                 seeded(1 + i as i64);
-                self.layer(i, &inputs[i], &mask, opts.prefix, train)
+                self.layer(i, &inputs[i], &shared, opts.prefix, train)
             });
             inputs.push(next);
         }
@@ -691,7 +727,7 @@ impl SequenceClassifier {
                 .detach()
                 .set_requires_grad(true);
             seeded(1 + i as i64);
-            let y = self.layer(i, &x, &mask, opts.prefix, train);
+            let y = self.layer(i, &x, &shared, opts.prefix, train);
             (y * &grad).sum(Kind::Float).backward();
             grad = x.grad();
         }

@@ -70,7 +70,7 @@ pub use ops::{fused_adam_, recomputed_linear};
 pub use precision::{compute_dtype, with_compute_dtype};
 pub use prefix::{PrefixProvider, PromptProvider};
 pub use sdpa::{set_cudnn_allow_tf32, set_sdpa_backend, SdpaBackend};
-pub use train_model::TrainModel;
+pub use train_model::{LossScaling, TrainModel};
 
 /// Errors of this crate; each names the file, key or value and what was expected.
 #[derive(Debug, thiserror::Error)]

@@ -307,10 +307,13 @@ impl LlamaForSequenceClassification {
             .masked_fill(&allowed.logical_not(), min_value(kind))
     }
 
-    /// The rotary tables of positions `offset..offset + len`.
-    fn rope(&self, offset: i64, len: i64, kind: Kind, device: tch::Device) -> (Tensor, Tensor) {
-        let positions = Tensor::arange_start(offset, offset + len, (Kind::Int64, device));
-        rotary(&self.inv_freq, &positions, kind)
+    /// The rotary tables of the `x`'s positions (`[batch, len, hidden]`), after the prefix's
+    /// offset: the same for every layer of a forward.
+    pub(crate) fn rope(&self, x: &Tensor, prefix: Option<&dyn PrefixProvider>) -> (Tensor, Tensor) {
+        let offset = prefix.map_or(0, |p| p.position_offset());
+        let len = x.size()[1];
+        let positions = Tensor::arange_start(offset, offset + len, (Kind::Int64, x.device()));
+        rotary(&self.inv_freq, &positions, x.kind())
     }
 
     /// Each row's pooled position: the last non-pad token (transformers' rule, right or left
@@ -340,7 +343,7 @@ impl LlamaForSequenceClassification {
         let prefix_len = prefix.map_or(0, |p| p.num_tokens());
         let mask = self.mask(attention_mask, prefix_len, emb.kind());
         // One rotary table for every layer (positions are the same in each).
-        let rope = self.rope(offset, emb.size()[1], emb.kind(), emb.device());
+        let rope = self.rope(&emb, prefix);
         let mut states = vec![emb];
         for layer in &self.layers {
             let next = layer.forward(
@@ -378,18 +381,18 @@ impl LlamaForSequenceClassification {
         self.layers.len()
     }
 
-    /// One layer for gradient checkpointing (positions from the prefix's offset).
+    /// One layer for gradient checkpointing, with the mask and rotary tables the forward built
+    /// once ([`Self::mask`], [`Self::rope`]).
     pub(crate) fn layer(
         &self,
         i: usize,
         x: &Tensor,
         mask: &Tensor,
+        rope: &(Tensor, Tensor),
         prefix: Option<&dyn PrefixProvider>,
         train: bool,
     ) -> Tensor {
-        let offset = prefix.map_or(0, |p| p.position_offset());
-        let rope = self.rope(offset, x.size()[1], x.kind(), x.device());
-        self.layers[i].forward(x, mask, &rope, prefix, train)
+        self.layers[i].forward(x, mask, rope, prefix, train)
     }
 
     pub(crate) fn head(

@@ -38,6 +38,8 @@ fn d_cls() -> String {
     "cls".into()
 }
 
+/// The global and local rotary tables `(cos, sin)`.
+pub(crate) type Ropes = ((Tensor, Tensor), (Tensor, Tensor));
 /// ModernBERT's `config.json` (`ModernBertConfig`, transformers 4 or 5 form).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ModernBertConfig {
@@ -257,7 +259,7 @@ impl EncoderLayer {
         &self,
         x: &Tensor,
         masks: &(Tensor, Tensor),
-        ropes: &((Tensor, Tensor), (Tensor, Tensor)),
+        ropes: &Ropes,
         prefix: Option<&dyn PrefixProvider>,
         train: bool,
     ) -> Tensor {
@@ -378,7 +380,13 @@ impl ModernBertForSequenceClassification {
     /// The local layers' mask from the global one (`[batch, 1, len, prefix + len]`, padding
     /// hidden, the prefix visible): keys also at most `local_attention / 2` positions away (the
     /// prefix stays visible).
-    pub(crate) fn local_mask(&self, global: &Tensor) -> Tensor {
+    /// The (global, local) additive masks from the global one.
+    pub(crate) fn masks(&self, global: Tensor) -> (Tensor, Tensor) {
+        let local = self.local_mask(&global);
+        (global, local)
+    }
+
+    fn local_mask(&self, global: &Tensor) -> Tensor {
         let size = global.size();
         let (len, keys) = (size[2], size[3]);
         let prefix_len = keys - len;
@@ -393,7 +401,11 @@ impl ModernBertForSequenceClassification {
         global.masked_fill(&far, min_value(global.kind()))
     }
 
-    fn ropes(&self, offset: i64, len: i64, x: &Tensor) -> ((Tensor, Tensor), (Tensor, Tensor)) {
+    /// The global and local rotary tables of `x`'s positions after the prefix's offset, the same
+    /// for every layer of a forward.
+    pub(crate) fn ropes(&self, x: &Tensor, prefix: Option<&dyn PrefixProvider>) -> Ropes {
+        let offset = prefix.map_or(0, |p| p.position_offset());
+        let len = x.size()[1];
         let positions = Tensor::arange_start(offset, offset + len, (Kind::Int64, x.device()));
         (
             rotary(&self.inv_freq.0, &positions, x.kind()),
@@ -413,9 +425,8 @@ impl ModernBertForSequenceClassification {
         let emb = self.embed(input_ids, offset, prompt, train);
         let prefix_len = prefix.map_or(0, |p| p.num_tokens());
         let global = crate::attention::additive_mask(attention_mask, prefix_len, false, emb.kind());
-        let masks = (self.local_mask(&global), global);
-        let masks = (masks.1, masks.0);
-        let ropes = self.ropes(offset, emb.size()[1], &emb);
+        let masks = self.masks(global);
+        let ropes = self.ropes(&emb, prefix);
         let mut states = vec![emb];
         for layer in &self.layers {
             let next = layer.forward(
@@ -469,19 +480,18 @@ impl ModernBertForSequenceClassification {
         self.layers.len()
     }
 
-    /// One layer for gradient checkpointing, from the global (bidirectional) mask.
+    /// One layer for gradient checkpointing, with the masks and rotary tables the forward built
+    /// once ([`Self::masks`], [`Self::ropes`]).
     pub(crate) fn layer(
         &self,
         i: usize,
         x: &Tensor,
-        mask: &Tensor,
+        masks: &(Tensor, Tensor),
+        ropes: &Ropes,
         prefix: Option<&dyn PrefixProvider>,
         train: bool,
     ) -> Tensor {
-        let offset = prefix.map_or(0, |p| p.position_offset());
-        let ropes = self.ropes(offset, x.size()[1], x);
-        let masks = (mask.shallow_clone(), self.local_mask(mask));
-        self.layers[i].forward(x, &masks, &ropes, prefix, train)
+        self.layers[i].forward(x, masks, ropes, prefix, train)
     }
 
     /// The head on the last layer's output (before the final norm), for gradient checkpointing.

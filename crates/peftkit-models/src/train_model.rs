@@ -4,6 +4,17 @@
 use crate::{ForwardOptions, Result, SequenceClassifier};
 use tch::{Device, Tensor};
 
+/// The trainer's fp16 loss scaling in the step just taken, as device tensors (reading them is a
+/// host-device sync: only what needs them should).
+#[derive(Debug)]
+pub struct LossScaling {
+    /// The scale the step's gradients were computed with (the parameters' `grad` still holds
+    /// them scaled).
+    pub scale: Tensor,
+    /// 1.0 where the step was skipped (non-finite gradients: nothing was applied), else 0.0.
+    pub skipped: Tensor,
+}
+
 /// Logits, the loss, and the parameters to train.
 pub trait TrainModel {
     /// Logits `[batch, num_labels]`.
@@ -31,8 +42,10 @@ pub trait TrainModel {
     }
 
     /// Called by the trainer after each optimizer step (`step` counts from 0), while the step's
-    /// gradients are still there (e.g. AdaLoRA's budget allocation). Nothing by default.
-    fn after_optimizer_step(&self, _step: usize) {}
+    /// gradients are still there (e.g. AdaLoRA's budget allocation). Under fp16, `scaling` says
+    /// what the loss scaler did: the parameters' gradients are then still multiplied by its
+    /// scale, and a skipped step applied nothing. Nothing by default.
+    fn after_optimizer_step(&self, _step: usize, _scaling: Option<&LossScaling>) {}
 
     /// Turns gradient checkpointing on; false when the model does not support it.
     fn enable_gradient_checkpointing(&self) -> bool {

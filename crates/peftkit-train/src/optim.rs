@@ -85,8 +85,9 @@ pub struct FlatOptimizer {
     grad: Tensor,
     work: Tensor,
     step: u64,
-    /// The fp16 path only: the updates applied so far (a device scalar, so that no step reads
-    /// back whether it was skipped). A skipped step does not count, as in PyTorch where the
+    /// The updates applied so far, as a device scalar (the fused Adam kernel's step, and fp16's
+    /// count without reading back whether a step was skipped; created from `step` at the first
+    /// update after a start or a resume). A skipped step does not count, as in PyTorch where the
     /// scaler skips `optimizer.step()`: AdamW's bias correction and SGD's first momentum step
     /// follow the applied updates.
     applied: Option<Tensor>,
@@ -252,9 +253,6 @@ impl FlatOptimizer {
                     // Non-finite gradients are zeroed so the arithmetic stays finite; the update
                     // is then masked out entirely.
                     let _ = self.grad.nan_to_num_(0.0, 0.0, 0.0);
-                    // What reads the parameters' gradients after the step (AdaLoRA's importance
-                    // scores) sees them unscaled, as after PyTorch's `scaler.unscale_`.
-                    self.scatter_grads();
                     inf
                 }
                 None => Tensor::zeros([], (Kind::Float, device)),
@@ -282,6 +280,9 @@ impl FlatOptimizer {
 
     /// The update in place on the flat buffers (the fp32 path: no skipped steps).
     fn plain_step(&mut self, lr: f64) {
+        // AdamW's step count stays on the device: no host-to-device copy per step.
+        let step =
+            (self.cfg.kind == Optim::Adamw).then(|| self.applied_counter().g_add_scalar_(1.0));
         let g = &self.grad;
         let w = &mut self.work;
         match self.cfg.kind {
@@ -296,13 +297,12 @@ impl FlatOptimizer {
                     let p = self.flat.shallow_clone();
                     let _ = self.flat.addcmul_(w, &p);
                 }
-                let step = Tensor::from(self.step as f32).to_device(self.flat.device());
                 peftkit_models::fused_adam_(
                     &self.flat,
                     g,
                     &self.exp_avg,
                     &self.exp_avg_sq,
-                    &step,
+                    step.as_ref().expect("counted above for AdamW"),
                     lr,
                     self.cfg.beta1,
                     self.cfg.beta2,
@@ -331,14 +331,20 @@ impl FlatOptimizer {
         }
     }
 
+    /// The device count of updates applied before this call (which has already counted itself in
+    /// `step`), created from the host count at the first update after a start or a resume.
+    fn applied_counter(&mut self) -> Tensor {
+        let before = self.step as f64 - 1.0;
+        let device = self.flat.device();
+        self.applied
+            .get_or_insert_with(|| Tensor::full([], before, (Kind::Float, device)))
+            .shallow_clone()
+    }
+
     /// The fp16 path: the update is applied only where `found_inf` is 0, without reading it back.
     fn masked_step(&mut self, lr: f64, found_inf: &Tensor) {
         let keep = found_inf.ones_like() - found_inf; // 1 when the step is applied
-                                                      // Updates applied before this one (from the host count after a fresh start or a resume).
-        let before = self.step as f64 - 1.0;
-        let applied = self
-            .applied
-            .get_or_insert_with(|| keep.zeros_like() + before);
+        let mut applied = self.applied_counter();
         let first = applied.eq_tensor(&applied.zeros_like());
         let _ = applied.g_add_(&keep);
         let t = applied.clamp_min(1.0);

@@ -9,7 +9,7 @@ use crate::{Result, TrainError};
 use peftkit_distributed::ProcessGroup;
 use peftkit_eval::{Metrics, MetricsLog};
 pub use peftkit_models::TrainModel;
-use peftkit_models::{read_safetensors, save_safetensors, write_dir_atomically};
+use peftkit_models::{read_safetensors, save_safetensors, write_dir_atomically, LossScaling};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -392,19 +392,20 @@ impl<'a, M: TrainModel + ?Sized> Trainer<'a, M> {
                         * lr_factor(args.lr_scheduler_type, state.global_step, warmup, total);
                     let skipped =
                         opt.step_with(lr, scale.as_ref(), |g| ddp.average_gradients(g))?;
+                    // The model's per-step work sees this step's scale and whether it was
+                    // skipped, as device tensors (no read here), before the scale moves on.
+                    let scaling = scale.as_ref().map(|s| LossScaling {
+                        scale: s.shallow_clone(),
+                        skipped: skipped.shallow_clone(),
+                    });
+                    self.model
+                        .after_optimizer_step(state.global_step, scaling.as_ref());
                     if let Some(s) = &scale {
                         let mut s = s.shallow_clone();
                         tch::no_grad(|| {
                             let _ = s.internal_amp_update_scale_(&growth, &skipped, 2.0, 0.5, 2000);
                             let _ = skipped_total.g_add_(&skipped);
                         });
-                    }
-                    // A step fp16's scaler skipped changed nothing: the model's own per-step
-                    // work (AdaLoRA's rank allocation, from gradients that were not finite) is
-                    // skipped too. Reading the flag is one sync a step, as GradScaler's.
-                    let applied = scale.is_none() || skipped.double_value(&[]) == 0.0;
-                    if applied {
-                        self.model.after_optimizer_step(state.global_step);
                     }
                     opt.zero_grad();
                     state.global_step += 1;

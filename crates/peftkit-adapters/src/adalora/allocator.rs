@@ -60,7 +60,13 @@ impl RankAllocator {
 
     /// peft's `update_ipt`: `ipt = |p · grad|`, `ipt ← β₁ ipt + (1 − β₁) ipt_now`, `unc ← β₂ unc +
     /// (1 − β₂) |ipt_now − ipt|`.
-    fn update(&mut self, config: &AdaLoraConfig, layers: &[(String, &AdaLoraLayer)]) {
+    /// `grad_scale`: fp16's loss scale, which the gradients still carry (divided out here).
+    fn update(
+        &mut self,
+        config: &AdaLoraConfig,
+        layers: &[(String, &AdaLoraLayer)],
+        grad_scale: Option<&Tensor>,
+    ) {
         tch::no_grad(|| {
             for (path, l) in layers {
                 for (which, p) in [("lora_A", &l.a), ("lora_E", &l.e), ("lora_B", &l.b)] {
@@ -68,7 +74,10 @@ impl RankAllocator {
                     if !g.defined() {
                         continue;
                     }
-                    let now = (p * g).abs();
+                    let now = match grad_scale {
+                        Some(scale) => (p * g / scale).abs(),
+                        None => (p * g).abs(),
+                    };
                     let e = self
                         .importance
                         .entry(format!("{path}.{which}"))
@@ -170,12 +179,13 @@ impl RankAllocator {
         name: &str,
         step: i64,
         current: Option<&BTreeMap<String, Vec<bool>>>,
+        grad_scale: Option<&Tensor>,
     ) -> Option<BTreeMap<String, Vec<bool>>> {
         let layers = layers(base, name);
         let t = config.total_step.unwrap_or(1) - config.tfinal;
         let modules = layers.len() as i64;
         if step < t {
-            self.update(config, &layers);
+            self.update(config, &layers, grad_scale);
             let (budget, mask) = Self::budget(config, modules, step);
             return if mask {
                 self.mask_to_budget(&layers, budget)

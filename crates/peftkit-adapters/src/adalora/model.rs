@@ -8,7 +8,7 @@ use super::layer::AdaLoraLayer;
 use crate::layer::LayerAdapter;
 use crate::tuner::{inject_layers, LayerTuner, LoadMismatch, MethodConfig, Targets, Tuner};
 use crate::{AdapterConfig, AdapterError, Bias, Result};
-use peftkit_models::SequenceClassifier;
+use peftkit_models::{LossScaling, SequenceClassifier};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use tch::Tensor;
@@ -139,8 +139,15 @@ impl Tuner for AdaLoraTuner {
         Some(Tensor::stack(&terms, 0).sum(tch::Kind::Float) / n * w)
     }
 
-    fn after_optimizer_step(&self, base: &SequenceClassifier, step: usize) {
-        if self.resized {
+    fn after_optimizer_step(
+        &self,
+        base: &SequenceClassifier,
+        step: usize,
+        scaling: Option<&LossScaling>,
+    ) {
+        // A step fp16's scaler skipped applied nothing, and its gradients are not finite: no
+        // allocation from them (the one host read of the flag, AdaLoRA's alone).
+        if self.resized || scaling.is_some_and(|s| s.skipped.double_value(&[]) != 0.0) {
             return;
         }
         let mut pattern = self.pattern.lock().expect("pattern lock");
@@ -150,6 +157,7 @@ impl Tuner for AdaLoraTuner {
             &self.name,
             step as i64,
             pattern.as_ref(),
+            scaling.map(|s| &s.scale),
         );
         if let Some(p) = changed {
             *pattern = Some(p);

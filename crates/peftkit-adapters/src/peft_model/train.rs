@@ -5,7 +5,7 @@
 use super::heads::Heads;
 use super::PeftModel;
 use crate::tuner::PEFT_PREFIX;
-use peftkit_models::{ForwardOptions, ModelError, PrefixProvider, TrainModel};
+use peftkit_models::{ForwardOptions, LossScaling, ModelError, PrefixProvider, TrainModel};
 use tch::{Device, Tensor};
 
 impl TrainModel for PeftModel {
@@ -72,8 +72,8 @@ impl TrainModel for PeftModel {
         self.task_loss_backward(input_ids, attention_mask, labels, factor)
     }
 
-    fn after_optimizer_step(&self, step: usize) {
-        self.tuners[&self.active].after_optimizer_step(&self.base, step);
+    fn after_optimizer_step(&self, step: usize, scaling: Option<&LossScaling>) {
+        self.tuners[&self.active].after_optimizer_step(&self.base, step, scaling);
     }
 
     fn enable_gradient_checkpointing(&self) -> bool {
